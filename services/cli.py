@@ -1,0 +1,44 @@
+"""`wpc`: one console command for every service and tool.
+
+Each sub-command lives in the module named below, which provides
+``add_arguments(parser)`` and ``run(args) -> int`` (an exit status). Modules are
+imported only when their command is chosen, so `wpc send` never loads the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("services.up", "run the whole system on this machine (embedded PostgreSQL and broker if unset)"),
+    "listener": ("adt_listener.service", "run the ADT listener (MLLP + HTTP + outbox relay)"),
+    "migrate": ("services.migrate_cmd", "apply database migrations and exit"),
+    "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
+    "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),
+    "feed-report": ("adt_listener.feed_report", "per-facility feed-quality report from the database"),
+    "bench": ("adt_listener.bench", "benchmarks: `wpc bench ingest`"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wpc", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    status = args._module.run(args)
+    return int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Settings of every service, from environment variables prefixed ``WPC_``.
+
+Built once in `services.cli` (the composition root) and passed down; nothing reads
+the environment anywhere else. A setting left empty means "start the embedded one"
+for the database and the broker (see `services.embedded`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WPC_", extra="ignore")
+
+    # --- infrastructure -------------------------------------------------------------------
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host:5432/wpc. Empty: embedded PostgreSQL.",
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="", description="host:port[,host:port]. Empty: embedded Tansu broker."
+    )
+    data_dir: Path = Field(default=Path(".wpc"), description="Where embedded PostgreSQL keeps its data")
+    topic_adt_events: str = "adt.events"
+    topic_adt_deadletter: str = "adt.deadletter"
+
+    # --- ADT listener: MLLP ---------------------------------------------------------------
+    mllp_host: str = "0.0.0.0"
+    mllp_port: int = 2575
+    mllp_max_frame_bytes: int = 1_048_576  # 1 MiB: large enough for any ADT, small enough to bound memory
+    mllp_idle_timeout_s: float = 300.0  # interface engines keep connections open between messages
+    mllp_read_timeout_s: float = 30.0  # a frame once started must complete within this time
+    mllp_max_connections: int = 256
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="When set, MLLP requires client certificates signed by this CA (mutual TLS)"
+    )
+
+    # --- ADT listener: HTTP and senders ---------------------------------------------------
+    http_host: str = "0.0.0.0"
+    listener_http_port: int = 8080
+    enrollment_http_port: int = 8081
+    notifier_http_port: int = 8082
+    senders_file: Path | None = Field(
+        default=None,
+        description="YAML list of senders (credentials, facilities, validation mode); see docs in README",
+    )
+    accepted_processing_ids: str = "P,T,D"  # MSH-11, HL7 table 0103
+    medi_cal_authorities: str = "MEDI-CAL,MEDICAL,MEDICAID,CA-MEDICAID,CADHCS"
+
+    # --- write path and relay -------------------------------------------------------------
+    commit_batch_max: int = 512
+    relay_batch_max: int = 500
+    relay_poll_interval_s: float = 0.2
+
+    # --- operations -----------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def processing_ids(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.accepted_processing_ids.split(",") if p.strip())
+
+    def medi_cal_authority_set(self) -> frozenset[str]:
+        return frozenset(a.strip().upper() for a in self.medi_cal_authorities.split(",") if a.strip())
