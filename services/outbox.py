@@ -38,6 +38,7 @@ class OutboxRelay:
         batch: int = 500,
         poll_interval_s: float = 0.2,
         max_backoff_s: float = 5.0,
+        standby_interval_s: float = 1.0,
     ) -> None:
         self._engine = engine
         self._publisher = publisher
@@ -45,6 +46,7 @@ class OutboxRelay:
         self._batch = batch
         self._poll = poll_interval_s
         self._max_backoff = max_backoff_s
+        self._standby = standby_interval_s
         self._wake = asyncio.Event()
         self.is_leader = False
 
@@ -55,19 +57,34 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._poll
         while not stop.is_set():
+            wait = self._standby
             try:
                 async with self._engine.connect() as lock_conn:
                     if await self._try_lead(lock_conn):
-                        backoff = self._poll
-                        await self._lead(lock_conn, stop)
+                        try:
+                            await self._lead(lock_conn, stop)
+                        finally:
+                            # The session lock would outlive us on a pooled connection: release it.
+                            self._set_leader(False)
+                            await self._unlock(lock_conn)
+                backoff = self._poll
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database trouble: keep trying, never die
                 log.warning("outbox relay: database error %s; retrying", type(exc).__name__)
-            finally:
-                self._set_leader(False)
-            await _wait(stop, backoff)
-            backoff = min(self._max_backoff, backoff * 2)
+                backoff = min(self._max_backoff, backoff * 2)
+                wait = backoff
+            await _wait(stop, wait)
+
+    async def _unlock(self, conn: AsyncConnection) -> None:
+        try:
+            await conn.execute(
+                text("SELECT pg_advisory_unlock(:ns, :key)"), {"ns": _LOCK_NAMESPACE, "key": self._lock_key}
+            )
+            await conn.commit()
+        except Exception:
+            # A dead connection holds no lock; make sure the pool does not reuse it.
+            await conn.invalidate()
 
     async def _try_lead(self, conn: AsyncConnection) -> bool:
         got = await conn.scalar(

@@ -1,0 +1,167 @@
+"""Per-facility feed quality: what each sending facility (MSH-4) sends, and what fails.
+
+Counts come from ``adt_message`` (every message received, with the ACK code we answered) and
+``conformance_finding`` (what `adt_listener.conformance` found in the messages it checked).
+Findings name locations and kinds only, never values, so the report carries no PHI.
+
+What schema 0001 cannot tell: a message checked without findings looks exactly like one its
+sender's mode never selected (both have ``conformance_checked = true``), so the report gives
+messages *waiting* for a check and messages *with findings*, not "messages checked".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:  # fastapi is imported only when the router is built: `wpc` imports every command
+    from fastapi import APIRouter
+
+TOP_FINDINGS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class FindingCount:
+    kind: str
+    location: str | None
+    messages: int  # messages with at least one finding of this kind at this location
+
+
+@dataclass(frozen=True, slots=True)
+class FacilityQuality:
+    sending_facility: str  # MSH-4 as received ('' when absent)
+    received: int
+    accepted: int  # ACK AA
+    rejected: int  # ACK AE or AR
+    pending_check: int  # selected for a conformance check, not yet checked
+    with_findings: int  # checked, with at least one finding
+    top_findings: list[FindingCount]  # most frequent first, at most TOP_FINDINGS
+
+
+_MESSAGES_SQL = """
+    SELECT m.sending_facility,
+           count(*) AS received,
+           count(*) FILTER (WHERE m.ack_code = 'AA') AS accepted,
+           count(*) FILTER (WHERE m.ack_code IN ('AE', 'AR')) AS rejected,
+           count(*) FILTER (WHERE NOT m.conformance_checked) AS pending_check,
+           count(*) FILTER (
+               WHERE EXISTS (SELECT 1 FROM conformance_finding f WHERE f.message_id = m.id)
+           ) AS with_findings
+    FROM adt_message m
+    {where}
+    GROUP BY m.sending_facility
+    ORDER BY m.sending_facility
+"""
+
+_FINDINGS_SQL = """
+    SELECT m.sending_facility, f.kind, f.location, count(DISTINCT f.message_id) AS messages
+    FROM conformance_finding f
+    JOIN adt_message m ON m.id = f.message_id
+    {where}
+    GROUP BY m.sending_facility, f.kind, f.location
+    ORDER BY m.sending_facility, messages DESC, f.kind, f.location NULLS FIRST
+"""
+
+
+async def feed_quality(engine: AsyncEngine, *, since: datetime | None = None) -> list[FacilityQuality]:
+    """One entry per sending facility, for messages received at or after ``since`` (all if None).
+
+    Findings are attributed to the facility of their message and to the window by the
+    message's ``received_at``, so the numbers of one entry describe the same messages.
+    """
+    # Two statements rather than a ``:since IS NULL OR ...`` test: asyncpg cannot type a NULL
+    # parameter, and the planner uses the received_at index only for a plain comparison.
+    where = "WHERE m.received_at >= :since" if since is not None else ""
+    params: dict[str, Any] = {"since": since} if since is not None else {}
+    async with engine.connect() as conn:
+        message_rows = (await conn.execute(text(_MESSAGES_SQL.format(where=where)), params)).all()
+        finding_rows = (await conn.execute(text(_FINDINGS_SQL.format(where=where)), params)).all()
+
+    top: dict[str, list[FindingCount]] = {}
+    for r in finding_rows:
+        entries = top.setdefault(r.sending_facility, [])
+        if len(entries) < TOP_FINDINGS:
+            entries.append(FindingCount(kind=r.kind, location=r.location, messages=int(r.messages)))
+    return [
+        FacilityQuality(
+            sending_facility=r.sending_facility,
+            received=int(r.received),
+            accepted=int(r.accepted),
+            rejected=int(r.rejected),
+            pending_check=int(r.pending_check),
+            with_findings=int(r.with_findings),
+            top_findings=top.get(r.sending_facility, []),
+        )
+        for r in message_rows
+    ]
+
+
+def router(engine_getter: Callable[[], AsyncEngine]) -> APIRouter:
+    """``GET /v1/feed-quality[?since=ISO-8601]``: `feed_quality` as JSON.
+
+    Takes a callable returning the engine (not the engine), so the router can be built before
+    the lifespan creates the engine: pass e.g. ``lambda: app.state.engine``. Authentication is
+    the caller's: mount the router behind the service's dependency.
+    """
+    from fastapi import APIRouter
+
+    api = APIRouter()
+
+    async def get_feed_quality(since: datetime | None = None) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(q) for q in await feed_quality(engine_getter(), since=since)]
+
+    api.add_api_route("/v1/feed-quality", get_feed_quality, methods=["GET"])
+    return api
+
+
+# --- `wpc feed-report` ------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", default=None, help="default: WPC_DATABASE_URL")
+    parser.add_argument(
+        "--since", type=datetime.fromisoformat, default=None, help="only messages received from then (ISO 8601)"
+    )
+
+
+def format_table(report: list[FacilityQuality]) -> str:
+    header = f"{'facility':<24} {'received':>9} {'AA':>9} {'AE/AR':>9} {'pending':>9} {'findings':>9}"
+    lines = [header, "-" * len(header)]
+    for q in report:
+        lines.append(
+            f"{q.sending_facility or '(none)':<24} {q.received:>9} {q.accepted:>9} {q.rejected:>9}"
+            f" {q.pending_check:>9} {q.with_findings:>9}"
+        )
+        for f in q.top_findings:
+            lines.append(f"    {f.messages:>7} x {f.kind} at {f.location or '-'}")
+    if not report:
+        lines.append("(no messages)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.db import create_engine
+    from services.settings import Settings
+
+    url = args.database_url or Settings().database_url
+    if not url:
+        print("feed-report: set WPC_DATABASE_URL or pass --database-url")
+        return 2
+
+    async def report() -> list[FacilityQuality]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await feed_quality(engine, since=args.since)
+        finally:
+            await engine.dispose()
+
+    print(format_table(asyncio.run(report())))
+    return 0

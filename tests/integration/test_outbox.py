@@ -1,0 +1,94 @@
+"""The outbox relay against the real PostgreSQL and the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.bus import KafkaPublisher, MemoryPublisher
+from services.db import create_engine
+from services.outbox import OutboxRelay
+from tests.conftest import Broker
+from tests.kafka_util import read_topic
+
+
+async def add_rows(engine: AsyncEngine, topic: str, n: int, *, keys: int = 4) -> list[bytes]:
+    payloads = [f"event-{i}".encode() for i in range(n)]
+    async with engine.begin() as conn:
+        for i, payload in enumerate(payloads):
+            await conn.execute(
+                text("INSERT INTO outbox (topic, key, payload, event_id) VALUES (:t, :k, :p, :e)"),
+                {"t": topic, "k": f"patient-{i % keys}", "p": payload, "e": uuid.uuid4()},
+            )
+    return payloads
+
+
+async def outbox_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text("SELECT count(*) FROM outbox")) or 0)
+
+
+async def test_relay_publishes_in_order_and_empties_outbox(database_url: str, broker: Broker) -> None:
+    engine = create_engine(database_url)
+    topic = f"relay.{uuid.uuid4().hex[:8]}"
+    payloads = await add_rows(engine, topic, 50)
+    publisher = KafkaPublisher(broker.bootstrap)
+    relay = OutboxRelay(engine, publisher, batch=7)
+    while await relay.publish_once():
+        pass
+    assert await outbox_count(engine) == 0
+    records = await read_topic(broker.bootstrap, topic, expect=50)
+    assert len(records) == 50
+    for k in range(4):
+        key = f"patient-{k}".encode()
+        assert [r.value for r in records if r.key == key] == [p for i, p in enumerate(payloads) if i % 4 == k]
+        assert all(dict(r.headers)["event_id"] for r in records)
+    await publisher.close()
+    await engine.dispose()
+
+
+async def test_broker_outage_keeps_rows_until_it_returns(database_url: str) -> None:
+    engine = create_engine(database_url)
+    publisher = MemoryPublisher(available=False)
+    relay = OutboxRelay(engine, publisher, poll_interval_s=0.05, max_backoff_s=0.1)
+    await add_rows(engine, "t", 10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await asyncio.sleep(0.5)
+    assert await outbox_count(engine) == 10 and publisher.records == []
+    publisher.available = True
+    for _ in range(100):
+        if await outbox_count(engine) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.value for r in publisher.records] == [f"event-{i}".encode() for i in range(10)]
+    stop.set()
+    await task
+    await engine.dispose()
+
+
+async def test_only_one_relay_leads(database_url: str) -> None:
+    engine_a, engine_b = create_engine(database_url), create_engine(database_url)
+    a = OutboxRelay(engine_a, MemoryPublisher(), poll_interval_s=0.05)
+    b = OutboxRelay(engine_b, MemoryPublisher(), poll_interval_s=0.05)
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    task_a = asyncio.create_task(a.run(stop_a))
+    await asyncio.sleep(0.3)
+    task_b = asyncio.create_task(b.run(stop_b))
+    await asyncio.sleep(0.3)
+    assert (a.is_leader, b.is_leader) == (True, False)
+    # The leader goes away: its lock is released and the other one takes over.
+    stop_a.set()
+    await task_a
+    for _ in range(60):
+        if b.is_leader:
+            break
+        await asyncio.sleep(0.1)
+    assert b.is_leader
+    stop_b.set()
+    await task_b
+    await engine_a.dispose()
+    await engine_b.dispose()
