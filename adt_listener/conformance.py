@@ -82,9 +82,7 @@ _ADT_STRUCTURES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("A09", "A10", "A11"), ("ADT_A09",)),
     "A12": ("ADT_A12", "ADT_A09"),
     "A15": ("ADT_A15", "ADT_A09"),
-    **dict.fromkeys(
-        ("A21", "A22", "A23", "A25", "A26", "A27", "A29", "A32", "A33"), ("ADT_A21", "ADT_A09")
-    ),
+    **dict.fromkeys(("A21", "A22", "A23", "A25", "A26", "A27", "A29", "A32", "A33"), ("ADT_A21", "ADT_A09")),
     **dict.fromkeys(("A30", "A34", "A35", "A36", "A46", "A47", "A48", "A49"), ("ADT_A30",)),
     **dict.fromkeys(("A39", "A40", "A41", "A42"), ("ADT_A39",)),
     **dict.fromkeys(("A43", "A44"), ("ADT_A43",)),
@@ -171,12 +169,16 @@ def check_message(raw: bytes, *, charset: str | None = None) -> list[Conformance
     if version != declared:
         if declared and _VERSION_RE.fullmatch(declared):
             findings.append(
-                ConformanceFinding("version", "MSH-12", f"{declared} not known to hl7apy; checked against {version}")
+                ConformanceFinding(
+                    "version", "MSH-12", f"{declared} not known to hl7apy; checked against {version}"
+                )
             )
         else:
             findings.append(
                 ConformanceFinding(
-                    "unsupported_version", "MSH-12", f"absent or not an HL7 v2 version; checked against {version}"
+                    "unsupported_version",
+                    "MSH-12",
+                    f"absent or not an HL7 v2 version; checked against {version}",
                 )
             )
     try:
@@ -196,10 +198,10 @@ def _version_key(v: str) -> tuple[int, ...]:
 
 def _resolve_version(declared: str | None, supported: Sequence[str]) -> str:
     """The declared version, or the newest supported one not after it (else the oldest)."""
-    if declared in supported:
-        return declared
     if not declared or not _VERSION_RE.fullmatch(declared):
         return DEFAULT_VERSION
+    if declared in supported:
+        return declared
     wanted = _version_key(declared)
     older = [v for v in supported if _version_key(v) <= wanted]
     return older[-1] if older else supported[0]
@@ -244,7 +246,9 @@ def _validate(er7: str, encoding_chars: dict[str, str], version: str) -> list[Co
     # TOLERANT builds the whole tree even around problems; the validator then reports them all.
     level = VALIDATION_LEVEL.TOLERANT
     if known is None:
-        findings.append(ConformanceFinding("structure", "MSH-9", f"message type has no structure in HL7 {version}"))
+        findings.append(
+            ConformanceFinding("structure", "MSH-9", f"message type has no structure in HL7 {version}")
+        )
         segments = parse_segments(er7, version, encoding_chars, level, find_groups=False)
         targets: list[Any] = list(segments)
     else:
@@ -258,7 +262,9 @@ def _validate(er7: str, encoding_chars: dict[str, str], version: str) -> list[Co
             continue
         with _memory_report() as report:
             try:
-                Validator.validate(target, reference=getattr(target, "reference", None), report_file=report.path)
+                Validator.validate(
+                    target, reference=getattr(target, "reference", None), report_file=report.path
+                )
             except ValidationError:
                 pass  # the report holds this error and every other one
             lines = report.read()
@@ -309,13 +315,24 @@ def _memory_report() -> Iterator[_Report]:
 _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Error: Missing required child (?P<parent>\S+)\.(?P<child>\S+)$"), "missing"),
     (re.compile(r"Error: Child limit exceeded (?P<parent>\S+)\.(?P<child>\S+)$"), "limit"),
-    (re.compile(r"Error: Datatype \S+ is not correct for (?P<parent>\S+)\.(?P<child>\S+) \(it must be"), "datatype"),
+    (
+        re.compile(r"Error: Datatype \S+ is not correct for (?P<parent>\S+)\.(?P<child>\S+) \(it must be"),
+        "datatype",
+    ),
     (re.compile(r"Error: Invalid children detected for (?P<repr><[^>]*>)"), "invalid_children"),
     (re.compile(r"Error: Unknown element found: (?P<repr><[^>]*>)"), "unknown"),
     (re.compile(r"Error: Invalid element found: (?P<repr><[^>]*>)"), "unknown"),
     # The value comes first and may hold anything; anchor on the end of the line.
-    (re.compile(r"Warning: Value .* not in table (?P<table>\S+) in element (?P<parent>\S+)\.(?P<child>\S+)$"), "table"),
-    (re.compile(r"Warning: Exceeded max length \((?P<max>\d+)\) of (?P<parent>\S+)\.(?P<child>\S+)$"), "length"),
+    (
+        re.compile(
+            r"Warning: Value .* not in table (?P<table>\S+) in element (?P<parent>\S+)\.(?P<child>\S+)$"
+        ),
+        "table",
+    ),
+    (
+        re.compile(r"Warning: Exceeded max length \((?P<max>\d+)\) of (?P<parent>\S+)\.(?P<child>\S+)$"),
+        "length",
+    ),
 ]
 
 
@@ -337,7 +354,9 @@ def _translate(line: str, segment_ids: frozenset[str]) -> ConformanceFinding:
         )
         if rule == "missing":
             if child_is_segment:
-                return ConformanceFinding("structure", location, f"required segment or group missing in {parent}")
+                return ConformanceFinding(
+                    "structure", location, f"required segment or group missing in {parent}"
+                )
             return ConformanceFinding("required", location, "required element empty")
         if rule == "limit":
             what = "segment or group" if child_is_segment else "element"
@@ -447,7 +466,7 @@ _INSERT_FINDING = text(
     VALUES (:message_id, :sending_facility, :hl7_version, :trigger_event, :kind, :location, :detail)
     """
 )
-_MARK_CHECKED = text("UPDATE adt_message SET conformance_checked = true WHERE id = ANY(:ids)")
+_MARK_CHECKED = text("UPDATE adt_message SET conformance_checked = true, conformance_checked_at = now() WHERE id = ANY(:ids)")
 
 
 class ConformanceWorker:
@@ -567,7 +586,9 @@ def _msh_summary(raw: bytes) -> tuple[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files of ER7 messages")
-    parser.add_argument("--charset", default=None, help="decode with this charset (default: UTF-8, then cp1252)")
+    parser.add_argument(
+        "--charset", default=None, help="decode with this charset (default: UTF-8, then cp1252)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

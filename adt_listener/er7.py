@@ -149,19 +149,19 @@ def _bad_delimiter(ch: str) -> bool:
     return ch.isalnum() or ch.isspace() or not ch.isprintable()
 
 
+_BAD_MSH1 = "MSH-1 field separator is missing or not a usable character"
+_BAD_MSH2 = "MSH-2 encoding characters must be distinct, differ from MSH-1, not be letters, digits or spaces"
+
+
 def delimiters_from(field_separator: str, encoding_characters: str) -> Delimiters:
     """Validate MSH-1 and MSH-2 (chapter 2, MSH-1/MSH-2); raises `Er7Error`."""
     if len(field_separator) != 1 or _bad_delimiter(field_separator):
-        raise Er7Error("MSH-1 field separator is missing or not a usable character", code=102, location="MSH-1")
+        raise Er7Error(_BAD_MSH1, code=102, location="MSH-1")
     enc = encoding_characters
     if len(enc) not in (4, 5):
         raise Er7Error("MSH-2 must hold 4 or 5 encoding characters", code=102, location="MSH-2")
     if len(set(enc)) != len(enc) or field_separator in enc or any(_bad_delimiter(c) for c in enc):
-        raise Er7Error(
-            "MSH-2 encoding characters must be distinct, differ from MSH-1 and not be letters, digits or spaces",
-            code=102,
-            location="MSH-2",
-        )
+        raise Er7Error(_BAD_MSH2, code=102, location="MSH-2")
     return Delimiters(field_separator, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) == 5 else None)
 
 
@@ -256,7 +256,9 @@ class Segment:
 
     __slots__ = ("_is_msh", "charset", "delimiters", "fields", "name")
 
-    def __init__(self, name: str, fields: list[str], delimiters: Delimiters, charset: str | None = None) -> None:
+    def __init__(
+        self, name: str, fields: list[str], delimiters: Delimiters, charset: str | None = None
+    ) -> None:
         self.name = name
         self.fields = fields
         self.delimiters = delimiters
@@ -342,7 +344,7 @@ class Message:
         if not data.startswith(b"MSH"):
             raise Er7Error("the first segment is not MSH", code=100, location="MSH")
         if len(data) < 4 or data[3] >= 0x80 or _bad_delimiter(chr(data[3])):
-            raise Er7Error("MSH-1 field separator is missing or not a usable character", code=102, location="MSH-1")
+            raise Er7Error(_BAD_MSH1, code=102, location="MSH-1")
         fs_byte = data[3:4]
         # MSH-18 is needed before decoding: read it from the bytes of the first line.
         end = len(data)

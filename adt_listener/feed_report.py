@@ -4,9 +4,8 @@ Counts come from ``adt_message`` (every message received, with the ACK code we a
 ``conformance_finding`` (what `adt_listener.conformance` found in the messages it checked).
 Findings name locations and kinds only, never values, so the report carries no PHI.
 
-What schema 0001 cannot tell: a message checked without findings looks exactly like one its
-sender's mode never selected (both have ``conformance_checked = true``), so the report gives
-messages *waiting* for a check and messages *with findings*, not "messages checked".
+A message the sender's mode never selected has ``conformance_checked = true`` but no
+``conformance_checked_at``; only the latter counts as *checked*.
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 if TYPE_CHECKING:  # fastapi is imported only when the router is built: `wpc` imports every command
     from fastapi import APIRouter
 
+    from adt_listener.senders import Senders
+
 TOP_FINDINGS = 10
 
 
@@ -42,6 +43,7 @@ class FacilityQuality:
     accepted: int  # ACK AA
     rejected: int  # ACK AE or AR
     pending_check: int  # selected for a conformance check, not yet checked
+    checked: int  # checked by hl7apy (conformance_checked_at set)
     with_findings: int  # checked, with at least one finding
     top_findings: list[FindingCount]  # most frequent first, at most TOP_FINDINGS
 
@@ -52,6 +54,7 @@ _MESSAGES_SQL = """
            count(*) FILTER (WHERE m.ack_code = 'AA') AS accepted,
            count(*) FILTER (WHERE m.ack_code IN ('AE', 'AR')) AS rejected,
            count(*) FILTER (WHERE NOT m.conformance_checked) AS pending_check,
+           count(*) FILTER (WHERE m.conformance_checked_at IS NOT NULL) AS checked,
            count(*) FILTER (
                WHERE EXISTS (SELECT 1 FROM conformance_finding f WHERE f.message_id = m.id)
            ) AS with_findings
@@ -97,6 +100,7 @@ async def feed_quality(engine: AsyncEngine, *, since: datetime | None = None) ->
             accepted=int(r.accepted),
             rejected=int(r.rejected),
             pending_check=int(r.pending_check),
+            checked=int(r.checked),
             with_findings=int(r.with_findings),
             top_findings=top.get(r.sending_facility, []),
         )
@@ -104,19 +108,35 @@ async def feed_quality(engine: AsyncEngine, *, since: datetime | None = None) ->
     ]
 
 
-def router(engine_getter: Callable[[], AsyncEngine]) -> APIRouter:
+def router(engine: AsyncEngine | Callable[[], AsyncEngine], senders: Senders | None = None) -> APIRouter:
     """``GET /v1/feed-quality[?since=ISO-8601]``: `feed_quality` as JSON.
 
-    Takes a callable returning the engine (not the engine), so the router can be built before
-    the lifespan creates the engine: pass e.g. ``lambda: app.state.engine``. Authentication is
-    the caller's: mount the router behind the service's dependency.
+    Takes the engine, or a callable returning it (e.g. ``lambda: app.state.engine``) when the
+    router is built before the lifespan creates the engine; the callable is called per request.
+    With ``senders``, a request needs ``Authorization: Bearer <ops token>``
+    (`Senders.ops_token_ok`: without an ops token configured, only an open listener lets it
+    through); without, authentication is left to whoever includes the router.
     """
-    from fastapi import APIRouter
+    from fastapi import APIRouter, Depends, HTTPException
+    from fastapi.security import HTTPBearer
 
-    api = APIRouter()
+    bearer = Depends(HTTPBearer(auto_error=False))
+
+    # `Any`: the annotation is resolved in this module's globals, where fastapi is not imported.
+    async def require_ops_token(credentials: Any = bearer) -> None:
+        if senders is None:
+            return
+        token = credentials.credentials if credentials is not None else ""
+        if not senders.ops_token_ok(token):
+            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(dependencies=[Depends(require_ops_token)])
+
+    def current() -> AsyncEngine:
+        return engine if isinstance(engine, AsyncEngine) else engine()
 
     async def get_feed_quality(since: datetime | None = None) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(q) for q in await feed_quality(engine_getter(), since=since)]
+        return [dataclasses.asdict(q) for q in await feed_quality(current(), since=since)]
 
     api.add_api_route("/v1/feed-quality", get_feed_quality, methods=["GET"])
     return api
@@ -128,17 +148,20 @@ def router(engine_getter: Callable[[], AsyncEngine]) -> APIRouter:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="default: WPC_DATABASE_URL")
     parser.add_argument(
-        "--since", type=datetime.fromisoformat, default=None, help="only messages received from then (ISO 8601)"
+        "--since",
+        type=datetime.fromisoformat,
+        default=None,
+        help="only messages received from then (ISO 8601)",
     )
 
 
 def format_table(report: list[FacilityQuality]) -> str:
-    header = f"{'facility':<24} {'received':>9} {'AA':>9} {'AE/AR':>9} {'pending':>9} {'findings':>9}"
+    header = f"{'facility':<24} {'received':>9} {'AA':>9} {'AE/AR':>9} {'pending':>9} {'checked':>9} {'findings':>9}"
     lines = [header, "-" * len(header)]
     for q in report:
         lines.append(
             f"{q.sending_facility or '(none)':<24} {q.received:>9} {q.accepted:>9} {q.rejected:>9}"
-            f" {q.pending_check:>9} {q.with_findings:>9}"
+            f" {q.pending_check:>9} {q.checked:>9} {q.with_findings:>9}"
         )
         for f in q.top_findings:
             lines.append(f"    {f.messages:>7} x {f.kind} at {f.location or '-'}")

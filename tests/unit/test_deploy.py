@@ -22,6 +22,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from adt_listener.senders import load_senders
 from services.cli import COMMANDS
 from services.settings import Settings
 
@@ -392,7 +393,9 @@ def test_k8s_probes_target_the_http_port_with_the_right_meaning() -> None:
     # Liveness must not depend on PostgreSQL/Kafka: an outage would restart every pod.
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert probes["startupProbe"]["path"] == "/healthz"
-    assert probes["readinessProbe"]["path"] == "/readyz"
+    # Readiness is what taking traffic needs (PostgreSQL), not /readyz (database and Kafka):
+    # the listener ACKs from its outbox while Kafka is down (services/health.py).
+    assert probes["readinessProbe"]["path"] == "/readyz/ingest"
     annotations = _listener_pod()["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == named["http"]
 
@@ -467,6 +470,19 @@ def test_file_settings_point_into_mounted_secrets() -> None:
         assert path.name in secrets[secret_name], f"{field}: no key {path.name} in Secret {secret_name}"
         checked += 1
     assert checked >= 4  # senders file, TLS cert, key and client CA
+
+
+def test_example_senders_file_loads_and_is_not_open(tmp_path: Path) -> None:
+    # An empty senders list means "open listener": the example must not be that.
+    path = Path(_configmap()[_env_name("senders_file")])
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in _listener_container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in _listener_pod()["spec"]["volumes"]}
+    secret = volumes[mounts[str(path.parent)]]["secret"]["secretName"]
+    local = tmp_path / path.name
+    local.write_text(_example_secrets()[secret][path.name])
+    senders = load_senders(local)
+    assert not senders.open
+    assert senders.by_token("CHANGE-ME") is None
 
 
 def test_referenced_configmaps_and_secrets_exist() -> None:

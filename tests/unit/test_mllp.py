@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 from collections.abc import Sequence
 from typing import Any
@@ -257,7 +258,7 @@ payloads_st = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\x0b", 
 
 def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 @settings(max_examples=300)
@@ -282,7 +283,9 @@ def test_any_chunking_yields_exactly_the_payloads(
     cuts=st.lists(st.integers(min_value=0)),
     max_frame_bytes=st.integers(min_value=1, max_value=64) | st.just(1_048_576),
 )
-def test_random_bytes_never_raise_and_stay_bounded(data: bytes, cuts: list[int], max_frame_bytes: int) -> None:
+def test_random_bytes_never_raise_and_stay_bounded(
+    data: bytes, cuts: list[int], max_frame_bytes: int
+) -> None:
     whole = MllpFramer(max_frame_bytes).feed(data)
     framer = MllpFramer(max_frame_bytes)
     events: list[Event] = []

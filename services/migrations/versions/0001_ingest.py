@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("event_id", pg.UUID(as_uuid=True)),
         sa.Column("patient_key", sa.Text),
         sa.Column("conformance_checked", sa.Boolean, nullable=False, server_default=sa.true()),
+        sa.Column("conformance_checked_at", sa.DateTime(timezone=True)),  # set when hl7apy has checked it
     )
     # A retransmission of an accepted message (same MSH-4 + MSH-10) must not create a second row.
     # Rejected messages are not deduplicated: a corrected resend under the same control id is normal.
