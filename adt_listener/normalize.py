@@ -102,7 +102,7 @@ def _v(seg: Segment | None, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -
 
 
 def _hd(seg: Segment, n: int, rep: int = 1, comp: int = 1) -> str | None:
-    """An HD (namespace id, universal id) held in a component: namespace, else universal id."""
+    """An HD (namespace id, universal id) held in a component (so its parts are subcomponents)."""
     return _v(seg, n, rep, comp, 1) or _v(seg, n, rep, comp, 2)
 
 
@@ -285,7 +285,7 @@ def _pid3_reps_with_id(pid: Segment | None) -> list[int]:
 def sending_facility(msg: Message) -> str:
     """MSH-4.1, or MSH-4.2 (universal id) when only that is sent; '' when neither."""
     msh = msg.segments[0]
-    return _hd(msh, 4) or ""
+    return _v(msh, 4, 1, 1) or _v(msh, 4, 1, 2) or ""
 
 
 def normalize(
@@ -327,7 +327,7 @@ def normalize(
         hl7_version=_v(msh, 12) or "",
         processing_id=_v(msh, 11) or "",
         control_id=control_id,
-        sending_application=_hd(msh, 3),
+        sending_application=_v(msh, 3, 1, 1) or _v(msh, 3, 1, 2),
         sending_facility=facility,
         message_time=message_time,
         event_time=event_time or message_time,

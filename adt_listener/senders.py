@@ -92,6 +92,8 @@ def load_senders(path: Path | None) -> Senders:
         if not isinstance(entry, dict) or not entry.get("name"):
             raise SendersFileError(f"{path}: sender #{n + 1} needs a name")
         mode = entry.get("validation", "sampled")
+        if mode is False:  # YAML 1.1 reads an unquoted `off` as false
+            mode = "off"
         if mode not in ("off", "sampled", "all"):
             raise SendersFileError(f"{path}: sender {entry['name']}: validation must be off, sampled or all")
         rate = float(entry.get("sample_rate", 0.05))
