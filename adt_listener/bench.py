@@ -247,6 +247,7 @@ async def _closed_worker(spec: LoadSpec, source: _Source, rec: _Recorder, deadli
 
 async def _open_worker(spec: LoadSpec, index: int, source: _Source, rec: _Recorder, start: float) -> None:
     reader, writer = await asyncio.open_connection(spec.host, spec.port)
+    rec.result.reconnects += 1
     framer = MllpFramer()
     inflight: deque[float] = deque()
     interval = spec.connections / spec.rate
