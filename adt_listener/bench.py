@@ -157,6 +157,7 @@ class _Recorder:
         self.result = result
         self.window_start = window_start
         self.latencies = array.array("d")
+        self.last_ack = window_start
 
     def sent(self) -> None:
         self.result.sent += 1
@@ -170,15 +171,17 @@ class _Recorder:
             r.accepted_total += 1
         if sent_at < self.window_start:
             return  # warm-up
+        self.last_ack = now
         r.codes[code] = r.codes.get(code, 0) + 1
         if code in _ACCEPTED:
             r.accepted += 1
         self.latencies.append(now - sent_at)
 
     def finish(self, window_end: float) -> PhaseResult:
+        # A server that falls behind answers after the window: its rate is over the longer span.
         r = self.result
-        r.elapsed_s = max(window_end - self.window_start, 1e-9)
-        r.throughput = r.accepted / r.elapsed_s
+        r.elapsed_s = max(window_end, self.last_ack) - self.window_start
+        r.throughput = r.accepted / r.elapsed_s if r.elapsed_s > 0 else 0.0
         lat = sorted(self.latencies)
         if lat:
             r.p50_ms = _percentile(lat, 0.50) * 1000

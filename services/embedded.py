@@ -74,7 +74,7 @@ class EmbeddedBroker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None

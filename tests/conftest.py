@@ -98,7 +98,8 @@ class Broker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
+            # An outage, not a goodbye: Tansu may take long to close connected clients on SIGTERM.
+            self.proc.kill()
             self.proc.wait(5)
             self.proc = None
 

@@ -25,6 +25,10 @@ from tests.kafka_util import read_topic
 ACCEPTED = ("AA", "CA")
 
 
+async def codes(client: MllpClient, messages: list[bytes]) -> set[str]:
+    return {ack_code(await client.send(m)) for m in messages}
+
+
 async def test_broker_outage_keeps_acking_and_backlog_drains(
     start_listener: StartListener, own_broker: Broker, database_url: str, topics: dict[str, str]
 ) -> None:
@@ -32,12 +36,12 @@ async def test_broker_outage_keeps_acking_and_backlog_drains(
     before, during = feed[:30], feed[30:]
     async with start_listener(bootstrap=own_broker.bootstrap) as listener:
         client = await MllpClient.connect("127.0.0.1", listener.endpoints.mllp_port)
-        assert all(ack_code(await client.send(m)) in ACCEPTED for m in before)
+        assert await codes(client, before) <= set(ACCEPTED)
         await wait_outbox_empty(database_url)
         first = await read_topic(own_broker.bootstrap, topics["adt_events"], expect=30)
 
         own_broker.stop()
-        assert all(ack_code(await client.send(m)) in ACCEPTED for m in during)
+        assert await codes(client, during) <= set(ACCEPTED)
         backlog = await db_fetch(database_url, "SELECT count(*) AS n FROM outbox")
         assert backlog[0]["n"] == 30  # stored, waiting for the broker
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.endpoints.http_port}") as http:
@@ -161,7 +165,7 @@ async def test_crash_mid_feed_loses_nothing_and_resend_creates_no_duplicate(
     # The interface engine resends everything it has no AA for, and (being cautious) all the rest too.
     await listener_process.start()
     client = await MllpClient.connect("127.0.0.1", listener_process.mllp_port)
-    assert all(ack_code(await client.send(m)) in ACCEPTED for m in feed)
+    assert await codes(client, feed) <= set(ACCEPTED)
     await client.close()
     await wait_outbox_empty(database_url)
     assert listener_process.signal(signal.SIGTERM) == 0

@@ -80,13 +80,26 @@ def test_parse_dtm_rejects(text: str) -> None:
 def test_full_message() -> None:
     event, findings = run(
         "EVN|A01|20240102030000||||20240102025900",
-        "PID|1||111^^^HOSP^MR~M123^^^MEDI-CAL^XX~\"\"^^^X||DOE^JANE^Q~ALIAS^A||19800102|F|||"
+        'PID|1||111^^^HOSP^MR~M123^^^MEDI-CAL^XX~""^^^X||DOE^JANE^Q~ALIAS^A||19800102|F|||'
         "1 MAIN ST^^LOS ANGELES^CA^90012^USA^H^^06037~2 SIDE^^X|||||||||||||||||||N",
         "PD1||||1234^WELBY^MARCUS~^^",
         "ROL|1|AD|PP^Primary care^HL70443|55^CARE^PRIM",
         "ROL|2|AD|AT|66^ATTENDING^DOC",
-        seg("PV1", {1: "1", 2: "I", 3: "W1^101^A^HOSP&1.2.3&ISO", 4: "E", 10: "MED", 19: "V77",
-                    20: "MC^20240101", 36: "01", 44: "20240102030000", 45: "20240105"}),  # fmt: skip
+        seg(
+            "PV1",
+            {
+                1: "1",
+                2: "I",
+                3: "W1^101^A^HOSP&1.2.3&ISO",
+                4: "E",
+                10: "MED",
+                19: "V77",
+                20: "MC^20240101",
+                36: "01",
+                44: "20240102030000",
+                45: "20240105",
+            },
+        ),
         "DG1|1||F20.9^Schizophrenia^I10||20240102|A",
         "DG1|2|I9|29590|||W",
         "DG1|3||^^I10|only text",
@@ -116,16 +129,28 @@ def test_full_message() -> None:
     assert p.sex == "F"
     assert p.address is not None
     assert (p.address.street, p.address.city, p.address.zip, p.address.county_code) == (
-        "1 MAIN ST", "LOS ANGELES", "90012", "06037")  # fmt: skip
+        "1 MAIN ST",
+        "LOS ANGELES",
+        "90012",
+        "06037",
+    )
     assert p.death_indicator is False
 
     v = event.visit
     assert v is not None
     assert v.patient_class == "I"
     assert v.location is not None and (v.location.point_of_care, v.location.bed, v.location.facility) == (
-        "W1", "A", "HOSP")  # fmt: skip
+        "W1",
+        "A",
+        "HOSP",
+    )
     assert v.prior_location is None
-    assert (v.admission_type, v.hospital_service, v.visit_number, v.financial_class) == ("E", "MED", "V77", "MC")
+    assert (v.admission_type, v.hospital_service, v.visit_number, v.financial_class) == (
+        "E",
+        "MED",
+        "V77",
+        "MC",
+    )
     assert v.discharge_disposition == "01"
     assert v.admit_time == dt.datetime(2024, 1, 2, 3, 0)
     assert v.discharge_time == dt.datetime(2024, 1, 5)
@@ -141,7 +166,12 @@ def test_full_message() -> None:
     assert len(event.insurance) == 1
     ins = event.insurance[0]
     assert (ins.plan_id, ins.company_id, ins.company_name, ins.plan_type, ins.policy_number) == (
-        "MEDI", "MCAL01", "MEDI-CAL", "HMO", "POL-9")  # fmt: skip
+        "MEDI",
+        "MCAL01",
+        "MEDI-CAL",
+        "HMO",
+        "POL-9",
+    )
     assert event.extra_segments == ["ZFA", "AIL"]
     assert findings == []
 
