@@ -68,7 +68,9 @@ class Listener:
     ) -> None:
         self.settings = settings
         self.engine = engine or db.create_engine(settings.database_url)
-        self.publisher: Publisher = publisher or KafkaPublisher(settings.kafka_bootstrap_servers)
+        self.publisher: Publisher = publisher or KafkaPublisher(
+            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
+        )
         self.senders: Senders = load_senders(settings.senders_file)
         self.relay = OutboxRelay(
             self.engine, self.publisher,

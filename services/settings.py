@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         default="", description="host:port[,host:port]. Empty: embedded Tansu broker."
     )
     data_dir: Path = Field(default=Path(".wpc"), description="Where embedded PostgreSQL keeps its data")
+    kafka_timeout_s: float = Field(
+        default=10.0, description="A publish not acknowledged within this time fails and is retried from the outbox"
+    )
     topic_adt_events: str = "adt.events"
     topic_adt_deadletter: str = "adt.deadletter"
 
