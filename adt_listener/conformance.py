@@ -466,8 +466,9 @@ _INSERT_FINDING = text(
     VALUES (:message_id, :sending_facility, :hl7_version, :trigger_event, :kind, :location, :detail)
     """
 )
-_MARK_CHECKED = text("UPDATE adt_message SET conformance_checked = true, conformance_checked_at = now()"
-    " WHERE id = ANY(:ids)")
+_MARK_CHECKED = text(
+    "UPDATE adt_message SET conformance_checked = true, conformance_checked_at = now() WHERE id = ANY(:ids)"
+)
 
 
 class ConformanceWorker:
