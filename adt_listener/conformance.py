@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -481,12 +482,17 @@ class ConformanceWorker:
     that holds an event loop and database sockets copies both.
     """
 
-    def __init__(self, engine: AsyncEngine, *, batch: int = 50, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, batch: int = 50, interval_s: float = 1.0, max_per_s: float = 5.0
+    ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self._engine = engine
         self._batch = batch
         self._interval_s = interval_s
+        # hl7apy costs ~30 ms a message: unbounded, a sampled busy feed would take a whole core
+        # from ingestion. The cap keeps checking a background chore; a backlog waits for quiet hours.
+        self._max_per_s = max_per_s
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -535,6 +541,7 @@ class ConformanceWorker:
         """
         backoff = self._interval_s
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 checked = await self.run_once()
             except Exception as exc:  # keep working through outages
@@ -544,6 +551,7 @@ class ConformanceWorker:
             else:
                 backoff = self._interval_s
                 delay = 0.0 if checked == self._batch else self._interval_s
+                delay = max(delay, checked / self._max_per_s - (time.monotonic() - started))
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -97,7 +97,9 @@ class Listener:
             ),
             ssl_context=tls_context(settings),
         )
-        self.conformance = ConformanceWorker(self.engine) if run_conformance else None
+        self.conformance = (
+            ConformanceWorker(self.engine, max_per_s=settings.conformance_max_per_s) if run_conformance else None
+        )
         app = build_app(
             self.ingestor, self.senders,
             checks={"database": self._db_ok, "broker": self.publisher.ping},

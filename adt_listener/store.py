@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adt_listener.intake import Intake
 from services import metrics
@@ -152,6 +154,7 @@ class MessageStore:
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._conn: AsyncConnection | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-store")
@@ -163,6 +166,9 @@ class MessageStore:
         await self._queue.put(None)
         await self._task
         self._task = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
     async def store(self, intake: Intake, *, channel: str, sender: str, check_conformance: bool) -> Stored:
         if self._task is None or self._task.done():
@@ -221,10 +227,8 @@ class MessageStore:
             for col, value in zip(cols, row, strict=True):
                 col.append(value)
 
-        async with self._engine.connect() as conn:
-            raw_conn = await conn.get_raw_connection()
-            driver = raw_conn.driver_connection
-            assert driver is not None
+        driver = await self._driver()
+        try:
             rows = await driver.fetch(_INSERT, *cols)
             inserted = {r["id"] for r in rows}
             results: list[Stored | None] = [
@@ -235,13 +239,32 @@ class MessageStore:
             missing = [n for n, r in enumerate(results) if r is None]
             if missing:
                 await self._resolve_duplicates(driver, batch, missing, results)
+        except BaseException:
+            await self._drop_connection()
+            raise
         return [r for r in results if r is not None]
 
+    async def _driver(self) -> Any:
+        """The writer's own connection, kept across batches: a pool checkout would cost a
+        pre-ping round trip per commit. Reconnects after any failure."""
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+        raw_conn = await self._conn.get_raw_connection()
+        return raw_conn.driver_connection
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
     async def _resolve_duplicates(
-        self, driver: object, batch: list[_Pending], missing: list[int], results: list[Stored | None]
+        self, driver: Any, batch: list[_Pending], missing: list[int], results: list[Stored | None]
     ) -> None:
         keys = [(batch[n].intake.sending_facility, batch[n].intake.control_id or "") for n in missing]
-        originals = await driver.fetch(  # type: ignore[attr-defined]
+        originals = await driver.fetch(
             _ORIGINALS, [k[0] for k in keys], [k[1] for k in keys]
         )
         by_key = {(r["sending_facility"], r["control_id"]): r for r in originals}
@@ -254,4 +277,4 @@ class MessageStore:
             for col, value in zip(dup_cols, (original["id"], item.sender, same, item.intake.raw), strict=True):
                 col.append(value)
             metrics.DUPLICATES.labels(facility=metrics.facility_label(key[0]), same_bytes=str(same).lower()).inc()
-        await driver.execute(_DUPLICATES, *dup_cols)  # type: ignore[attr-defined]
+        await driver.execute(_DUPLICATES, *dup_cols)

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     relay_batch_max: int = 500
     relay_poll_interval_s: float = 0.2
 
+    conformance_max_per_s: float = Field(
+        default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"
+    )
+
     # --- operations -----------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
