@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
@@ -33,6 +34,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adt_listener.intake import Intake
+from schemas.adt_deadletter import AdtDeadLetterV1
+from schemas.adt_deadletter import Finding as DeadLetterFinding
 from services import metrics
 
 log = logging.getLogger(__name__)
@@ -107,25 +110,23 @@ class _Pending:
     future: asyncio.Future[Stored] = field(repr=False)
 
 
-def _outbox_payload(item: _Pending, received_at: str) -> tuple[str, str | None, bytes]:
+def _outbox_payload(item: _Pending, received_at: dt.datetime) -> tuple[str, str | None, bytes]:
     intake = item.intake
     if intake.ack_code == "AA" and intake.event is not None:
         return "adt_events", intake.patient_key, intake.event.model_dump_json().encode()
-    dead_letter = {
-        "schema_name": "wpc.adt_deadletter",
-        "schema_version": 1,
-        "message_id": str(intake.message_id),
-        "received_at": received_at,
-        "channel": item.channel,
-        "sender": item.sender,
-        "sending_facility": intake.sending_facility,
-        "control_id": intake.control_id,
-        "trigger_event": intake.trigger_event,
-        "ack_code": intake.ack_code,
-        "errors": [_finding_json(f) for f in intake.findings],
-        "raw_base64": base64.b64encode(intake.raw).decode(),
-    }
-    return "adt_deadletter", intake.sending_facility or None, json.dumps(dead_letter).encode()
+    dead_letter = AdtDeadLetterV1(
+        message_id=intake.message_id,
+        received_at=received_at,
+        channel="http" if item.channel == "http" else "mllp",
+        sender=item.sender,
+        sending_facility=intake.sending_facility,
+        control_id=intake.control_id,
+        trigger_event=intake.trigger_event,
+        ack_code="AE" if intake.ack_code == "AE" else "AR",
+        errors=[DeadLetterFinding(**_finding_json(f)) for f in intake.findings],  # type: ignore[arg-type]
+        raw_base64=base64.b64encode(intake.raw).decode(),
+    ).model_dump_json().encode()
+    return "adt_deadletter", intake.sending_facility or None, dead_letter
 
 
 def _finding_json(f: object) -> dict[str, object]:
@@ -213,7 +214,7 @@ class MessageStore:
 
     async def _write_batch(self, batch: list[_Pending]) -> list[Stored]:
         cols: list[list[object]] = [[] for _ in range(20)]
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = dt.datetime.now(dt.UTC)
         for ord_, item in enumerate(batch):
             i = item.intake
             kind, key, payload = _outbox_payload(item, now)
