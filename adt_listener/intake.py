@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -95,6 +96,26 @@ class Intake:
 
 def _new_control_id() -> str:
     return uuid.uuid4().hex[:20]  # MSH-10 is ST(20) up to v2.4
+
+
+def _ack(
+    header: AckHeader,
+    code: Literal["AA", "AE", "AR"],
+    findings: Sequence[Finding],
+    *,
+    now: dt.datetime,
+    policy: IntakePolicy,
+) -> bytes:
+    """An ACK from this listener (MSH-3/4 are the policy's receiving application/facility)."""
+    return build_ack(
+        header,
+        code,
+        findings,
+        control_id=_new_control_id(),
+        now=now,
+        receiving_application=policy.receiving_application,
+        receiving_facility=policy.receiving_facility,
+    )
 
 
 def _value(seg: Segment | None, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
@@ -192,15 +213,7 @@ def _decide(
         event, warnings = normalize(msg, message_id=message_id, received_at=received_at, policy=policy)
         findings += warnings
     header = AckHeader.from_message(msg)
-    ack = build_ack(
-        header,
-        code,
-        findings,
-        control_id=_new_control_id(),
-        now=received_at,
-        receiving_application=policy.receiving_application,
-        receiving_facility=policy.receiving_facility,
-    )
+    ack = _ack(header, code, findings, now=received_at, policy=policy)
     return Intake(
         raw=raw,
         ack_code=code,
@@ -229,15 +242,7 @@ def _unparseable(
     else:
         finding = Finding("E", 207, "", "application internal error")
     header = salvage_header(raw)
-    ack = build_ack(
-        header,
-        "AR",
-        [finding],
-        control_id=_new_control_id(),
-        now=received_at,
-        receiving_application=policy.receiving_application,
-        receiving_facility=policy.receiving_facility,
-    )
+    ack = _ack(header, "AR", [finding], now=received_at, policy=policy)
     return Intake(
         raw=raw,
         ack_code="AR",
@@ -273,15 +278,7 @@ def with_rejection(decided: Intake, finding: Finding, *, now: dt.datetime, polic
     """
     header = _header_of(decided.raw)
     findings = (*decided.findings, finding)
-    ack = build_ack(
-        header,
-        "AR",
-        findings,
-        control_id=_new_control_id(),
-        now=now,
-        receiving_application=policy.receiving_application,
-        receiving_facility=policy.receiving_facility,
-    )
+    ack = _ack(header, "AR", findings, now=now, policy=policy)
     return replace(
         decided, ack_code="AR", findings=findings, event=None, ack=ack, send_ack=should_send("AR", header)
     )
@@ -291,12 +288,4 @@ def internal_error_ack(raw: bytes, *, now: dt.datetime, policy: IntakePolicy) ->
     """AR (CR in enhanced mode) with ERR 207: our fault, the sender should retry."""
     header = _header_of(raw)
     finding = Finding("E", 207, "", "application internal error; please retry")
-    return build_ack(
-        header,
-        "AR",
-        [finding],
-        control_id=_new_control_id(),
-        now=now,
-        receiving_application=policy.receiving_application,
-        receiving_facility=policy.receiving_facility,
-    )
+    return _ack(header, "AR", [finding], now=now, policy=policy)
