@@ -13,9 +13,10 @@ With a senders file, a bearer token names the sender (`Authorization: Bearer ...
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import cast
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener.ingest import Ingestor
 from adt_listener.senders import Sender, Senders
@@ -64,7 +65,6 @@ def build_app(
     checks: dict[str, Check],
     max_body_bytes: int,
     extra_routers: tuple[APIRouter, ...] = (),
-    lifespan: Callable[[FastAPI], Awaitable[None]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="WPC ADT listener", version="0.1.0")
     app.include_router(ops_router(checks, ingest_checks=("database",)))
@@ -75,5 +75,21 @@ def build_app(
 
 
 def route_paths() -> set[str]:
-    """Every HTTP path the listener serves (deploy tests check probes against it)."""
-    return {"/healthz", "/readyz", "/readyz/ingest", "/metrics", "/v1/adt", "/v1/feed-quality"}
+    """Every HTTP path the listener serves (deploy tests check probes against it).
+
+    Read off an app built by `build_app` with the same routers as `adt_listener.service`;
+    routes touch their dependencies only per request, so placeholders do here.
+    """
+    from adt_listener.feed_report import router as feed_quality_router
+
+    async def never(_: object = None) -> bool:
+        return False
+
+    app = build_app(
+        cast(Ingestor, None),
+        Senders(),
+        checks={"database": never, "broker": never},
+        max_body_bytes=0,
+        extra_routers=(feed_quality_router(lambda: cast(AsyncEngine, None)),),
+    )
+    return set(app.openapi()["paths"])

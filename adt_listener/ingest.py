@@ -23,6 +23,7 @@ from services import metrics
 
 log = logging.getLogger(__name__)
 
+UNREGISTERED = Sender(name="unregistered", validation="off")
 MSH4_UNKNOWN = Finding("E", 204, "MSH-4", "sending facility is not registered for this listener")
 MSH4_NOT_YOURS = Finding("E", 204, "MSH-4", "sending facility does not belong to the authenticated sender")
 
@@ -64,9 +65,7 @@ class Ingestor:
         facility = metrics.facility_label(decided.sending_facility)
         trigger = decided.trigger_event or "unknown"
         metrics.MESSAGES_RECEIVED.labels(channel=channel, facility=facility, trigger=trigger[:8]).inc()
-        check = acting.validation == "all" or (
-            acting.validation == "sampled" and sample_selected("sampled", acting.sample_rate, decided.message_id)
-        )
+        check = sample_selected(acting.validation, acting.sample_rate, decided.message_id)
         try:
             stored = await self._store.store(decided, channel=channel, sender=acting.name, check_conformance=check)
         except StoreUnavailable:
@@ -99,5 +98,5 @@ class Ingestor:
         if owner is None:
             if decided.ack_code == "AA":
                 decided = with_rejection(decided, MSH4_UNKNOWN, now=now, policy=self._policy)
-            return decided, Sender(name="unregistered", validation="off")
+            return decided, UNREGISTERED
         return decided, owner

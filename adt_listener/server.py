@@ -85,8 +85,8 @@ class MllpServer:
             metrics.REFUSED_CONNECTIONS.labels(reason="closing" if self._closing else "max_connections").inc()
             writer.close()
             return
-        sender = self._identify(writer)
-        if sender is False or sender is True:
+        known, sender = self._identify(writer)
+        if not known:
             metrics.REFUSED_CONNECTIONS.labels(reason="unknown_certificate").inc()
             writer.close()
             return
@@ -105,18 +105,16 @@ class MllpServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _identify(self, writer: asyncio.StreamWriter) -> Sender | bool | None:  # bool: only False
-        """The sender named by the client certificate; None without one; False if unknown."""
+    def _identify(self, writer: asyncio.StreamWriter) -> tuple[bool, Sender | None]:
+        """(may connect, sender named by the client certificate or None without mutual TLS)."""
         if self._ssl is None or self._ssl.verify_mode != ssl.CERT_REQUIRED:
-            return None
+            return True, None
         cert = writer.get_extra_info("peercert") or {}
         cn = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), None)
         if cn is None:
-            return False
+            return False, None
         found = self._senders.by_certificate(cn)
-        if found is None and not self._senders.open:
-            return False
-        return found
+        return found is not None or self._senders.open, found
 
     async def _serve(
         self,
