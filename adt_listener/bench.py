@@ -302,18 +302,12 @@ async def run_load(spec: LoadSpec, target: str = "") -> PhaseResult:
 
 
 def _load_main(spec_json: str) -> int:
+    from services import lifecycle
+
     spec = LoadSpec(**json.loads(spec_json))
-    result: PhaseResult = _run_loop(run_load(spec))
+    result: PhaseResult = lifecycle.run(run_load(spec))
     print(json.dumps(asdict(result)), flush=True)
     return 0
-
-
-def _run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 # --- the two reference servers (each runs in its own process) ----------------------------
@@ -321,6 +315,7 @@ def _run_loop(coro: Any) -> Any:
 
 def _serve_bare(port: int) -> int:
     """Answer every MLLP frame with the same ACK: no parsing, no storage, no copy."""
+    from services import lifecycle
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = MllpFramer()
@@ -335,15 +330,12 @@ def _serve_bare(port: int) -> int:
             writer.close()
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = lifecycle.stop_on_signals()
         server = await asyncio.start_server(handle, "127.0.0.1", port)
         async with server:
             await stop.wait()
 
-    _run_loop(main())
+    lifecycle.run(main())
     return 0
 
 
@@ -503,39 +495,36 @@ async def _drive(spec: LoadSpec, target: str) -> PhaseResult:
 # --- the database of the run ------------------------------------------------------------
 
 
-async def _create_database(url: str) -> tuple[str, str]:
-    """A fresh database beside the configured one; returns (its URL, its name)."""
+async def _admin(url: str, database: str, statement: str) -> None:
+    """Run one statement that must not be in a transaction (CREATE/DROP DATABASE)."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
+
+    from services.db import normalize_url
+
+    engine = create_async_engine(make_url(normalize_url(url)).set(database=database), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def _create_database(url: str) -> tuple[str, str]:
+    """A fresh database beside the configured one; returns (its URL, its name)."""
+    from sqlalchemy.engine import make_url
 
     from services.db import normalize_url
 
     base = make_url(normalize_url(url))
     name = f"wpc_bench_{secrets.token_hex(6)}"
-    engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await engine.dispose()
+    await _admin(url, base.database or "postgres", f'CREATE DATABASE "{name}"')
     return base.set(database=name).render_as_string(hide_password=False), name
 
 
 async def _drop_database(url: str, name: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from services.db import normalize_url
-
-    admin = make_url(normalize_url(url)).set(database="postgres")
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
+    await _admin(url, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _count_rows(url: str, seeds: list[int]) -> tuple[int, int, int]:
@@ -800,6 +789,8 @@ def run(args: argparse.Namespace) -> int:
         validation=args.validation,
     )
 
+    from services import lifecycle
+
     async def main() -> dict[str, Any]:
         task = asyncio.current_task()
         assert task is not None
@@ -809,7 +800,7 @@ def run(args: argparse.Namespace) -> int:
         return await ingest(options, Settings())
 
     try:
-        report: dict[str, Any] = _run_loop(main())
+        report: dict[str, Any] = lifecycle.run(main())
     except asyncio.CancelledError:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130

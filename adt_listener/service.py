@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,7 +28,7 @@ from adt_listener.intake import IntakePolicy
 from adt_listener.senders import Senders, load_senders
 from adt_listener.server import MllpLimits, MllpServer
 from adt_listener.store import MessageStore, Topics
-from services import db, logs
+from services import db, lifecycle, logs
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay
@@ -148,19 +147,6 @@ class Listener:
         log.info("listener stopped")
 
 
-async def run_until_signalled(*contexts: contextlib.AbstractAsyncContextManager[object]) -> None:
-    """Enter the contexts, wait for SIGINT/SIGTERM, leave them in reverse order."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with contextlib.AsyncExitStack() as stack:
-        for ctx in contexts:
-            await stack.enter_async_context(ctx)
-        await stop.wait()
-        log.info("signal received: draining")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
 
@@ -173,20 +159,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
+        stop = lifecycle.stop_on_signals()
         if args.migrate:
-            engine = db.create_engine(settings.database_url, pool_size=1)
-            await db.migrate(engine)
-            await engine.dispose()
-        await run_until_signalled(Listener(settings))
+            await db.migrate_url(settings.database_url)
+        async with Listener(settings):
+            await stop.wait()
+            log.info("signal received: draining")
 
-    _run_loop(main())
+    lifecycle.run(main())
     return 0
-
-
-def _run_loop(coro: object) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coro)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]

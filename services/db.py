@@ -52,6 +52,15 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
+async def migrate_url(url: str) -> None:
+    """`migrate` on a short-lived engine of its own (commands that only migrate, then go on)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from services.db import create_engine, migrate
+from services import lifecycle
+from services.db import migrate_url
 from services.settings import Settings
 
 
@@ -20,13 +20,6 @@ def run(args: argparse.Namespace) -> int:
         print("wpc migrate: WPC_DATABASE_URL is not set")
         return 2
 
-    async def _go() -> None:
-        engine = create_engine(url, pool_size=1)
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(_go())
+    lifecycle.run(migrate_url(url))
     print("migrations applied")
     return 0

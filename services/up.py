@@ -19,12 +19,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator
 
-from adt_listener.service import Listener, _run_loop
-from services import db, logs
+from adt_listener.service import Listener
+from services import db, lifecycle, logs
 from services.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.settings import Settings
 
@@ -62,14 +61,9 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
 
 
 async def serve(settings: Settings) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = lifecycle.stop_on_signals()
     async with infrastructure(settings) as ready:
-        engine = db.create_engine(ready.database_url, pool_size=1)
-        await db.migrate(engine)
-        await engine.dispose()
+        await db.migrate_url(ready.database_url)
         async with Listener(ready) as listener:
             ep = listener.endpoints
             print(
@@ -99,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
         overrides["listener_http_port"] = args.http_port
     settings = Settings(**overrides)  # type: ignore[arg-type]
     logs.configure(settings.log_level, settings.log_json and not sys.stdout.isatty())
-    _run_loop(serve(settings))
+    lifecycle.run(serve(settings))
     return 0
