@@ -8,8 +8,6 @@ every test that asks for `topics` gets topic names no other test uses.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,16 +16,10 @@ import asyncpg
 import pytest
 
 from services.db import create_engine, migrate
-from services.embedded import tansu_binary
+from services.embedded import EmbeddedBroker
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 ADMIN_DSN = os.environ.get("WPC_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -67,38 +59,20 @@ async def database_url(template_db: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-class Broker:
-    """A Tansu process on a free loopback port; stop()/start() simulate an outage.
+class Broker(EmbeddedBroker):
+    """The embedded Tansu on a free loopback port; stop()/start() simulate an outage.
 
     Tansu here keeps topics in memory, so a restart loses what it held: tests that
     restart it check that the outbox re-publishes, not that the broker kept data.
     """
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                import time
-
-                time.sleep(0.05)
-        raise RuntimeError("tansu did not start")
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers
 
     def stop(self) -> None:
+        # An outage, not a goodbye: Tansu may take long to close connected clients on SIGTERM.
         if self.proc is not None:
-            # An outage, not a goodbye: Tansu may take long to close connected clients on SIGTERM.
             self.proc.kill()
             self.proc.wait(5)
             self.proc = None

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from adt_listener.service import Listener
+from services.embedded import free_port
 from services.settings import Settings
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 
 StartListener = Callable[..., AbstractAsyncContextManager[Listener]]
 

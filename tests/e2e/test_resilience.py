@@ -17,7 +17,8 @@ import pytest
 
 from adt_listener.sender import MllpClient
 from adt_listener.synthetic import synthetic_feed
-from tests.conftest import ADMIN_DSN, Broker, free_port
+from services.embedded import free_port
+from tests.conftest import ADMIN_DSN, Broker
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, wait_outbox_empty
 from tests.kafka_util import read_topic

@@ -41,7 +41,7 @@ async def test_ping_is_true_when_broker_answers(publisher: Publisher) -> None:
 
 
 async def test_unreachable_broker_raises_bus_unavailable() -> None:
-    from tests.conftest import free_port
+    from services.embedded import free_port
 
     pub = KafkaPublisher(f"127.0.0.1:{free_port()}", timeout_s=1.0)
     with pytest.raises(BusUnavailable):
