@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -110,7 +110,9 @@ class _Pending:
     future: asyncio.Future[Stored] = field(repr=False)
 
 
-def _outbox_payload(item: _Pending, received_at: dt.datetime) -> tuple[str, str | None, bytes]:
+def _outbox_payload(
+    item: _Pending, findings: list[dict[str, Any]], received_at: dt.datetime
+) -> tuple[str, str | None, bytes]:
     intake = item.intake
     if intake.ack_code == "AA" and intake.event is not None:
         return "adt_events", intake.patient_key, intake.event.model_dump_json().encode()
@@ -123,19 +125,10 @@ def _outbox_payload(item: _Pending, received_at: dt.datetime) -> tuple[str, str 
         control_id=intake.control_id,
         trigger_event=intake.trigger_event,
         ack_code="AE" if intake.ack_code == "AE" else "AR",
-        errors=[DeadLetterFinding(**_finding_json(f)) for f in intake.findings],  # type: ignore[arg-type]
+        errors=[DeadLetterFinding.model_validate(f) for f in findings],
         raw_base64=base64.b64encode(intake.raw).decode(),
     ).model_dump_json().encode()
     return "adt_deadletter", intake.sending_facility or None, dead_letter
-
-
-def _finding_json(f: object) -> dict[str, object]:
-    return {
-        "severity": getattr(f, "severity", ""),
-        "code": getattr(f, "code", 0),
-        "location": getattr(f, "location", ""),
-        "text": getattr(f, "text", ""),
-    }
 
 
 class MessageStore:
@@ -217,11 +210,12 @@ class MessageStore:
         now = dt.datetime.now(dt.UTC)
         for ord_, item in enumerate(batch):
             i = item.intake
-            kind, key, payload = _outbox_payload(item, now)
+            findings = [asdict(f) for f in i.findings]
+            kind, key, payload = _outbox_payload(item, findings, now)
             topic = self._topics.adt_events if kind == "adt_events" else self._topics.adt_deadletter
             row = (
                 i.message_id, item.channel, item.sender, i.sending_facility, i.control_id, i.message_type,
-                i.trigger_event, i.hl7_version, i.ack_code, json.dumps([_finding_json(f) for f in i.findings]),
+                i.trigger_event, i.hl7_version, i.ack_code, json.dumps(findings),
                 i.ack, i.raw, i.charset, i.event_id, i.patient_key, not item.check_conformance,
                 topic, key, payload, ord_,
             )

@@ -48,8 +48,14 @@ class KafkaPublisher:
         self._bootstrap = bootstrap_servers
         self._timeout = timeout_s
         self._producer: AIOKafkaProducer | None = None
+        # /readyz pings and the relay both get here; without the lock each may start a producer.
+        self._starting = asyncio.Lock()
 
     async def _ensure(self) -> AIOKafkaProducer:
+        async with self._starting:
+            return await self._start_once()
+
+    async def _start_once(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self._bootstrap,

@@ -7,6 +7,7 @@ real broker, and checks ACKs, rows in PostgreSQL and records on Kafka.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -18,6 +19,7 @@ import httpx
 from adt_listener.mllp import encode
 from adt_listener.sender import MllpClient
 from adt_listener.synthetic import synthetic_feed
+from schemas.adt_deadletter import AdtDeadLetterV1
 from tests.conftest import Broker
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, msa_control_id, wait_outbox_empty
@@ -98,7 +100,7 @@ async def test_pipelined_messages_are_answered_in_order(start_listener: StartLis
 
 
 async def test_garbage_truncated_and_oversized_input(
-    start_listener: StartListener, database_url: str
+    start_listener: StartListener, database_url: str, broker: Broker, topics: dict[str, str]
 ) -> None:
     good = synthetic_feed(3, seed=14)
     async with start_listener(mllp_max_frame_bytes=4096) as listener:
@@ -128,6 +130,12 @@ async def test_garbage_truncated_and_oversized_input(
     rejected = await db_fetch(database_url, "SELECT ack_code, errors FROM adt_message WHERE ack_code <> 'AA'")
     assert len(rejected) == 2  # the oversized head and the non-HL7 frame are kept with their reasons
     assert all(json.loads(r["errors"]) for r in rejected)
+    # ... and published to the dead-letter topic, raw bytes included, per its contract.
+    dead = [AdtDeadLetterV1.model_validate_json(r.value)
+            for r in await read_topic(broker.bootstrap, topics["adt_deadletter"], expect=2)]
+    assert sorted(d.ack_code for d in dead) == ["AR", "AR"]
+    assert all(d.errors and d.errors[0].severity == "E" for d in dead)
+    assert b"this is not HL7 at all" in [base64.b64decode(d.raw_base64) for d in dead]
 
 
 async def test_sample_corpus_over_mllp(
