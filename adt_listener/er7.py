@@ -252,9 +252,15 @@ def escape(text: str, d: Delimiters) -> str:
 
 
 class Segment:
-    """One segment; ``fields[n]`` is SEG-n, ``fields[0]`` the segment id."""
+    """One segment; ``fields[n]`` is SEG-n, ``fields[0]`` the segment id.
 
-    __slots__ = ("_is_msh", "charset", "delimiters", "fields", "name")
+    A field is split into repetitions, components and subcomponents once, the first
+    time it is read, and kept: the normalizer reads several components of the same
+    field (PID-3, PID-11, PV1-3 ...), and re-splitting the field text for each of them
+    was most of the cost of a message. ``fields`` must not be changed after reading.
+    """
+
+    __slots__ = ("_is_msh", "_split", "charset", "delimiters", "fields", "name")
 
     def __init__(
         self, name: str, fields: list[str], delimiters: Delimiters, charset: str | None = None
@@ -264,6 +270,7 @@ class Segment:
         self.delimiters = delimiters
         self.charset = charset
         self._is_msh = name == "MSH"
+        self._split: dict[int, list[list[list[str]]]] = {}
 
     def __repr__(self) -> str:  # ids only: field values may be PHI
         return f"<Segment {self.name} ({len(self.fields) - 1} fields)>"
@@ -282,29 +289,46 @@ class Segment:
             return [f]
         return f.split(self.delimiters.repetition)
 
-    def get(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
-        """Unescaped value of SEG-n[rep].comp.sub; '' when absent."""
+    def repetition_count(self, n: int) -> int:
+        """How many repetitions field n has (0 when it is empty)."""
+        if self._is_msh and n <= 2:
+            return 1 if self.field(n) else 0
+        parts = self._split.get(n)
+        return len(parts if parts is not None else self._split_field(n))
+
+    def _split_field(self, n: int) -> list[list[list[str]]]:
+        """Field n as repetitions → components → subcomponents, raw (still escaped)."""
         f = self.field(n)
         if not f:
-            return ""
+            parts: list[list[list[str]]] = []
+        else:
+            d = self.delimiters
+            comp, sub = d.component, d.subcomponent
+            parts = [
+                [c.split(sub) if sub in c else [c] for c in r.split(comp)] if comp in r or sub in r else [[r]]
+                for r in f.split(d.repetition)
+            ]
+        self._split[n] = parts
+        return parts
+
+    def get(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+        """Unescaped value of SEG-n[rep].comp.sub; '' when absent."""
         if self._is_msh and n <= 2:  # MSH-1/MSH-2 are the delimiters themselves
+            f = self.field(n)
             return f if rep == comp == sub == 1 else ""
+        if rep < 1 or comp < 1 or sub < 1:
+            return ""
+        parts = self._split.get(n)
+        if parts is None:
+            parts = self._split_field(n)
+        try:
+            value = parts[rep - 1][comp - 1][sub - 1]
+        except IndexError:
+            return ""
         d = self.delimiters
-        f = _pick(f, d.repetition, rep)
-        if f:
-            f = _pick(f, d.component, comp)
-        if f:
-            f = _pick(f, d.subcomponent, sub)
-        if f and d.escape in f:
-            return unescape(f, d, charset=self.charset)
-        return f
-
-
-def _pick(text: str, sep: str, index: int) -> str:
-    if sep not in text:
-        return text if index == 1 else ""
-    parts = text.split(sep)
-    return parts[index - 1] if 0 < index <= len(parts) else ""
+        if value and d.escape in value:
+            return unescape(value, d, charset=self.charset)
+        return value
 
 
 _PATH = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?")

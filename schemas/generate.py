@@ -14,11 +14,14 @@ from pydantic import BaseModel
 
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_event import AdtEventV1
+from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
 
 JSON_DIR = Path(__file__).with_name("json")
 CONTRACTS: dict[str, type[BaseModel]] = {
     "adt_event.v1.json": AdtEventV1,
     "adt_deadletter.v1.json": AdtDeadLetterV1,
+    "enrollment_candidate.v1.json": EnrollmentCandidateV1,
+    "enrollment_event.v1.json": EnrollmentEventV1,
 }
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("services.up", "run the whole system on this machine (embedded PostgreSQL and broker if unset)"),
     "listener": ("adt_listener.service", "run the ADT listener (MLLP + HTTP + outbox relay)"),
+    "enrollment": ("enrollment_svc.service", "run the enrollment service (adt.events consumer, rules, care team API)"),
     "migrate": ("services.migrate_cmd", "apply database migrations and exit"),
     "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
     "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),

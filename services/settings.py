@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     relay_batch_max: int = 500
     relay_poll_interval_s: float = 0.2
 
+    # --- enrollment service -----------------------------------------------------------------
+    rules_file: Path | None = Field(
+        default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"
+    )
+    users_file: Path | None = Field(
+        default=None, description="Care team API users YAML (enrollment_svc/auth.py); empty: no one can log in"
+    )
+    topic_enrollment_candidates: str = "enrollment.candidates"
+    topic_enrollment_events: str = "enrollment.events"
+    enrollment_group_id: str = "wpc-enrollment"
+    enrollment_lanes: int = Field(default=8, description="adt.events applied concurrently (by patient key)")
+    expiry_interval_s: float = Field(default=60.0, description="How often pending candidates are checked for expiry")
+
     conformance_max_per_s: float = Field(
         default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"
     )

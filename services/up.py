@@ -9,8 +9,13 @@ outbox republishes what was not yet delivered).
 Then it applies migrations, starts the services, prints where each endpoint listens
 and runs until Ctrl-C / SIGTERM, which drains and stops everything in order.
 
-Services run today: the ADT listener with its outbox relay and conformance worker.
-The enrollment service and the notifier join when they are built (issues 3 and 4).
+Services run today: the ADT listener (with the outbox relay and conformance worker)
+and the enrollment service (adt.events consumer, program rules, care team API). The
+notifier joins when it is built (issue 4).
+
+With no ``WPC_USERS_FILE``, the care team API gets one demo user with every role and a
+token made up at start and printed: a newcomer can try the API at once, and no fixed
+token ever exists.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import sys
 from collections.abc import AsyncIterator
 
 from adt_listener.service import Listener
+from enrollment_svc.auth import Users, load_users
+from enrollment_svc.service import EnrollmentService
 from services import db, lifecycle, logs
 from services.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.settings import Settings
@@ -34,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="overrides WPC_DATA_DIR (embedded PostgreSQL data)")
     parser.add_argument("--mllp-port", type=int, help="overrides WPC_MLLP_PORT")
     parser.add_argument("--http-port", type=int, help="overrides WPC_LISTENER_HTTP_PORT")
+    parser.add_argument("--enrollment-port", type=int, help="overrides WPC_ENROLLMENT_HTTP_PORT")
 
 
 @contextlib.asynccontextmanager
@@ -64,8 +73,15 @@ async def serve(settings: Settings) -> None:
     stop = lifecycle.stop_on_signals()
     async with infrastructure(settings) as ready:
         await db.migrate_url(ready.database_url)
-        async with Listener(ready) as listener:
+        demo_token = ""
+        if ready.users_file is not None:
+            users = load_users(ready.users_file)
+        else:
+            demo_token = secrets.token_urlsafe(24)
+            users = Users.single(demo_token, "demo", frozenset({"ops", "partner", "care_team:*"}))
+        async with Listener(ready) as listener, EnrollmentService(ready, users=users) as enrollment:
             ep = listener.endpoints
+            eport = ready.enrollment_http_port
             print(
                 "\nWPC backend is up\n"
                 f"  MLLP (HL7 v2 ADT)   tcp://{ready.mllp_host}:{ep.mllp_port}"
@@ -73,8 +89,13 @@ async def serve(settings: Settings) -> None:
                 f"  HTTP ADT intake     POST http://127.0.0.1:{ep.http_port}/v1/adt\n"
                 f"  health / readiness  http://127.0.0.1:{ep.http_port}/healthz  /readyz\n"
                 f"  metrics             http://127.0.0.1:{ep.http_port}/metrics\n"
+                f"  enrollment API      http://127.0.0.1:{eport}/v1/candidates  (docs: /docs)"
+                f"{'  demo token: ' + demo_token if demo_token else ''}\n"
+                f"  enrollment ops      http://127.0.0.1:{eport}/healthz  /readyz  /metrics\n"
+                f"  program rules       {enrollment.rules.rule_version}\n"
                 f"  Kafka               {ready.kafka_bootstrap_servers}  topics "
-                f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}\n"
+                f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}, {ready.topic_enrollment_candidates}, "
+                f"{ready.topic_enrollment_events}\n"
                 "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
                 f"{ep.mllp_port}\nCtrl-C stops.",
                 flush=True,
@@ -91,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["mllp_port"] = args.mllp_port
     if args.http_port is not None:
         overrides["listener_http_port"] = args.http_port
+    if args.enrollment_port is not None:
+        overrides["enrollment_http_port"] = args.enrollment_port
     settings = Settings(**overrides)  # type: ignore[arg-type]
     logs.configure(settings.log_level, settings.log_json and not sys.stdout.isatty())
     lifecycle.run(serve(settings))

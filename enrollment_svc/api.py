@@ -1,0 +1,315 @@
+"""The care team's API (FastAPI): candidates, actions, timelines, flags, links, measures.
+
+Every endpoint needs a bearer token (`enrollment_svc.auth`); every read or change of a
+patient's data writes an ``audit`` row (who, what, which person or candidate), in the
+same transaction as a change. Errors name what is wrong with the request, never
+patient data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from enrollment_svc import measures
+from enrollment_svc.auth import User, current_user
+from enrollment_svc.model import Flag, FlagKind
+from enrollment_svc.status import TransitionError
+from enrollment_svc.store import EnrollmentStore, identity_key
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdentifierIn(_Body):
+    authority: str = Field(min_length=1, description="Assigning authority (PID-3.4) or the facility's MSH-4")
+    value: str = Field(min_length=1)
+
+
+class ActionIn(_Body):
+    reason: str | None = None
+
+
+class ServiceIn(_Body):
+    kind: Literal["pre_discharge_visit", "home_visit", "pcp_appointment", "pcp_notified"]
+    at: dt.datetime
+
+
+class FlagIn(_Body):
+    identifier: IdentifierIn
+    kind: FlagKind
+    source: str = Field(min_length=1, description="The partner system or program that says so")
+    effective: dt.datetime
+    until: dt.datetime | None = None
+    detail: str | None = None
+
+
+class LinkIn(_Body):
+    a: IdentifierIn
+    b: IdentifierIn
+    reason: str = Field(min_length=3)
+
+
+class UnlinkIn(_Body):
+    identifier: IdentifierIn
+    reason: str = Field(min_length=3)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise HTTPException(422, "times must carry a UTC offset")
+    return value.astimezone(dt.UTC)
+
+
+async def _audit(
+    conn: AsyncConnection, user: User, action: str, *, person: Any = None, candidate: Any = None, detail: str = ""
+) -> None:
+    await conn.execute(
+        text("INSERT INTO audit (actor, action, person_id, candidate_id, detail) VALUES (:a, :x, :p, :c, :d)"),
+        {"a": user.name, "x": action, "p": person, "c": candidate, "d": detail},
+    )
+
+
+_CANDIDATE_COLUMNS = (
+    "c.id, c.person_id, c.program, c.status, c.facility, c.encounter_id, c.rule_version, c.decision, "
+    "c.created_at, c.proposed_at, c.expires_at, c.updated_at, c.status_reason"
+)
+
+
+def _candidate(row: Any) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in row._mapping.items()}
+
+
+def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["enrollment"])
+
+    @router.get("/candidates")
+    async def list_candidates(
+        user: CurrentUser,
+        program: str | None = None,
+        status: str | None = None,
+        facility: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[dict[str, Any]]:
+        allowed = user.programs()
+        if program is not None and program not in allowed:
+            raise HTTPException(403, "no role for this program")
+        programs = [program] if program else sorted(allowed)
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.program = ANY(:p) "
+                        "AND (CAST(:s AS text) IS NULL OR c.status = :s) "
+                        "AND (CAST(:f AS text) IS NULL OR c.facility = :f) ORDER BY c.seq DESC LIMIT :n"
+                    ),
+                    {"p": programs, "s": status, "f": facility, "n": limit},
+                )
+            ).all()
+            for r in rows:
+                await _audit(conn, user, "list_candidate", person=r.person_id, candidate=r.id)
+        return [_candidate(r) for r in rows]
+
+    async def _one(conn: AsyncConnection, user: User, candidate_id: uuid.UUID, *, write: bool) -> Any:
+        row = (
+            await conn.execute(
+                text(f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.id = :c"),
+                {"c": candidate_id},
+            )
+        ).first()
+        if row is None:
+            raise HTTPException(404, "no such candidate")
+        if row.program not in user.programs(write=write):
+            raise HTTPException(403, "no role for this candidate's program")
+        return row
+
+    @router.get("/candidates/{candidate_id}")
+    async def read_candidate(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
+        async with engine.begin() as conn:
+            row = await _one(conn, user, candidate_id, write=False)
+            identifiers = (
+                await conn.execute(
+                    text("SELECT authority, value, type_code FROM identity WHERE person_id = :p ORDER BY created_at"),
+                    {"p": row.person_id},
+                )
+            ).all()
+            transitions = (
+                await conn.execute(
+                    text("SELECT from_status, to_status, actor, reason, at FROM candidate_transition "
+                         "WHERE candidate_id = :c ORDER BY id"),
+                    {"c": candidate_id},
+                )
+            ).all()
+            await _audit(conn, user, "read_candidate", person=row.person_id, candidate=row.id)
+        body = _candidate(row)
+        body["identifiers"] = [dict(i._mapping) for i in identifiers]
+        body["transitions"] = [dict(t._mapping) for t in transitions]
+        return body
+
+    async def _act(candidate_id: uuid.UUID, action: str, reason: str | None, user: User) -> dict[str, Any]:
+        async with engine.begin() as conn:
+            row = await _one(conn, user, candidate_id, write=True)
+            try:
+                status = await store.transition(
+                    conn, candidate_id, action, actor=user.name, reason=reason, now=dt.datetime.now(dt.UTC)
+                )
+            except TransitionError as exc:
+                raise HTTPException(409, str(exc)) from exc
+            await _audit(conn, user, action, person=row.person_id, candidate=row.id, detail=reason or "")
+        return {"id": str(candidate_id), "status": status}
+
+    @router.post("/candidates/{candidate_id}/accept")
+    async def accept(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
+        """Outreach started."""
+        return await _act(candidate_id, "accept", None, user)
+
+    @router.post("/candidates/{candidate_id}/consent")
+    async def consent(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
+        """The patient opted in: enrolled."""
+        return await _act(candidate_id, "consent", None, user)
+
+    @router.post("/candidates/{candidate_id}/decline")
+    async def decline(candidate_id: uuid.UUID, body: ActionIn, user: CurrentUser) -> dict[str, Any]:
+        return await _act(candidate_id, "decline", body.reason, user)
+
+    @router.post("/candidates/{candidate_id}/disenroll")
+    async def disenroll(candidate_id: uuid.UUID, body: ActionIn, user: CurrentUser) -> dict[str, Any]:
+        return await _act(candidate_id, "disenroll", body.reason, user)
+
+    @router.post("/candidates/{candidate_id}/services", status_code=201)
+    async def record_service(candidate_id: uuid.UUID, body: ServiceIn, user: CurrentUser) -> dict[str, Any]:
+        """A service delivered (for the measures): visit, home visit, PCP appointment or notice."""
+        async with engine.begin() as conn:
+            row = await _one(conn, user, candidate_id, write=True)
+            await conn.execute(
+                text("INSERT INTO service_record (candidate_id, kind, at, actor) VALUES (:c, :k, :at, :a)"),
+                {"c": candidate_id, "k": body.kind, "at": _aware(body.at), "a": user.name},
+            )
+            await _audit(conn, user, "record_service", person=row.person_id, candidate=row.id, detail=body.kind)
+        return {"id": str(candidate_id), "kind": body.kind}
+
+    @router.get("/persons/{person_id}/timeline")
+    async def timeline(person_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
+        """Encounters, flags, decisions (candidates) and enrollments of one person, newest first."""
+        async with engine.begin() as conn:
+            programs = (
+                await conn.execute(
+                    text("SELECT DISTINCT program FROM candidate WHERE person_id = :p"), {"p": person_id}
+                )
+            ).scalars().all()
+            if not user.has("ops") and not set(programs) & user.programs():
+                raise HTTPException(403, "no role for this person's programs")
+            encounters = (
+                await conn.execute(
+                    text("SELECT id, facility, visit_number, kind, status, patient_class, start_at, end_at, dx_flags "
+                         "FROM encounter WHERE person_id = :p ORDER BY start_at DESC LIMIT 500"),
+                    {"p": person_id},
+                )
+            ).all()
+            flags = (
+                await conn.execute(
+                    text("SELECT id, kind, source, effective, until, detail FROM patient_flag WHERE person_id = :p "
+                         "ORDER BY effective DESC"),
+                    {"p": person_id},
+                )
+            ).all()
+            candidates = (
+                await conn.execute(
+                    text(f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.person_id = :p "
+                         "ORDER BY c.seq DESC"),
+                    {"p": person_id},
+                )
+            ).all()
+            await _audit(conn, user, "read_timeline", person=person_id)
+        return {
+            "person_id": str(person_id),
+            "encounters": [_candidate(e) for e in encounters],
+            "flags": [_candidate(f) for f in flags],
+            "candidates": [_candidate(c) for c in candidates],
+        }
+
+    @router.post("/flags", status_code=201)
+    async def add_flag(body: FlagIn, user: CurrentUser) -> dict[str, Any]:
+        """A fact ADT does not carry, from a partner system (role partner) or the care team."""
+        if not (user.has("partner") or user.programs(write=True)):
+            raise HTTPException(403, "partner or care team role required")
+        flag = Flag(
+            id=str(uuid.uuid4()),
+            kind=body.kind,
+            source=body.source,
+            effective=_aware(body.effective),
+            until=_aware(body.until) if body.until else None,
+            detail=body.detail,
+        )
+        key = identity_key(body.identifier.authority, body.identifier.value)
+        async with engine.begin() as conn:
+            try:
+                applied = await store.add_flag(conn, key, flag, recorded_by=user.name, now=dt.datetime.now(dt.UTC))
+            except LookupError as exc:
+                raise HTTPException(404, "no patient with this identifier") from exc
+            await _audit(conn, user, "add_flag", person=applied.person_id, detail=body.kind)
+        return {
+            "flag_id": flag.id,
+            "person_id": str(applied.person_id),
+            "candidate_id": str(applied.candidate_id) if applied.candidate_id else None,
+            "proposed": applied.evaluation.proposed if applied.evaluation else None,
+        }
+
+    @router.post("/identity-links", status_code=201)
+    async def link(body: LinkIn, user: CurrentUser) -> dict[str, Any]:
+        if not (user.has("ops") or user.programs(write=True)):
+            raise HTTPException(403, "ops or care team role required")
+        async with engine.begin() as conn:
+            try:
+                person = await store.link(
+                    conn,
+                    identity_key(body.a.authority, body.a.value),
+                    identity_key(body.b.authority, body.b.value),
+                    actor=user.name,
+                    reason=body.reason,
+                )
+            except LookupError as exc:
+                raise HTTPException(404, "no patient with one of these identifiers") from exc
+            await _audit(conn, user, "link", person=person, detail=body.reason)
+        return {"person_id": str(person)}
+
+    @router.post("/identity-unlinks", status_code=201)
+    async def unlink(body: UnlinkIn, user: CurrentUser) -> dict[str, Any]:
+        if not (user.has("ops") or user.programs(write=True)):
+            raise HTTPException(403, "ops or care team role required")
+        async with engine.begin() as conn:
+            try:
+                person = await store.unlink(
+                    conn, identity_key(body.identifier.authority, body.identifier.value),
+                    actor=user.name, reason=body.reason,
+                )
+            except LookupError as exc:
+                raise HTTPException(404, "no patient with this identifier") from exc
+            await _audit(conn, user, "unlink", person=person, detail=body.reason)
+        return {"person_id": str(person)}
+
+    @router.get("/measures")
+    async def get_measures(
+        user: CurrentUser,
+        month: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],
+        program: str | None = None,
+    ) -> dict[str, Any]:
+        """The pilot's measures (programs.md) for enrollments of one month, per program."""
+        if not user.has("ops") and not user.programs():
+            raise HTTPException(403, "ops or care team role required")
+        year, mon = (int(x) for x in month.split("-"))
+        async with engine.connect() as conn:
+            result = await measures.compute(conn, dt.date(year, mon, 1), program)
+        return result
+
+    return router
+

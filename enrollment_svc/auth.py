@@ -1,0 +1,82 @@
+"""Who may call the care team's API: bearer tokens from a users file, roles per program.
+
+``WPC_USERS_FILE`` is a YAML list; tokens are stored as SHA-256 digests only::
+
+    - name: maria.lopez            # recorded in the audit trail as the actor
+      token_sha256: 5e88...        # sha256 of the bearer token, hex
+      roles: [care_team:TOC, care_team:SUD-ENS]
+
+Roles: ``care_team:<PROGRAM>`` (read and act on that program's candidates; ``care_team:*``
+for all programs), ``partner`` (post flags from a partner system: housing, probation,
+children and family services), ``ops`` (measures and identity links, every program's
+candidates read-only). A request without a valid token gets 401, a role it lacks 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from fastapi import HTTPException, Request
+
+PROGRAMS = ("TOC", "ISR", "SUD-ENS")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    roles: frozenset[str]
+
+    def programs(self, *, write: bool = False) -> frozenset[str]:
+        """Programs whose candidates this user may read (or, with write, act on)."""
+        if "care_team:*" in self.roles or (not write and "ops" in self.roles):
+            return frozenset(PROGRAMS)
+        return frozenset(r.split(":", 1)[1] for r in self.roles if r.startswith("care_team:"))
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+class Users:
+    def __init__(self, entries: dict[str, User]) -> None:
+        self._by_digest = entries
+
+    def authenticate(self, token: str) -> User | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for known, user in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return user
+        return None
+
+    @classmethod
+    def single(cls, token: str, name: str, roles: frozenset[str]) -> Users:
+        return cls({hashlib.sha256(token.encode()).hexdigest(): User(name, roles)})
+
+
+def load_users(path: Path) -> Users:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    if not isinstance(data, list):
+        raise ValueError("the users file must be a YAML list")
+    entries: dict[str, User] = {}
+    for item in data:
+        roles = frozenset(str(r) for r in item.get("roles", []))
+        unknown = {r for r in roles if r not in ("ops", "partner", "care_team:*")
+                   and not (r.startswith("care_team:") and r.split(":", 1)[1] in PROGRAMS)}
+        if unknown:
+            raise ValueError(f"user {item.get('name')!r}: unknown roles {sorted(unknown)}")
+        entries[str(item["token_sha256"]).lower()] = User(str(item["name"]), roles)
+    return Users(entries)
+
+
+def current_user(request: Request) -> User:
+    """FastAPI dependency: the authenticated user, or 401."""
+    users: Users = request.app.state.users
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    user = users.authenticate(token.strip()) if scheme.lower() == "bearer" and token else None
+    if user is None:
+        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    return user

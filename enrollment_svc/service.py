@@ -1,0 +1,152 @@
+"""Composition root of the enrollment service, and the `wpc enrollment` command.
+
+`EnrollmentService` builds everything from `Settings` (engine, rules, store, the
+`adt.events` consumer, the outbox relay, the expiry sweeper, the care team's API) and
+owns their lifecycle as one async context. Leaving it is the SIGTERM drain: stop the
+API, stop consuming (the batch in hand finishes and its offsets are committed), last
+relay publish, close.
+
+The relay is the shared one of `services.outbox`: it publishes every row of the
+``outbox`` table under one advisory lock, so with the listener in the same database
+exactly one relay publishes both services' rows, and in a database of its own this
+service's relay publishes its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from pathlib import Path
+from types import TracebackType
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from enrollment_svc.api import enrollment_router
+from enrollment_svc.auth import Users, load_users
+from enrollment_svc.handler import AdtEventHandler
+from enrollment_svc.rules import Rules, load_rules
+from enrollment_svc.store import EnrollmentStore, Topics
+from services import db, lifecycle, logs
+from services.bus import KafkaPublisher, Publisher
+from services.consumer import ConsumerLoop
+from services.health import ops_router
+from services.httpserver import HttpServer
+from services.outbox import OutboxRelay
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "rules" / "wpc-rules.yaml"
+
+
+def rules_of(settings: Settings) -> Rules:
+    return load_rules(settings.rules_file or EXAMPLE_RULES)
+
+
+class EnrollmentService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: AsyncEngine | None = None,
+        publisher: Publisher | None = None,
+        users: Users | None = None,
+        rules: Rules | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules or rules_of(settings)
+        self.engine = engine or db.create_engine(settings.database_url, pool_size=settings.enrollment_lanes + 2)
+        self.publisher: Publisher = publisher or KafkaPublisher(
+            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
+        )
+        self.relay = OutboxRelay(
+            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
+        )
+        self.store = EnrollmentStore(
+            self.rules, Topics(settings.topic_enrollment_candidates, settings.topic_enrollment_events)
+        )
+        self.handler = AdtEventHandler(
+            self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake
+        )
+        self.consumer = ConsumerLoop(
+            settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler
+        )
+        app = FastAPI(title="WPC enrollment service", version="0.1.0")
+        app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
+        checks = {"database": self._db_ok, "broker": self.publisher.ping}
+        app.include_router(ops_router(checks, ingest_checks=("database",)))
+        app.include_router(enrollment_router(self.engine, self.store))
+        self.app = app
+        self.http = HttpServer(app, settings.http_host, settings.enrollment_http_port)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _db_ok(self) -> bool:
+        await db.ping(self.engine)
+        return True
+
+    async def _expire_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.engine.begin() as conn:
+                    expired = await self.store.expire_due(conn, dt.datetime.now(dt.UTC))
+                if expired:
+                    log.info("expired %d pending candidates", expired)
+                    self.relay.wake()
+            except Exception as exc:  # database trouble: try again next round
+                log.warning("expiry sweep failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.expiry_interval_s)
+
+    async def __aenter__(self) -> EnrollmentService:
+        async with self.engine.begin() as conn:
+            await self.store.sync_capacity(conn)
+        self._tasks = [
+            asyncio.create_task(self.relay.run(self._stop), name="enrollment-relay"),
+            asyncio.create_task(self.consumer.run(self._stop), name="enrollment-consumer"),
+            asyncio.create_task(self._expire_loop(), name="enrollment-expiry"),
+        ]
+        await self.http.start()
+        log.info("enrollment service up: http %s, rules %s", self.settings.enrollment_http_port,
+                 self.rules.rule_version)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.stop()
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.relay.is_leader or not self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.publish_once(), 5.0)
+        await self.publisher.close()
+        await self.engine.dispose()
+        log.info("enrollment service stopped")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_json)
+    if not settings.database_url or not settings.kafka_bootstrap_servers:
+        print("wpc enrollment: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
+        return 2
+
+    async def main() -> None:
+        stop = lifecycle.stop_on_signals()
+        if args.migrate:
+            await db.migrate_url(settings.database_url)
+        async with EnrollmentService(settings):
+            await stop.wait()
+            log.info("signal received: draining")
+
+    lifecycle.run(main())
+    return 0
