@@ -254,8 +254,8 @@ def escape(text: str, d: Delimiters) -> str:
 class Segment:
     """One segment; ``fields[n]`` is SEG-n, ``fields[0]`` the segment id.
 
-    A field is split into repetitions, components and subcomponents once, the first
-    time it is read, and kept: the normalizer reads several components of the same
+    A field is split into repetitions and components once, the first time it is read,
+    and kept: the normalizer reads several components of the same
     field (PID-3, PID-11, PV1-3 ...), and re-splitting the field text for each of them
     was most of the cost of a message. ``fields`` must not be changed after reading.
     """
@@ -270,7 +270,7 @@ class Segment:
         self.delimiters = delimiters
         self.charset = charset
         self._is_msh = name == "MSH"
-        self._split: dict[int, list[list[list[str]]]] = {}
+        self._split: dict[int, list[list[str]]] = {}
 
     def __repr__(self) -> str:  # ids only: field values may be PHI
         return f"<Segment {self.name} ({len(self.fields) - 1} fields)>"
@@ -296,39 +296,65 @@ class Segment:
         parts = self._split.get(n)
         return len(parts if parts is not None else self._split_field(n))
 
-    def _split_field(self, n: int) -> list[list[list[str]]]:
-        """Field n as repetitions → components → subcomponents, raw (still escaped)."""
-        f = self.field(n)
+    def _split_field(self, n: int) -> list[list[str]]:
+        """Field n as repetitions of components, raw (subcomponents are cut on demand)."""
+        fields = self.fields
+        f = fields[n] if 0 <= n < len(fields) else ""
         if not f:
-            parts: list[list[list[str]]] = []
+            parts: list[list[str]] = []
+        elif self._is_msh and n <= 2:
+            parts = [[f]]  # MSH-1/MSH-2 are the delimiters themselves, never split
         else:
-            d = self.delimiters
-            comp, sub = d.component, d.subcomponent
-            parts = [
-                [c.split(sub) if sub in c else [c] for c in r.split(comp)] if comp in r or sub in r else [[r]]
-                for r in f.split(d.repetition)
-            ]
+            comp = self.delimiters.component
+            parts = [r.split(comp) if comp in r else [r] for r in f.split(self.delimiters.repetition)]
         self._split[n] = parts
         return parts
 
-    def get(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
-        """Unescaped value of SEG-n[rep].comp.sub; '' when absent."""
-        if self._is_msh and n <= 2:  # MSH-1/MSH-2 are the delimiters themselves
-            f = self.field(n)
-            return f if rep == comp == sub == 1 else ""
+    def _raw(self, n: int, rep: int, comp: int, sub: int) -> str:
         if rep < 1 or comp < 1 or sub < 1:
             return ""
         parts = self._split.get(n)
         if parts is None:
             parts = self._split_field(n)
-        try:
-            value = parts[rep - 1][comp - 1][sub - 1]
-        except IndexError:
+        if rep > len(parts):
             return ""
+        comps = parts[rep - 1]
+        if comp > len(comps):
+            return ""
+        value = comps[comp - 1]
+        s = self.delimiters.subcomponent
+        if s in value and not (self._is_msh and n <= 2):
+            subs = value.split(s)
+            return subs[sub - 1] if sub <= len(subs) else ""
+        return value if sub == 1 else ""
+
+    def get(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+        """Unescaped value of SEG-n[rep].comp.sub; '' when absent."""
+        value = self._raw(n, rep, comp, sub)
+        if not value:
+            return value
+        if self._is_msh and n <= 2:  # MSH-1/MSH-2 are the delimiters themselves
+            return value
         d = self.delimiters
-        if value and d.escape in value:
+        if d.escape in value:
             return unescape(value, d, charset=self.charset)
         return value
+
+    def value(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str | None:
+        """`get` stripped of blanks; None when empty or the explicit null ``""``.
+
+        Chapter 2.5.3: ``""`` means "delete the value", so it carries no value either.
+        """
+        value = self._raw(n, rep, comp, sub)
+        if not value:
+            return None
+        if self._is_msh and n <= 2:
+            return value.strip() or None
+        d = self.delimiters
+        if d.escape in value:
+            value = unescape(value, d, charset=self.charset)
+        value = value.strip()
+        return None if not value or value == '""' else value
 
 
 _PATH = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?")

@@ -149,7 +149,7 @@ class EnrollmentStore:
         encounter_id, facts = await self._apply_encounter_event(
             conn, event.sending_facility, event.visit.visit_number, key, person_id, ev
         )
-        trigger = eligibility.trigger_for(event.trigger_event, facts, self._participating(facts.facility))
+        trigger = eligibility.trigger_for(event.trigger_event, facts, event_time=ev.event_time)
         if trigger is None:
             return Applied(person_id=person_id, encounter_id=encounter_id)
         return await self._decide(conn, person_id, trigger, now, encounter_id)
@@ -206,7 +206,7 @@ class EnrollmentStore:
         primary_care = json.dumps([p.model_dump(mode="json") for p in event.primary_care])
         await conn.execute(
             text(
-                "UPDATE person SET birth_date = COALESCE(:b, birth_date), medi_cal = :mc, "
+                "UPDATE person SET birth_date = COALESCE(:b, birth_date), medi_cal = COALESCE(:mc, medi_cal), "
                 "county_resident = COALESCE(:cr, county_resident), "
                 "primary_care = CASE WHEN :pc = '[]' THEN primary_care ELSE CAST(:pc AS jsonb) END, "
                 "updated_at = now() WHERE id = :p"
@@ -302,10 +302,6 @@ class EnrollmentStore:
                 "id": encounter_id,
             },
         )
-
-    def _participating(self, facility: str) -> bool:
-        spec = self.rules.site.facilities.get(facility)
-        return spec is not None and spec.participating
 
     # --- identities -----------------------------------------------------------------------
 
@@ -463,7 +459,7 @@ class EnrollmentStore:
                 "by": recorded_by,
             },
         )
-        trigger = Trigger(kind="flag", at=flag.effective, flag=flag)
+        trigger = eligibility.flag_trigger(flag, now)
         return await self._decide(conn, person_id, trigger, now, None)
 
     # --- deciding -------------------------------------------------------------------------
@@ -546,6 +542,15 @@ class EnrollmentStore:
     ) -> tuple[uuid.UUID | None, str | None]:
         program = evaluation.proposed
         assert program is not None
+        encounter = trigger.encounter
+        if encounter is not None:
+            # One episode per stay: an A08 or the discharge re-check after a decline proposes nothing new.
+            seen = await conn.scalar(
+                text("SELECT 1 FROM candidate WHERE person_id = :p AND program = :prog AND encounter_id = :e"),
+                {"p": person_id, "prog": program, "e": uuid.UUID(encounter.id)},
+            )
+            if seen is not None:
+                return None, None
         capacity = await conn.scalar(
             text("SELECT capacity FROM program_capacity WHERE program = :p FOR UPDATE"), {"p": program}
         )
@@ -560,7 +565,6 @@ class EnrollmentStore:
             "criteria": [dataclasses.asdict(c) for c in decision.criteria],
             "trigger": trigger.kind,
         }
-        encounter = trigger.encounter
         candidate_id = uuid.uuid4()
         inserted = await conn.scalar(
             text(
