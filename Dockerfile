@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# wpc-backend: one image for every `wpc` sub-command (listener, migrate, ...).
+# wpc-backend: one image for every `wpc` sub-command (listener, enrollment, migrate, ...).
 #   docker build -t ghcr.io/wpc-pilot/wpc-backend:0.1.0 .
 # The tag follows `version` in pyproject.toml; tests/unit/test_deploy.py checks that the
 # compose file and the k8s manifests use exactly that tag.
@@ -37,11 +37,14 @@ ENV PATH=/opt/wpc/bin:$PATH \
 WORKDIR /tmp
 USER 10001:10001
 
-# Defaults of Settings.mllp_port (MLLP, HL7 v2 over TCP) and Settings.listener_http_port.
-EXPOSE 2575 8080
+# Defaults of Settings.mllp_port (MLLP, HL7 v2 over TCP), Settings.listener_http_port and
+# Settings.enrollment_http_port (`wpc enrollment`: care team API, probes, metrics). Each
+# sub-command listens only on its own; EXPOSE is documentation, it publishes nothing.
+EXPOSE 2575 8080 8081
 
 # No HEALTHCHECK here: the image also runs one-shot commands (`wpc migrate`) that serve no
-# HTTP; the listener's health check lives in compose and in the k8s probes.
+# HTTP, and the HTTP port differs per sub-command; the services' health checks live in
+# compose and in the k8s probes.
 # Exec form, so `wpc` is PID 1 and receives SIGTERM itself (stop accepting, drain, exit).
 ENTRYPOINT ["wpc"]
 CMD ["listener"]

@@ -29,19 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 from adt_listener.ack import Finding
 from adt_listener.er7 import Message, Segment
-from schemas.adt_event import (
-    Address,
-    AdtEventV1,
-    Diagnosis,
-    Identifier,
-    Insurance,
-    Location,
-    Patient,
-    PersonName,
-    Provider,
-    Visit,
-    event_id_for,
-)
+from schemas.adt_event import AdtEventV1, event_id_for
 
 if TYPE_CHECKING:
     from adt_listener.intake import IntakePolicy
@@ -57,11 +45,50 @@ STANDARD_ADT_SEGMENTS = frozenset(
 
 _DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?(?:([+-])(\d{2})(\d{2}))?")
 _DTM17 = re.compile(r"(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{3})([+-]\d{4})?")
+_TZ_CACHE: dict[str, dt.tzinfo | None] = {}
+
+
+def _offset(sign: str, oh: str, om: str) -> dt.tzinfo | None:
+    """The fixed offset ``±HHMM`` (None when it is 24 hours or more: not an offset)."""
+    key = sign + oh + om
+    tz = _TZ_CACHE.get(key, dt.UTC)
+    if tz is dt.UTC:  # not cached yet (UTC itself is cached as the "+0000" entry's value)
+        offset = dt.timedelta(hours=int(oh), minutes=int(om))
+        tz = None if offset >= dt.timedelta(hours=24) else dt.timezone(-offset if sign == "-" else offset)
+        if len(_TZ_CACHE) < 256:
+            _TZ_CACHE[key] = tz
+    return tz
+
+
+def _fast_dtm(text: str) -> dt.datetime | None | bool:
+    """The common shapes ``YYYYMMDD``, ``YYYYMMDDHHMM[SS]`` with an optional ``±ZZZZ``,
+    without the regular expression; False when the text has another shape."""
+    n = len(text)
+    tz: dt.tzinfo | None = None
+    if n in (13, 17, 19) and text[-5] in "+-" and text[-4:].isdigit():
+        tz = _offset(text[-5], text[-4:-2], text[-2:])
+        if tz is None:
+            return None
+        text = text[:-5]
+        n -= 5
+    if n not in (8, 12, 14) or not text.isdigit() or not text.isascii():
+        return False
+    try:
+        return dt.datetime(
+            int(text[:4]), int(text[4:6]), int(text[6:8]),
+            int(text[8:10] or 0), int(text[10:12] or 0), int(text[12:14] or 0), tzinfo=tz,
+        )
+    except ValueError:
+        return None
 
 
 def parse_dtm(text: str) -> dt.datetime | None:
     """HL7 DTM → datetime; None when unreadable (callers decide about findings)."""
     text = text.strip()
+    fast = _fast_dtm(text)
+    if fast is not False:
+        assert not isinstance(fast, bool)
+        return fast
     m17 = _DTM17.fullmatch(text)
     if m17 is not None:
         y, mo, d, h, mi, s, ms, off = m17.groups()
@@ -74,10 +101,9 @@ def parse_dtm(text: str) -> dt.datetime | None:
         return None  # a fraction needs seconds
     tz: dt.tzinfo | None = None
     if sign is not None:
-        offset = dt.timedelta(hours=int(oh), minutes=int(om))
-        if offset >= dt.timedelta(hours=24):
+        tz = _offset(sign, oh, om)
+        if tz is None:
             return None
-        tz = dt.timezone(-offset if sign == "-" else offset)
     try:
         return dt.datetime(
             int(year),
@@ -95,23 +121,25 @@ def parse_dtm(text: str) -> dt.datetime | None:
 
 def _v(seg: Segment | None, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str | None:
     """Stripped value, None for empty or the HL7 null ``""``."""
-    if seg is None:
-        return None
-    value = seg.get(n, rep, comp, sub).strip()
-    return None if not value or value == '""' else value
-
-
-def _hd(seg: Segment, n: int, rep: int = 1, comp: int = 1) -> str | None:
-    """An HD (namespace id, universal id) held in a component (so its parts are subcomponents)."""
-    return _v(seg, n, rep, comp, 1) or _v(seg, n, rep, comp, 2)
-
-
-def _reps(seg: Segment | None, n: int) -> range:
-    return range(1, len(seg.repetitions(n)) + 1) if seg is not None else range(0)
+    return None if seg is None else seg.value(n, rep, comp, sub)
 
 
 def patient_key(authority: str, value: str) -> str:
     return hashlib.sha256(f"{authority}|{value}".encode()).hexdigest()[:32]
+
+
+# The event is assembled as plain dicts and validated against `AdtEventV1` in ONE call
+# at the end: pydantic validates a whole tree in Rust faster than it builds eleven
+# nested models one by one, and "does this part carry any value" is a cheap test on a
+# dict (no model_dump). Validation stays: the event is checked against its contract.
+_Obj = dict[str, object]
+
+
+def _any(obj: _Obj) -> bool:
+    for v in obj.values():
+        if v is not None:
+            return True
+    return False
 
 
 class _Builder:
@@ -121,8 +149,10 @@ class _Builder:
         self.findings: list[Finding] = []
 
     def time(self, seg: Segment | None, n: int, comp: int = 1) -> dt.datetime | None:
-        raw = _v(seg, n, 1, comp)
-        if raw is None or seg is None:
+        if seg is None:
+            return None
+        raw = seg.value(n, 1, comp)
+        if raw is None:
             return None
         value = parse_dtm(raw)
         if value is None:
@@ -131,48 +161,50 @@ class _Builder:
                 self.findings.append(Finding("W", 102, location, f"{location} is not a valid HL7 timestamp"))
         return value
 
-    def identifier(self, seg: Segment, n: int, rep: int) -> Identifier | None:
-        value = _v(seg, n, rep, 1)
-        if value is None:
-            return None
-        return Identifier(
-            value=value,
-            assigning_authority=_v(seg, n, rep, 4, 1) or _v(seg, n, rep, 4, 2),
-            type_code=_v(seg, n, rep, 5),
-            assigning_facility=_v(seg, n, rep, 6, 1) or _v(seg, n, rep, 6, 2),
-        )
-
-    def identifiers(self, seg: Segment | None, n: int) -> list[Identifier]:
-        out = []
-        for rep in _reps(seg, n):
-            assert seg is not None
-            ident = self.identifier(seg, n, rep)
-            if ident is not None:
-                out.append(ident)
+    @staticmethod
+    def identifiers(seg: Segment | None, n: int) -> list[_Obj]:
+        """CX repetitions with an id (CX-1); HD parts of CX-4/CX-6: namespace, else universal id."""
+        out: list[_Obj] = []
+        if seg is None:
+            return out
+        v = seg.value
+        for rep in range(1, seg.repetition_count(n) + 1):
+            value = v(n, rep, 1)
+            if value is not None:
+                out.append({
+                    "value": value,
+                    "assigning_authority": v(n, rep, 4, 1) or v(n, rep, 4, 2),
+                    "type_code": v(n, rep, 5),
+                    "assigning_facility": v(n, rep, 6, 1) or v(n, rep, 6, 2),
+                })
         return out
 
-    def name(self, pid: Segment) -> PersonName | None:
-        for rep in _reps(pid, 5):
-            name = PersonName(family=_v(pid, 5, rep, 1), given=_v(pid, 5, rep, 2), middle=_v(pid, 5, rep, 3))
-            if name.family or name.given:
-                return name
+    @staticmethod
+    def name(pid: Segment) -> _Obj | None:
+        v = pid.value
+        for rep in range(1, pid.repetition_count(5) + 1):
+            family, given = v(5, rep, 1), v(5, rep, 2)
+            if family or given:
+                return {"family": family, "given": given, "middle": v(5, rep, 3)}
         return None
 
-    def address(self, pid: Segment) -> Address | None:
-        for rep in _reps(pid, 11):
-            street = _v(pid, 11, rep, 1, 1)
+    @staticmethod
+    def address(pid: Segment) -> _Obj | None:
+        v = pid.value
+        for rep in range(1, pid.repetition_count(11) + 1):
+            street = v(11, rep, 1, 1)
             if street is None:  # SAD: street name and dwelling number, v2.5+
-                parts = [p for p in (_v(pid, 11, rep, 1, 3), _v(pid, 11, rep, 1, 2)) if p]
+                parts = [p for p in (v(11, rep, 1, 3), v(11, rep, 1, 2)) if p]
                 street = " ".join(parts) or None
-            address = Address(
-                street=street,
-                city=_v(pid, 11, rep, 3),
-                state=_v(pid, 11, rep, 4),
-                zip=_v(pid, 11, rep, 5),
-                country=_v(pid, 11, rep, 6),
-                county_code=_v(pid, 11, rep, 9),
-            )
-            if any(v is not None for v in address.model_dump().values()):
+            address: _Obj = {
+                "street": street,
+                "city": v(11, rep, 3),
+                "state": v(11, rep, 4),
+                "zip": v(11, rep, 5),
+                "country": v(11, rep, 6),
+                "county_code": v(11, rep, 9),
+            }
+            if _any(address):
                 return address
         return None
 
@@ -180,79 +212,82 @@ class _Builder:
         value = self.time(pid, 7)
         return value.date() if value is not None else None
 
-    def location(self, seg: Segment, n: int) -> Location | None:
-        loc = Location(
-            point_of_care=_v(seg, n, 1, 1),
-            room=_v(seg, n, 1, 2),
-            bed=_v(seg, n, 1, 3),
-            facility=_hd(seg, n, 1, 4),
-        )
-        return loc if any(v is not None for v in loc.model_dump().values()) else None
+    @staticmethod
+    def location(seg: Segment, n: int) -> _Obj | None:
+        v = seg.value
+        loc: _Obj = {
+            "point_of_care": v(n, 1, 1),
+            "room": v(n, 1, 2),
+            "bed": v(n, 1, 3),
+            "facility": v(n, 1, 4, 1) or v(n, 1, 4, 2),  # PL-4 is an HD: namespace, else universal id
+        }
+        return loc if _any(loc) else None
 
-    def visit(self) -> Visit | None:
+    def visit(self) -> _Obj | None:
         pv1 = self.msg.segment("PV1")
         if pv1 is None:
             return None
-        visit = Visit(
-            patient_class=_v(pv1, 2),
-            location=self.location(pv1, 3),
-            prior_location=self.location(pv1, 6),
-            admission_type=_v(pv1, 4),
-            hospital_service=_v(pv1, 10),
-            financial_class=_v(pv1, 20),
-            visit_number=_v(pv1, 19),
-            discharge_disposition=_v(pv1, 36),
-            admit_time=self.time(pv1, 44),
-            discharge_time=self.time(pv1, 45),
-        )
-        return visit if any(v is not None for v in visit.model_dump().values()) else None
+        v = pv1.value
+        visit: _Obj = {
+            "patient_class": v(2),
+            "location": self.location(pv1, 3),
+            "prior_location": self.location(pv1, 6),
+            "admission_type": v(4),
+            "hospital_service": v(10),
+            "financial_class": v(20),
+            "visit_number": v(19),
+            "discharge_disposition": v(36),
+            "admit_time": self.time(pv1, 44),
+            "discharge_time": self.time(pv1, 45),
+        }
+        return visit if _any(visit) else None
 
-    def diagnoses(self) -> list[Diagnosis]:
-        out = []
+    def diagnoses(self) -> list[_Obj]:
+        out: list[_Obj] = []
         for dg1 in self.msg.all("DG1"):
-            code = _v(dg1, 3, 1, 1)
+            v = dg1.value
+            code = v(3, 1, 1)
             if code is None:
                 continue
-            out.append(
-                Diagnosis(
-                    code=code,
-                    coding_system=_v(dg1, 3, 1, 3) or _v(dg1, 2),
-                    description=_v(dg1, 3, 1, 2) or _v(dg1, 4),
-                    diagnosis_type=_v(dg1, 6),
-                )
-            )
+            out.append({
+                "code": code,
+                "coding_system": v(3, 1, 3) or v(2),
+                "description": v(3, 1, 2) or v(4),
+                "diagnosis_type": v(6),
+            })
         return out
 
-    def providers(self, seg: Segment, n: int, source: Literal["PD1-4", "ROL"]) -> list[Provider]:
-        out = []
-        for rep in _reps(seg, n):
-            p = Provider(
-                id=_v(seg, n, rep, 1), family=_v(seg, n, rep, 2), given=_v(seg, n, rep, 3), source=source
-            )
-            if p.id or p.family or p.given:
-                out.append(p)
+    @staticmethod
+    def providers(seg: Segment, n: int, source: Literal["PD1-4", "ROL"]) -> list[_Obj]:
+        out: list[_Obj] = []
+        v = seg.value
+        for rep in range(1, seg.repetition_count(n) + 1):
+            pid_, family, given = v(n, rep, 1), v(n, rep, 2), v(n, rep, 3)
+            if pid_ or family or given:
+                out.append({"id": pid_, "family": family, "given": given, "source": source})
         return out
 
-    def primary_care(self) -> list[Provider]:
-        out: list[Provider] = []
+    def primary_care(self) -> list[_Obj]:
+        out: list[_Obj] = []
         for pd1 in self.msg.all("PD1"):
             out += self.providers(pd1, 4, "PD1-4")
         for rol in self.msg.all("ROL"):
-            if (_v(rol, 3) or "").upper() == "PP":
+            if (rol.value(3) or "").upper() == "PP":
                 out += self.providers(rol, 4, "ROL")
         return out
 
-    def insurance(self) -> list[Insurance]:
-        out = []
+    def insurance(self) -> list[_Obj]:
+        out: list[_Obj] = []
         for in1 in self.msg.all("IN1"):
-            ins = Insurance(
-                plan_id=_v(in1, 2),
-                company_id=_v(in1, 3),
-                company_name=_v(in1, 4),
-                policy_number=_v(in1, 36),
-                plan_type=_v(in1, 15),
-            )
-            if any(v is not None for v in ins.model_dump().values()):
+            v = in1.value
+            ins: _Obj = {
+                "plan_id": v(2),
+                "company_id": v(3),
+                "company_name": v(4),
+                "policy_number": v(36),
+                "plan_type": v(15),
+            }
+            if _any(ins):
                 out.append(ins)
         return out
 
@@ -263,29 +298,30 @@ class _Builder:
                 seen.setdefault(seg.name, None)
         return list(seen)
 
-    def medi_cal_id(self, identifiers: list[Identifier]) -> str | None:
+    def medi_cal_id(self, pid: Segment | None, identifiers: list[_Obj]) -> str | None:
+        """The first PID-3 id typed MA (table 0203) or assigned by a Medi-Cal authority."""
+        if pid is None:
+            return None
         authorities = self.policy.medi_cal_authorities
-        pid = self.msg.segment("PID")
-        for ident, rep in zip(identifiers, _pid3_reps_with_id(pid), strict=True):
-            assert pid is not None
-            universal = (_v(pid, 3, rep, 4, 2) or "").upper()
+        with_id = [rep for rep in range(1, pid.repetition_count(3) + 1) if pid.value(3, rep, 1) is not None]
+        for ident, rep in zip(identifiers, with_id, strict=True):
+            universal = (pid.value(3, rep, 4, 2) or "").upper()
+            authority = ident["assigning_authority"]
             if (
-                ident.type_code == "MA"
-                or (ident.assigning_authority or "").upper() in authorities
+                ident["type_code"] == "MA"
+                or (authority.upper() if isinstance(authority, str) else "") in authorities
                 or universal in authorities
             ):
-                return ident.value
+                value = ident["value"]
+                assert isinstance(value, str)
+                return value
         return None
-
-
-def _pid3_reps_with_id(pid: Segment | None) -> list[int]:
-    return [rep for rep in _reps(pid, 3) if _v(pid, 3, rep, 1) is not None]
 
 
 def sending_facility(msg: Message) -> str:
     """MSH-4.1, or MSH-4.2 (universal id) when only that is sent; '' when neither."""
     msh = msg.segments[0]
-    return _v(msh, 4, 1, 1) or _v(msh, 4, 1, 2) or ""
+    return msh.value(4, 1, 1) or msh.value(4, 1, 2) or ""
 
 
 def normalize(
@@ -297,48 +333,53 @@ def normalize(
     """
     b = _Builder(msg, policy)
     msh = msg.segments[0]
+    m = msh.value
     evn = msg.segment("EVN")
     pid = msg.segment("PID")
     facility = sending_facility(msg)
     control_id = msh.get(10).strip()
 
     identifiers = b.identifiers(pid, 3)
-    first = identifiers[0] if identifiers else None
-    key = patient_key(first.assigning_authority or facility, first.value) if first else ""
+    key = ""
+    if identifiers:
+        first = identifiers[0]
+        authority, value = first["assigning_authority"], first["value"]
+        assert isinstance(value, str) and (authority is None or isinstance(authority, str))
+        key = patient_key(authority or facility, value)
     death = _v(pid, 30)
-    patient = Patient(
-        patient_key=key,
-        identifiers=identifiers,
-        medi_cal_id=b.medi_cal_id(identifiers),
-        name=b.name(pid) if pid is not None else None,
-        birth_date=b.birth_date(pid) if pid is not None else None,
-        sex=_v(pid, 8),
-        address=b.address(pid) if pid is not None else None,
-        death_indicator=True if death == "Y" else False if death == "N" else None,
-    )
+    patient: _Obj = {
+        "patient_key": key,
+        "identifiers": identifiers,
+        "medi_cal_id": b.medi_cal_id(pid, identifiers),
+        "name": b.name(pid) if pid is not None else None,
+        "birth_date": b.birth_date(pid) if pid is not None else None,
+        "sex": _v(pid, 8),
+        "address": b.address(pid) if pid is not None else None,
+        "death_indicator": True if death == "Y" else False if death == "N" else None,
+    }
     message_time = b.time(msh, 7)
     event_time = b.time(evn, 2)
-    event = AdtEventV1(
-        event_id=event_id_for(facility, control_id),
-        message_id=message_id,
-        message_type=_v(msh, 9, 1, 1) or "",
-        trigger_event=_v(msh, 9, 1, 2) or "",
-        message_structure=_v(msh, 9, 1, 3),
-        hl7_version=_v(msh, 12) or "",
-        processing_id=_v(msh, 11) or "",
-        control_id=control_id,
-        sending_application=_v(msh, 3, 1, 1) or _v(msh, 3, 1, 2),
-        sending_facility=facility,
-        message_time=message_time,
-        event_time=event_time or message_time,
-        event_occurred=b.time(evn, 6),
-        received_at=received_at,
-        patient=patient,
-        visit=b.visit(),
-        diagnoses=b.diagnoses(),
-        primary_care=b.primary_care(),
-        insurance=b.insurance(),
-        prior_identifiers=[i for mrg in msg.all("MRG") for i in b.identifiers(mrg, 1)],
-        extra_segments=b.extra_segments(),
-    )
-    return event, b.findings
+    event: _Obj = {
+        "event_id": event_id_for(facility, control_id),
+        "message_id": message_id,
+        "message_type": m(9, 1, 1) or "",
+        "trigger_event": m(9, 1, 2) or "",
+        "message_structure": m(9, 1, 3),
+        "hl7_version": m(12) or "",
+        "processing_id": m(11) or "",
+        "control_id": control_id,
+        "sending_application": m(3, 1, 1) or m(3, 1, 2),
+        "sending_facility": facility,
+        "message_time": message_time,
+        "event_time": event_time or message_time,
+        "event_occurred": b.time(evn, 6),
+        "received_at": received_at,
+        "patient": patient,
+        "visit": b.visit(),
+        "diagnoses": b.diagnoses(),
+        "primary_care": b.primary_care(),
+        "insurance": b.insurance(),
+        "prior_identifiers": [i for mrg in msg.all("MRG") for i in b.identifiers(mrg, 1)],
+        "extra_segments": b.extra_segments(),
+    }
+    return AdtEventV1.model_validate(event), b.findings
