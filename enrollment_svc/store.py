@@ -91,7 +91,7 @@ def _event_body(ev: EncounterEvent) -> str:
     return json.dumps(dataclasses.asdict(ev), default=_json_default)
 
 
-def _event_from_body(body: dict[str, Any]) -> EncounterEvent:
+def event_from_body(body: dict[str, Any]) -> EncounterEvent:
     times = ("event_time", "received_at", "admit_time", "discharge_time")
     values: dict[str, Any] = {
         k: (dt.datetime.fromisoformat(v) if k in times and v is not None else v) for k, v in body.items()
@@ -274,13 +274,13 @@ class EnrollmentStore:
         bodies = (
             await conn.execute(text("SELECT body FROM encounter_event WHERE encounter_id = :e"), {"e": encounter_id})
         ).scalars()
-        state = history.fold(facility, visit_number, [_event_from_body(b) for b in bodies])
+        state = history.fold(facility, visit_number, [event_from_body(b) for b in bodies])
         assert state is not None
         facts = history.facts(str(encounter_id), state, self.rules)
-        await self._save_encounter(conn, encounter_id, state, facts)
+        await self.save_encounter(conn, encounter_id, state, facts)
         return encounter_id, facts
 
-    async def _save_encounter(
+    async def save_encounter(
         self, conn: AsyncConnection, encounter_id: uuid.UUID, state: EncounterState, facts: EncounterFacts
     ) -> None:
         await conn.execute(

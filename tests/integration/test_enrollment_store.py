@@ -271,3 +271,29 @@ async def test_pending_candidates_expire_and_free_their_slot(engine: AsyncEngine
     async with engine.connect() as conn:
         status = await conn.scalar(text("SELECT status FROM candidate WHERE id = :c"), {"c": made.candidate_id})
     assert status == "expired"
+
+
+async def test_replay_reports_what_a_rule_change_would_change_and_applies_only_when_asked(engine: AsyncEngine) -> None:
+    from enrollment_svc.replay import replay
+
+    store = EnrollmentStore(rules())
+    for ev in stay(1, days_ago=100, dx=("I10",)) + stay(2, days_ago=0, dx=("I10",), discharged=False):
+        await apply(engine, store, ev)
+    # Staff drop hypertension from the avoidable-admission value set.
+    stricter = rules()
+    value_sets = dict(stricter.value_sets)
+    value_sets["acsc"] = value_sets["acsc"].model_copy(update={"include": ("E10", "E11", "J44", "J45", "I50")})
+    stricter = stricter.model_copy(update={"value_sets": value_sets, "version": "test-2"})
+    async with engine.begin() as conn:
+        report = await replay(conn, stricter, NOW, apply=False)
+    assert report["dry_run"] and report["encounters"] == 2
+    assert report["encounters_with_changed_dx_flags"] == 2
+    assert report["persons_with_current_encounters"] == 1
+    async with engine.connect() as conn:
+        flags = (await conn.execute(text("SELECT dx_flags FROM encounter"))).scalars().all()
+    assert all("acsc" in f for f in flags)  # the dry run wrote nothing
+    async with engine.begin() as conn:
+        await replay(conn, stricter, NOW, apply=True)
+    async with engine.connect() as conn:
+        flags = (await conn.execute(text("SELECT dx_flags FROM encounter"))).scalars().all()
+    assert not any("acsc" in f for f in flags)
