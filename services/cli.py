@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
     "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),
     "feed-report": ("adt_listener.feed_report", "per-facility feed-quality report from the database"),
-    "bench": ("adt_listener.bench", "benchmarks: `wpc bench ingest`"),
+    "bench": ("services.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`"),
 }
 
 
