@@ -256,7 +256,8 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
                 applied = await store.add_flag(conn, key, flag, recorded_by=user.name, now=dt.datetime.now(dt.UTC))
             except LookupError as exc:
                 raise HTTPException(404, "no patient with this identifier") from exc
-            await _audit(conn, user, "add_flag", person=applied.person_id, detail=body.kind)
+            await _audit(conn, user, "add_flag", person=applied.person_id, candidate=applied.candidate_id,
+                         detail=body.kind)
         return {
             "flag_id": flag.id,
             "person_id": str(applied.person_id),
@@ -307,6 +308,8 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
         if not user.has("ops") and not user.programs():
             raise HTTPException(403, "ops or care team role required")
         year, mon = (int(x) for x in month.split("-"))
+        if not 1 <= mon <= 12 or year < 1:
+            raise HTTPException(422, "month must be YYYY-MM with a month 01 to 12")
         async with engine.connect() as conn:
             result = await measures.compute(conn, dt.date(year, mon, 1), program)
         return result

@@ -39,6 +39,18 @@ def add_business_days(start: dt.datetime, days: int) -> dt.datetime:
     return current
 
 
+def within_business_days(end: dt.datetime, at: dt.datetime, days: int, zone: ZoneInfo) -> bool:
+    """``at`` is not before ``end`` and falls on a local date at most ``days`` weekdays after ``end``'s local date.
+
+    Days are counted on calendar dates in the site's zone: a discharge Friday 17:30 Pacific
+    (Saturday in UTC) has Monday to Wednesday, all of Wednesday, whatever the hour.
+    """
+    if at < end:
+        return False
+    last = add_business_days(end.astimezone(zone), days).date()
+    return at.astimezone(zone).date() <= last
+
+
 def add_months(start: dt.datetime, months: int) -> dt.datetime:
     month = start.month - 1 + months
     year = start.year + month // 12
@@ -84,7 +96,7 @@ async def compute(
             result["visit_within_3_business_days_share"] = _share(
                 sum(
                     any((k == "pre_discharge_visit" and at <= r.end_at)
-                        or (k == "home_visit" and r.end_at <= at <= add_business_days(r.end_at, 3)) for k, at in s)
+                        or (k == "home_visit" and within_business_days(r.end_at, at, 3, zone)) for k, at in s)
                     for r, s in discharged
                 ),
                 len(discharged),
@@ -99,7 +111,7 @@ async def compute(
         if prog == "ISR":
             result["home_visit_within_5_business_days_share"] = _share(
                 sum(
-                    any(k == "home_visit" and r.end_at <= at <= add_business_days(r.end_at, 5) for k, at in s)
+                    any(k == "home_visit" and within_business_days(r.end_at, at, 5, zone) for k, at in s)
                     for r, s in discharged
                 ),
                 len(discharged),
