@@ -85,15 +85,14 @@ _UPDATES: Final = frozenset({"A02", "A07", "A08"})
 # A cancelled encounter never happened; a pre-admission has not happened yet.
 _COUNTED_STATUSES: Final = frozenset({"active", "discharged"})
 
-# Partner-system flags that say the same as a diagnosis value set (programs.md, SUD-ENS:
-# facts "arrive as referrals or flags from partner systems"). SMI is a mental health disorder.
+# Partner-system flags of a state that say the same as a diagnosis value set (programs.md,
+# SUD-ENS: facts "arrive as referrals or flags from partner systems"). SMI is a mental health
+# disorder. Event flags (overdose, incarceration) are read by the criteria that name them.
 _FLAGS_FOR_DX: Final[dict[str, tuple[FlagKind, ...]]] = {
     "homelessness": ("homelessness",),
     "sud": ("sud",),
     "smi": ("smi",),
     "mental_health": ("smi",),
-    "overdose": ("overdose",),
-    "incarceration": ("incarceration",),
 }
 _DRUG_USE: Final = "drug_use"  # the detail of an incarceration flag that involved drug use (model.Flag)
 
@@ -159,9 +158,10 @@ def is_medi_cal(event: AdtEventV1, rules: Rules) -> bool | None:
 
     True on a Medi-Cal id in PID-3 (type MA or a Medi-Cal authority), an IN1-2 plan or IN1-3
     company listed in ``site.medi_cal_plan_ids``, or a PV1-20 listed in
-    ``site.medi_cal_financial_classes``. False when the event carries coverage and none of it
-    is Medi-Cal. None when it says nothing of coverage (no IN1, no PV1-20): many events (A02,
-    A03) carry no IN1, and they must not erase what an earlier event said.
+    ``site.medi_cal_financial_classes``. False when the event lists insurance (IN1) and none
+    of it is Medi-Cal. None when it lists none: many events (A02, A03) carry no IN1 and must
+    not erase what an earlier event said. An unlisted PV1-20 proves nothing either way: the
+    values are local to each hospital ("MC" is Medicare at some, Medi-Cal at others).
     """
     if event.patient.medi_cal_id:
         return True
@@ -176,10 +176,8 @@ def is_medi_cal(event: AdtEventV1, rules: Rules) -> bool | None:
                 if _fold(value) in plans:
                     return True
     financial_class = event.visit.financial_class if event.visit is not None else None
-    if financial_class and financial_class.strip():
-        said = True
-        if _fold(financial_class) in classes:
-            return True
+    if financial_class and _fold(financial_class) in classes:
+        return True
     return False if said else None
 
 
@@ -212,7 +210,6 @@ class _Context:
     history: PersonHistory
     trigger: Trigger
     rules: Rules
-    at: dt.datetime  # trigger.at, aware
     local_at: dt.datetime  # trigger.at in the site's zone: calendar months are local months
     encounters: tuple[EncounterFacts, ...]  # happened (not cancelled / pre-admitted), started by `at`
     flags: tuple[Flag, ...]  # effective by `at`
@@ -496,7 +493,6 @@ def evaluate(history: PersonHistory, trigger: Trigger, rules: Rules, now: dt.dat
         history=history,
         trigger=trigger,
         rules=rules,
-        at=at,
         local_at=at.astimezone(rules.site.zone()),
         # Late history is welcome, but an encounter that starts after the trigger (or a flag
         # that takes effect after it) is not part of the past the windows look at.

@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,7 +77,10 @@ class Site(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        ZoneInfo(value)  # raises for an unknown zone
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:  # a KeyError, which pydantic would not report
+            raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
     def zone(self) -> ZoneInfo:
