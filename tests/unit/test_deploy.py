@@ -4,7 +4,10 @@ There is no container engine on the build machines, so these files are never run
 instead every fact they share with the code is checked here against the code itself:
 setting names against `Settings.model_fields`, sub-commands against `services.cli.COMMANDS`,
 ports against the `Settings` defaults (or the env value set beside them), probe paths against
-the listener's routes, the image tag against `pyproject.toml`.
+the routes of the service that serves them, the image tag against `pyproject.toml`.
+
+Two long-running services are deployed, the ADT listener (`wpc listener`) and the enrollment
+service (`wpc enrollment`); every per-service check runs for both (`SERVICES`).
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import json
 import re
 import tomllib
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
 from adt_listener.senders import load_senders
+from enrollment_svc.auth import load_users
+from enrollment_svc.rules import load_rules
 from services.cli import COMMANDS
 from services.settings import Settings
 
@@ -37,6 +43,12 @@ PREFIX = str(Settings.model_config["env_prefix"])
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 IMAGE = f"{IMAGE_REPO}:{VERSION}"
+
+# The public placeholder token of deploy/users.example.yaml (documented there and in the README).
+EXAMPLE_USERS_FILE = DEPLOY / "users.example.yaml"
+EXAMPLE_USER_TOKEN = "wpc-dev-only-care-team-token"
+# The county's program rules: mounted by compose, turned into a ConfigMap by kustomize.
+RULES_FILE = DEPLOY / "rules" / "wpc-rules.yaml"
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -103,14 +115,22 @@ def _containers() -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{owner}/{c['name']}", c
 
 
+def _pod(deployment: str) -> dict[str, Any]:
+    """The pod template of a Deployment (metadata and spec)."""
+    return _one("Deployment", deployment)["spec"]["template"]
+
+
+def _container(deployment: str) -> dict[str, Any]:
+    (container,) = _pod(deployment)["spec"]["containers"]
+    return container
+
+
 def _listener_pod() -> dict[str, Any]:
-    """The pod template of the listener Deployment (metadata and spec)."""
-    return _one("Deployment", "adt-listener")["spec"]["template"]
+    return _pod("adt-listener")
 
 
 def _listener_container() -> dict[str, Any]:
-    (container,) = _listener_pod()["spec"]["containers"]
-    return container
+    return _container("adt-listener")
 
 
 def _configmap() -> dict[str, str]:
@@ -125,9 +145,9 @@ def _example_secrets() -> dict[str, dict[str, Any]]:
     return secrets
 
 
-def _k8s_listener_env() -> dict[str, str]:
-    """What the listener container sees: envFrom (ConfigMap, example Secrets), then `env`."""
-    container = _listener_container()
+def _k8s_env(deployment: str) -> dict[str, str]:
+    """What a container sees: envFrom (ConfigMap, example Secrets), then `env`."""
+    container = _container(deployment)
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -162,6 +182,10 @@ def _final_stage() -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
+def _k8s_listener_env() -> dict[str, str]:
+    return _k8s_env("adt-listener")
+
+
 def _listener_routes() -> set[str]:
     try:
         from adt_listener.http import route_paths
@@ -171,6 +195,67 @@ def _listener_routes() -> set[str]:
             f"health-check paths against the listener's HTTP routes, but it cannot be imported: {exc!r}"
         )
     return set(route_paths())
+
+
+def _enrollment_app() -> Any:
+    """The FastAPI app `EnrollmentService` builds, with placeholders for what it only touches
+    per request or once started (engine, publisher, rules, users), read off the real
+    composition root instead of a hand-kept list of paths."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from enrollment_svc.auth import Users
+    from enrollment_svc.rules import Rules
+    from enrollment_svc.service import EnrollmentService
+
+    try:
+        service = EnrollmentService(
+            Settings.model_construct(),  # the code's defaults, whatever the environment
+            engine=cast(AsyncEngine, object()),
+            users=Users({}),
+            rules=cast(Rules, object()),
+        )
+    except Exception as exc:
+        pytest.fail(
+            "EnrollmentService could not be built with placeholders to read its HTTP routes "
+            f"(the deploy files' probe and health-check paths are checked against them): {exc!r}"
+        )
+    return service.app
+
+
+def _enrollment_routes() -> set[str]:
+    return set(_enrollment_app().openapi()["paths"])
+
+
+@dataclass(frozen=True)
+class Service:
+    """One long-running service as deployed: the same name in compose and in deploy/k8s."""
+
+    name: str  # compose service, k8s Deployment, container, app.kubernetes.io/name
+    subcommand: str  # `wpc <subcommand>`
+    ports: dict[str, str]  # container port name -> Settings field of its default
+    file_fields: tuple[str, ...]  # Path settings it reads, each from a mounted volume
+    topic_fields: tuple[str, ...]  # topics it publishes or consumes
+    routes: Callable[[], set[str]]
+
+
+LISTENER = Service(
+    name="adt-listener",
+    subcommand="listener",
+    ports={"mllp": "mllp_port", "http": "listener_http_port"},
+    file_fields=("senders_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"),
+    topic_fields=("topic_adt_events", "topic_adt_deadletter"),
+    routes=_listener_routes,
+)
+ENROLLMENT = Service(
+    name="enrollment",
+    subcommand="enrollment",
+    ports={"http": "enrollment_http_port"},
+    file_fields=("rules_file", "users_file"),
+    topic_fields=("topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events"),
+    routes=_enrollment_routes,
+)
+SERVICES = [LISTENER, ENROLLMENT]
+each_service = pytest.mark.parametrize("svc", SERVICES, ids=lambda s: s.name)
 
 
 # --- setting names --------------------------------------------------------------------------
@@ -235,7 +320,9 @@ def test_database_url_is_secret_not_configmap() -> None:
     [
         pytest.param(lambda: _compose_env(_services()["adt-listener"]), id="compose-listener"),
         pytest.param(lambda: _compose_env(_services()["migrate"]), id="compose-migrate"),
+        pytest.param(lambda: _compose_env(_services()["enrollment"]), id="compose-enrollment"),
         pytest.param(_k8s_listener_env, id="k8s-listener"),
+        pytest.param(lambda: _k8s_env("enrollment"), id="k8s-enrollment"),
     ],
 )
 def test_settings_accept_the_deployed_values(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,12 +346,13 @@ def _our_compose_services() -> dict[str, dict[str, Any]]:
 
 def test_compose_commands_are_wpc_subcommands() -> None:
     ours = _our_compose_services()
-    assert {"migrate", "adt-listener"} <= set(ours)
+    assert {"migrate", *(s.name for s in SERVICES)} <= set(ours)
     for name, svc in ours.items():
         assert "entrypoint" not in svc, f"{name} must keep the image's `wpc` entrypoint"
         assert svc["command"][0] in COMMANDS, f"{name}: {svc['command'][0]!r} is not a wpc sub-command"
     assert _services()["migrate"]["command"][0] == "migrate"
-    assert _services()["adt-listener"]["command"][0] == "listener"
+    for s in SERVICES:
+        assert _services()[s.name]["command"][0] == s.subcommand, s.name
 
 
 def _k8s_subcommand(container: dict[str, Any]) -> str:
@@ -278,7 +366,8 @@ def test_k8s_commands_are_wpc_subcommands() -> None:
     for where, container in _containers():
         if container["image"].startswith(IMAGE_REPO):
             assert _k8s_subcommand(container) in COMMANDS, where
-    assert _k8s_subcommand(_listener_container()) == "listener"
+    for s in SERVICES:
+        assert _k8s_subcommand(_container(s.name)) == s.subcommand, s.name
     (job_container,) = _one("Job")["spec"]["template"]["spec"]["containers"]
     assert _k8s_subcommand(job_container) == "migrate"
 
@@ -307,7 +396,9 @@ def test_dockerfile_installs_the_project_on_python_311_slim_as_non_root() -> Non
 def test_every_image_of_ours_is_the_pyproject_version() -> None:
     images = {where: c["image"] for where, c in _containers()}
     images |= {f"compose/{n}": s["image"] for n, s in _our_compose_services().items()}
-    assert images["compose/adt-listener"] == IMAGE
+    for s in SERVICES:
+        assert images[f"compose/{s.name}"] == IMAGE, s.name
+        assert images[f"{s.name}/{s.name}"] == IMAGE, s.name
     for where, image in images.items():
         if image.split(":")[0] == IMAGE_REPO:
             assert image == IMAGE, f"{where}: {image} != {IMAGE}"
@@ -337,8 +428,6 @@ def test_dockerignore_keeps_what_pip_install_needs() -> None:
 
 # --- ports ----------------------------------------------------------------------------------
 
-PORT_FIELDS = {"mllp": "mllp_port", "http": "listener_http_port"}
-
 
 def _expected_port(env: dict[str, str], field: str) -> int:
     return int(env.get(_env_name(field), _default(field)))
@@ -346,95 +435,144 @@ def _expected_port(env: dict[str, str], field: str) -> int:
 
 def test_dockerfile_exposes_the_default_ports() -> None:
     exposed = {int(p.split("/")[0]) for k, args in _final_stage() if k == "EXPOSE" for p in args.split()}
-    assert exposed == {_default(f) for f in PORT_FIELDS.values()}
+    assert exposed == {_default(f) for s in SERVICES for f in s.ports.values()}
+    assert len(exposed) == sum(len(s.ports) for s in SERVICES), "two services share a default port"
 
 
-def test_k8s_container_ports_match_settings() -> None:
-    env = _k8s_listener_env()
-    ports = {p["name"]: p for p in _listener_container()["ports"]}
-    assert set(ports) == set(PORT_FIELDS)
-    for name, field in PORT_FIELDS.items():
+@each_service
+def test_k8s_container_ports_match_settings(svc: Service) -> None:
+    env = _k8s_env(svc.name)
+    ports = {p["name"]: p for p in _container(svc.name)["ports"]}
+    assert set(ports) == set(svc.ports)
+    for name, field in svc.ports.items():
         assert ports[name]["containerPort"] == _expected_port(env, field), name
         assert ports[name].get("protocol", "TCP") == "TCP"
 
 
-def test_compose_published_ports_match_settings() -> None:
-    svc = _services()["adt-listener"]
-    env = _compose_env(svc)
-    container_ports = {int(str(p).split(":")[-1].split("/")[0]) for p in svc["ports"]}
-    assert container_ports == {_expected_port(env, f) for f in PORT_FIELDS.values()}
+@each_service
+def test_compose_published_ports_match_settings(svc: Service) -> None:
+    service = _services()[svc.name]
+    env = _compose_env(service)
+    container_ports = {int(str(p).split(":")[-1].split("/")[0]) for p in service["ports"]}
+    assert container_ports == {_expected_port(env, f) for f in svc.ports.values()}
 
 
-def _compose_healthcheck_url() -> tuple[int, str]:
-    test = " ".join(_services()["adt-listener"]["healthcheck"]["test"])
+def _compose_healthcheck_url(name: str = "adt-listener") -> tuple[int, str]:
+    test = " ".join(_services()[name]["healthcheck"]["test"])
     match = re.search(r"http://[^/:'\"]+:(\d+)(/[^'\"\s]*)", test)
     assert match, test
     return int(match.group(1)), match.group(2)
 
 
-def test_compose_healthcheck_uses_python_on_the_http_port() -> None:
-    test = _services()["adt-listener"]["healthcheck"]["test"]
+@each_service
+def test_compose_healthcheck_uses_python_on_the_http_port(svc: Service) -> None:
+    test = _services()[svc.name]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"], "python:3.11-slim has no curl"
-    port, path = _compose_healthcheck_url()
-    assert port == _expected_port(_compose_env(_services()["adt-listener"]), "listener_http_port")
+    port, path = _compose_healthcheck_url(svc.name)
+    assert port == _expected_port(_compose_env(_services()[svc.name]), svc.ports["http"])
     assert path == "/healthz"
 
 
-def _probes() -> dict[str, dict[str, Any]]:
-    container = _listener_container()
+def _probes(name: str = "adt-listener") -> dict[str, dict[str, Any]]:
+    container = _container(name)
     return {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
 
 
-def test_k8s_probes_target_the_http_port_with_the_right_meaning() -> None:
-    probes = _probes()
-    named = {p["name"]: p["containerPort"] for p in _listener_container()["ports"]}
+@each_service
+def test_k8s_probes_target_the_http_port_with_the_right_meaning(svc: Service) -> None:
+    probes = _probes(svc.name)
+    named = {p["name"]: p["containerPort"] for p in _container(svc.name)["ports"]}
     for kind, probe in probes.items():
         assert named.get(probe["port"], probe["port"]) == named["http"], kind
     # Liveness must not depend on PostgreSQL/Kafka: an outage would restart every pod.
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert probes["startupProbe"]["path"] == "/healthz"
     # Readiness is what taking traffic needs (PostgreSQL), not /readyz (database and Kafka):
-    # the listener ACKs from its outbox while Kafka is down (services/health.py).
+    # the listener ACKs from its outbox while Kafka is down (services/health.py); the
+    # enrollment service's API needs PostgreSQL alone, and readiness does not stop it
+    # consuming (the reasons are in the comment of enrollment.yaml).
     assert probes["readinessProbe"]["path"] == "/readyz/ingest"
-    annotations = _listener_pod()["metadata"]["annotations"]
+    annotations = _pod(svc.name)["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == named["http"]
 
 
-def test_probe_and_healthcheck_paths_are_listener_routes() -> None:
-    routes = _listener_routes()
-    paths = {p["path"] for p in _probes().values()}
-    paths.add(_compose_healthcheck_url()[1])
-    paths.add(_listener_pod()["metadata"]["annotations"]["prometheus.io/path"])
-    assert paths <= routes, f"not served by the listener: {sorted(paths - routes)}"
+@each_service
+def test_probe_and_healthcheck_paths_are_routes_of_the_service(svc: Service) -> None:
+    routes = svc.routes()
+    paths = {p["path"] for p in _probes(svc.name).values()}
+    paths.add(_compose_healthcheck_url(svc.name)[1])
+    paths.add(_pod(svc.name)["metadata"]["annotations"]["prometheus.io/path"])
+    assert paths <= routes, f"not served by {svc.name}: {sorted(paths - routes)}"
 
 
-def test_k8s_services_select_the_listener_and_name_its_ports() -> None:
-    pod_labels = _listener_pod()["metadata"]["labels"]
-    port_names = {p["name"] for p in _listener_container()["ports"]}
-    services = {d["metadata"]["name"]: d["spec"] for _, d in _all_k8s_docs() if d["kind"] == "Service"}
-    for name, spec in services.items():
-        assert spec["selector"].items() <= pod_labels.items(), name
+async def test_enrollment_readiness_probe_path_checks_only_the_database() -> None:
+    """enrollment.yaml's readiness probe is chosen because it does not depend on Kafka."""
+    import httpx
+
+    path = _probes("enrollment")["readinessProbe"]["path"]
+    transport = httpx.ASGITransport(app=_enrollment_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://enrollment") as client:
+        response = await client.get(path)
+    # The placeholder engine fails its check: 503 with the checks named. A broker check here
+    # would also try to reach Kafka; the answer must name the database alone.
+    assert response.status_code == 503, response.text
+    assert set(response.json()["checks"]) == {"database"}
+
+
+def _k8s_services() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"] for _, d in _all_k8s_docs() if d["kind"] == "Service"}
+
+
+def test_every_k8s_service_selects_one_deployment_and_names_its_ports() -> None:
+    deployments = [d["metadata"]["name"] for _, d in _all_k8s_docs() if d["kind"] == "Deployment"]
+    assert set(deployments) == {s.name for s in SERVICES}
+    for name, spec in _k8s_services().items():
+        selected = [d for d in deployments if spec["selector"].items() <= _pod(d)["metadata"]["labels"].items()]
+        assert len(selected) == 1, f"Service {name} selects {selected}"
+        port_names = {p["name"] for p in _container(selected[0])["ports"]}
         assert {p["targetPort"] for p in spec["ports"]} <= port_names, name
-    mllp = next(s for s in services.values() if {p["targetPort"] for p in s["ports"]} == {"mllp"})
-    http = next(s for s in services.values() if {p["targetPort"] for p in s["ports"]} == {"http"})
-    assert mllp["type"] == "LoadBalancer" and mllp["ports"][0]["protocol"] == "TCP"
-    assert http.get("type", "ClusterIP") == "ClusterIP"
+
+
+@each_service
+def test_k8s_services_of_each_deployment(svc: Service) -> None:
+    pod_labels = _pod(svc.name)["metadata"]["labels"]
+    mine = [s for s in _k8s_services().values() if s["selector"].items() <= pod_labels.items()]
+    by_target = {p["targetPort"]: s for s in mine for p in s["ports"]}
+    assert set(by_target) == set(svc.ports), f"{svc.name}: ports without a Service"
+    # HTTP stays inside the cluster (an ingress goes in front); MLLP is plain TCP for hospitals.
+    assert by_target["http"].get("type", "ClusterIP") == "ClusterIP"
+    if "mllp" in by_target:
+        mllp = by_target["mllp"]
+        assert mllp["type"] == "LoadBalancer" and mllp["ports"][0]["protocol"] == "TCP"
 
 
 # --- k8s deployment shape -------------------------------------------------------------------
 
 
-def test_listener_deployment_shape() -> None:
-    deployment = _one("Deployment", "adt-listener")
+@each_service
+def test_deployment_shape(svc: Service) -> None:
+    deployment = _one("Deployment", svc.name)
     spec = deployment["spec"]["template"]["spec"]
+    # Two replicas; for the enrollment service two members of one consumer group.
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["selector"]["matchLabels"].items() <= (
         deployment["spec"]["template"]["metadata"]["labels"].items()
     )
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert spec["terminationGracePeriodSeconds"] == 30
-    container = _listener_container()
+    assert spec["automountServiceAccountToken"] is False
+    container = _container(svc.name)
+    assert container["name"] == svc.name
     assert "preStop" not in container.get("lifecycle", {})
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_enrollment_runs_with_the_listeners_security_context() -> None:
+    listener, enrollment = _pod("adt-listener")["spec"], _pod("enrollment")["spec"]
+    assert enrollment["securityContext"] == listener["securityContext"]
+    assert _container("enrollment")["securityContext"] == _container("adt-listener")["securityContext"]
+    assert listener["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert _container("enrollment")["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 def test_pods_have_a_read_only_root_and_a_writable_tmp() -> None:
@@ -447,42 +585,128 @@ def test_pods_have_a_read_only_root_and_a_writable_tmp() -> None:
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{owner}: /tmp is not an emptyDir"
 
 
-def test_file_settings_point_into_mounted_secrets() -> None:
-    """Every Path setting in the ConfigMap names a key of a Secret mounted at its directory."""
-    container = _listener_container()
-    volumes = {v["name"]: v for v in _listener_pod()["spec"]["volumes"]}
-    mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container["volumeMounts"]}
-    secrets = _example_secrets()
-    path_fields = [
+def _path_fields() -> set[str]:
+    return {
         f
         for f, info in Settings.model_fields.items()
         if info.annotation is Path or Path in typing.get_args(info.annotation)
-    ]
-    checked = 0
-    for field in path_fields:
-        value = _configmap().get(_env_name(field))
-        if value is None:
-            continue
-        path = Path(value)
-        volume = mounts.get(str(path.parent))
-        assert volume is not None and "secret" in volume, f"{field}: {path.parent} is not a mounted Secret"
-        secret_name = volume["secret"]["secretName"]
-        assert path.name in secrets[secret_name], f"{field}: no key {path.name} in Secret {secret_name}"
-        checked += 1
-    assert checked >= 4  # senders file, TLS cert, key and client CA
+    }
+
+
+def test_service_file_fields_are_path_settings() -> None:
+    # A wrong field name here would make the two tests below check nothing.
+    for s in SERVICES:
+        assert set(s.file_fields) <= _path_fields(), s.name
+
+
+def _kustomizations() -> Iterator[tuple[Path, dict[str, Any]]]:
+    """deploy/k8s/kustomization.yaml and every kustomization it lists as a resource directory."""
+    pending = [K8S]
+    while pending:
+        directory = pending.pop()
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        yield directory, kustomization
+        for resource in kustomization.get("resources", []):
+            if (directory / resource).is_dir():
+                pending.append((directory / resource).resolve())
+
+
+def _generated_configmaps() -> dict[str, dict[str, Path]]:
+    """ConfigMaps of kustomize's configMapGenerator: name -> {key: source file}."""
+    generated: dict[str, dict[str, Path]] = {}
+    for directory, kustomization in _kustomizations():
+        for generator in kustomization.get("configMapGenerator", []):
+            files = {}
+            for entry in generator.get("files", []):
+                key, _, source = entry.rpartition("=")
+                files[key or Path(source).name] = (directory / source).resolve()
+            generated[generator["name"]] = files
+    return generated
+
+
+def _mounted_keys(deployment: str) -> dict[str, tuple[str, set[str]]]:
+    """Mount directory -> (what it is, the file names in it) for Secret and ConfigMap volumes."""
+    volumes = {v["name"]: v for v in _pod(deployment)["spec"]["volumes"]}
+    secrets, configmaps = _example_secrets(), _generated_configmaps()
+    configmaps |= {d["metadata"]["name"]: dict(d["data"]) for _, d in _all_k8s_docs() if d["kind"] == "ConfigMap"}
+    mounted = {}
+    for m in _container(deployment)["volumeMounts"]:
+        volume = volumes[m["name"]]
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            mounted[m["mountPath"].rstrip("/")] = (f"Secret {name}", set(secrets[name]))
+        elif "configMap" in volume:
+            name = volume["configMap"]["name"]
+            mounted[m["mountPath"].rstrip("/")] = (f"ConfigMap {name}", set(configmaps[name]))
+    return mounted
+
+
+@each_service
+def test_file_settings_point_into_mounted_volumes(svc: Service) -> None:
+    """Every file the service reads is set and names a key of a Secret or ConfigMap mounted
+    (read-only) at its directory."""
+    env = _k8s_env(svc.name)
+    mounted = _mounted_keys(svc.name)
+    read_only = {m["mountPath"].rstrip("/") for m in _container(svc.name)["volumeMounts"] if m.get("readOnly")}
+    for field in svc.file_fields:
+        assert _env_name(field) in env, f"{svc.name}: {_env_name(field)} is not set"
+        path = Path(env[_env_name(field)])
+        assert str(path.parent) in mounted, f"{svc.name} {field}: {path.parent} is not a mounted Secret or ConfigMap"
+        source, keys = mounted[str(path.parent)]
+        assert path.name in keys, f"{svc.name} {field}: no key {path.name} in {source}"
+        assert str(path.parent) in read_only, f"{svc.name} {field}: {path.parent} is mounted writable"
+
+
+def test_listener_file_settings_are_from_secrets_and_enrollment_users_too() -> None:
+    # Credentials and keys never go in a ConfigMap; the rules do (program staff edit them).
+    kinds = {}
+    for s in SERVICES:
+        env, mounted = _k8s_env(s.name), _mounted_keys(s.name)
+        for field in s.file_fields:
+            kinds[field] = mounted[str(Path(env[_env_name(field)]).parent)][0].split()[0]
+    assert kinds == {f: "Secret" for f in LISTENER.file_fields} | {"users_file": "Secret", "rules_file": "ConfigMap"}
 
 
 def test_example_senders_file_loads_and_is_not_open(tmp_path: Path) -> None:
     # An empty senders list means "open listener": the example must not be that.
     path = Path(_configmap()[_env_name("senders_file")])
-    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in _listener_container()["volumeMounts"]}
-    volumes = {v["name"]: v for v in _listener_pod()["spec"]["volumes"]}
-    secret = volumes[mounts[str(path.parent)]]["secret"]["secretName"]
     local = tmp_path / path.name
-    local.write_text(_example_secrets()[secret][path.name])
+    local.write_text(_mounted_secret_file("adt-listener", path))
     senders = load_senders(local)
     assert not senders.open
     assert senders.by_token("CHANGE-ME") is None
+
+
+def _mounted_secret_file(deployment: str, path: Path) -> str:
+    """The example Secret's text of the file a container sees at `path`."""
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in _container(deployment)["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod(deployment)["spec"]["volumes"]}
+    secret = volumes[mounts[str(path.parent)]]["secret"]["secretName"]
+    return str(_example_secrets()[secret][path.name])
+
+
+def test_example_users_secret_loads_and_authenticates_no_known_token(tmp_path: Path) -> None:
+    path = Path(_k8s_env("enrollment")[_env_name("users_file")])
+    local = tmp_path / path.name
+    local.write_text(_mounted_secret_file("enrollment", path))
+    users = load_users(local)  # raises on a malformed file or an unknown role
+    entries = yaml.safe_load(local.read_text())
+    assert entries, "the example shows the format with at least one user"
+    for token in (EXAMPLE_USER_TOKEN, "CHANGE-ME", "", "REPLACE-WITH-SHA256-HEX-OF-ITS-TOKEN"):
+        assert users.authenticate(token) is None, f"the k8s example accepts the public token {token!r}"
+    compose_digests = {str(e["token_sha256"]).lower() for e in yaml.safe_load(EXAMPLE_USERS_FILE.read_text())}
+    assert not compose_digests & {str(e["token_sha256"]).lower() for e in entries}
+
+
+def test_users_example_file_authenticates_its_documented_placeholder_token() -> None:
+    users = load_users(EXAMPLE_USERS_FILE)
+    user = users.authenticate(EXAMPLE_USER_TOKEN)
+    assert user is not None, f"{EXAMPLE_USERS_FILE.name}: token_sha256 is not sha256({EXAMPLE_USER_TOKEN!r})"
+    assert users.authenticate(EXAMPLE_USER_TOKEN + "x") is None
+    assert len(yaml.safe_load(EXAMPLE_USERS_FILE.read_text())) == 1, "one example user"
+    text = EXAMPLE_USERS_FILE.read_text()
+    assert EXAMPLE_USER_TOKEN in text and EXAMPLE_USER_TOKEN in (DEPLOY / "README.md").read_text()
+    assert "MUST BE REPLACED" in text
 
 
 def test_referenced_configmaps_and_secrets_exist() -> None:
@@ -498,19 +722,59 @@ def test_referenced_configmaps_and_secrets_exist() -> None:
         for v in spec.get("volumes", []):
             if "secret" in v:
                 assert v["secret"]["secretName"] in secrets, owner
+            if "configMap" in v:
+                assert v["configMap"]["name"] in configmaps | set(_generated_configmaps()), owner
 
 
-def test_pdb_keeps_one_listener() -> None:
-    pdb = _one("PodDisruptionBudget")["spec"]
-    pod_labels = _listener_pod()["metadata"]["labels"]
+@each_service
+def test_pdb_keeps_one_pod_of_each_service(svc: Service) -> None:
+    pdb = _one("PodDisruptionBudget", svc.name)["spec"]
+    pod_labels = _pod(svc.name)["metadata"]["labels"]
     assert pdb["minAvailable"] == 1
     assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    others = [s.name for s in SERVICES if s is not svc]
+    for other in others:
+        assert not pdb["selector"]["matchLabels"].items() <= _pod(other)["metadata"]["labels"].items()
+
+
+def test_rules_configmap_is_generated_from_the_county_rules_file() -> None:
+    """The enrollment pods mount a ConfigMap kustomize generates from deploy/rules/wpc-rules.yaml,
+    under a content-hash name, so a rules change rolls the pods without a new image."""
+    volumes = {v["name"]: v for v in _pod("enrollment")["spec"]["volumes"]}
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in _container("enrollment")["volumeMounts"]}
+    rules_path = Path(_k8s_env("enrollment")[_env_name("rules_file")])
+    name = volumes[mounts[str(rules_path.parent)]]["configMap"]["name"]
+    generated = _generated_configmaps()
+    assert name in generated, f"ConfigMap {name} is not made by a configMapGenerator"
+    assert generated[name] == {rules_path.name: RULES_FILE.resolve()}
+    for directory, kustomization in _kustomizations():
+        if any(g["name"] == name for g in kustomization.get("configMapGenerator", [])):
+            # `kubectl apply -k` only reads generator files in or below the kustomization's own
+            # directory (kustomize's default load restrictor).
+            assert RULES_FILE.resolve().is_relative_to(directory), f"{directory}: generator file outside it"
+            options = {**kustomization.get("generatorOptions", {})}
+            for g in kustomization["configMapGenerator"]:
+                if g["name"] == name:
+                    options |= g.get("options", {})
+            assert not options.get("disableNameSuffixHash"), "without the hash a rules change rolls no pod"
+            assert kustomization.get("namespace") in (None, _one("Namespace")["metadata"]["name"])
+
+
+def test_rules_file_deployed_is_valid_rules() -> None:
+    # Written separately (the county's example); the deployments mount exactly this path.
+    assert RULES_FILE.is_file(), f"{RULES_FILE.relative_to(ROOT)} is missing"
+    rules = load_rules(RULES_FILE)
+    assert rules.version
 
 
 def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     on_disk = {p.name for p in K8S.glob("*.yaml")} | {p.name for p in K8S.glob("*.yml")}
-    assert set(kustomization["resources"]) == on_disk - {"kustomization.yaml", "secret.example.yaml"}
+    files = {r for r in kustomization["resources"] if not (K8S / r).is_dir()}
+    directories = {r for r in kustomization["resources"] if (K8S / r).is_dir()}
+    assert files == on_disk - {"kustomization.yaml", "secret.example.yaml"}
+    assert directories == {"../rules"}
+    assert (K8S / "../rules" / "kustomization.yaml").is_file()
     assert "secret.example.yaml" in (DEPLOY / "README.md").read_text()
     namespace = _one("Namespace")["metadata"]["name"]
     assert kustomization["namespace"] == namespace
@@ -522,16 +786,17 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
 # --- compose wiring -------------------------------------------------------------------------
 
 
-def test_compose_listener_waits_for_its_dependencies() -> None:
+@each_service
+def test_compose_service_waits_for_its_dependencies(svc: Service) -> None:
     services = _services()
-    depends = services["adt-listener"]["depends_on"]
+    depends = services[svc.name]["depends_on"]
     assert depends["postgres"]["condition"] == "service_healthy"
     assert depends["kafka"]["condition"] == "service_healthy"
     assert depends["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
-    for name, svc in services.items():
-        for dep, cond in (svc.get("depends_on") or {}).items():
+    for name, service in services.items():
+        for dep, cond in (service.get("depends_on") or {}).items():
             if cond["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no healthcheck"
             if cond["condition"] == "service_completed_successfully":
@@ -539,13 +804,14 @@ def test_compose_listener_waits_for_its_dependencies() -> None:
                 assert services[dep].get("restart", "no") == "no", dep
 
 
-def test_compose_kafka_is_kraft_and_the_listener_reaches_it() -> None:
+@each_service
+def test_compose_kafka_is_kraft_and_the_service_reaches_it(svc: Service) -> None:
     services = _services()
     kafka = _compose_env(services["kafka"])
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     advertised = {a.split("://", 1)[1] for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
-    bootstrap = _compose_env(services["adt-listener"])[_env_name("kafka_bootstrap_servers")]
+    bootstrap = _compose_env(services[svc.name])[_env_name("kafka_bootstrap_servers")]
     for server in bootstrap.split(","):
         assert server in advertised, f"{server} is not an advertised Kafka listener {advertised}"
         assert server.split(":")[0] in services
@@ -554,27 +820,90 @@ def test_compose_kafka_is_kraft_and_the_listener_reaches_it() -> None:
 def test_compose_database_url_points_at_the_postgres_service() -> None:
     services = _services()
     pg = _compose_env(services["postgres"])
-    for name in ("migrate", "adt-listener"):
+    for name in ("migrate", *(s.name for s in SERVICES)):
         url = make_url(_interpolate(_compose_env(services[name])[_env_name("database_url")]))
         assert url.host == "postgres" and url.host in services, name
         assert url.username == pg["POSTGRES_USER"] and url.database == pg["POSTGRES_DB"], name
         assert url.password == _interpolate(pg["POSTGRES_PASSWORD"]), name
 
 
-def test_compose_creates_the_topics_the_listener_uses() -> None:
+def _compose_created_topics() -> tuple[str, set[str]]:
     services = _services()
-    env = _compose_env(services["adt-listener"])
-    used = {env.get(_env_name(f), _default(f)) for f in ("topic_adt_events", "topic_adt_deadletter")}
-    creators = [s for s in services.values() if "kafka-topics.sh" in " ".join(s.get("command") or [])]
+    creators = [n for n, s in services.items() if "kafka-topics.sh" in " ".join(s.get("command") or [])]
     assert len(creators) == 1
     (creator,) = creators
-    created = set(re.findall(r"--topic\s+(\S+)", " ".join(creator["command"])))
-    assert created == used
-    creator_name = next(n for n, s in services.items() if s is creator)
-    condition = services["adt-listener"]["depends_on"][creator_name]["condition"]
+    return creator, set(re.findall(r"--topic\s+(\S+)", " ".join(services[creator]["command"])))
+
+
+def _compose_used_topics() -> set[str]:
+    used = set()
+    for s in SERVICES:
+        env = _compose_env(_services()[s.name])
+        used |= {env.get(_env_name(f), _default(f)) for f in s.topic_fields}
+    return used
+
+
+def test_compose_creates_the_topics_the_services_use() -> None:
+    _, created = _compose_created_topics()
+    assert created == _compose_used_topics()
+    # The code's defaults: what runs when a variable is left out.
+    assert created == {_default(f) for s in SERVICES for f in s.topic_fields}
+
+
+@each_service
+def test_compose_services_wait_for_every_topic(svc: Service) -> None:
+    # The outbox relay is shared (one leader publishes every service's rows), so each service
+    # must wait for all the topics, not only its own.
+    creator, _ = _compose_created_topics()
+    condition = _services()[svc.name]["depends_on"][creator]["condition"]
     assert condition == "service_completed_successfully"
 
 
-def test_compose_stop_grace_matches_k8s_termination_grace() -> None:
-    grace = _listener_pod()["spec"]["terminationGracePeriodSeconds"]
-    assert _services()["adt-listener"]["stop_grace_period"] == f"{grace}s"
+def test_k8s_topics_are_the_ones_compose_creates() -> None:
+    # deploy/README.md tells operators to create the same topics on their Kafka.
+    _, created = _compose_created_topics()
+    for s in SERVICES:
+        env = _k8s_env(s.name)
+        assert {env.get(_env_name(f), _default(f)) for f in s.topic_fields} <= created, s.name
+    readme = (DEPLOY / "README.md").read_text()
+    assert all(f"`{topic}`" in readme for topic in created)
+
+
+def test_enrollment_consumer_group_is_the_same_in_compose_and_k8s() -> None:
+    field = _env_name("enrollment_group_id")
+    compose = _compose_env(_services()["enrollment"]).get(field, _default("enrollment_group_id"))
+    k8s = _k8s_env("enrollment").get(field, _default("enrollment_group_id"))
+    assert compose == k8s == _default("enrollment_group_id")
+
+
+def _compose_mounts(name: str) -> dict[str, tuple[Path, bool]]:
+    """Container path -> (host path, read-only) of a compose service's bind mounts."""
+    mounts = {}
+    for volume in _services()[name].get("volumes", []):
+        if isinstance(volume, dict):
+            source, target, ro = volume["source"], volume["target"], bool(volume.get("read_only"))
+        else:
+            source, target, *mode = _interpolate(volume).split(":")
+            ro = "ro" in (mode[0].split(",") if mode else [])
+        if source.startswith((".", "/")):
+            mounts[target] = ((DEPLOY / source).resolve(), ro)
+    return mounts
+
+
+def test_compose_enrollment_mounts_the_rules_and_users_files_read_only() -> None:
+    env = _compose_env(_services()["enrollment"])
+    mounts = _compose_mounts("enrollment")
+    expected = {"rules_file": RULES_FILE.resolve(), "users_file": EXAMPLE_USERS_FILE.resolve()}
+    for field, host in expected.items():
+        target = env.get(_env_name(field))
+        assert target, f"{_env_name(field)} is not set: the image has no fallback"
+        assert target in mounts, f"{field}: {target} is not mounted"
+        assert mounts[target] == (host, True), f"{field}: {mounts[target]}"
+        assert host.parent.exists()
+    assert env[_env_name("rules_file")] == _k8s_env("enrollment")[_env_name("rules_file")]
+
+
+@each_service
+def test_compose_stop_grace_matches_k8s_termination_grace(svc: Service) -> None:
+    grace = _pod(svc.name)["spec"]["terminationGracePeriodSeconds"]
+    assert _services()[svc.name]["stop_grace_period"] == f"{grace}s"
