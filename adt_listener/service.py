@@ -28,7 +28,7 @@ from adt_listener.intake import IntakePolicy
 from adt_listener.senders import Senders, load_senders
 from adt_listener.server import MllpLimits, MllpServer
 from adt_listener.store import MessageStore, Topics
-from services import db, lifecycle, logs
+from services import db, lifecycle
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay
@@ -152,19 +152,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    logs.configure(settings.log_level, settings.log_json)
-    if not settings.database_url or not settings.kafka_bootstrap_servers:
-        print("wpc listener: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
-        return 2
-
-    async def main() -> None:
-        stop = lifecycle.stop_on_signals()
-        if args.migrate:
-            await db.migrate_url(settings.database_url)
-        async with Listener(settings):
-            await stop.wait()
-            log.info("signal received: draining")
-
-    lifecycle.run(main())
-    return 0
+    return lifecycle.serve_one("listener", Listener, migrate=args.migrate)

@@ -30,7 +30,7 @@ from enrollment_svc.auth import Users, load_users
 from enrollment_svc.handler import AdtEventHandler
 from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.store import EnrollmentStore, Topics
-from services import db, lifecycle, logs
+from services import db, lifecycle
 from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
 from services.health import ops_router
@@ -134,19 +134,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    logs.configure(settings.log_level, settings.log_json)
-    if not settings.database_url or not settings.kafka_bootstrap_servers:
-        print("wpc enrollment: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
-        return 2
-
-    async def main() -> None:
-        stop = lifecycle.stop_on_signals()
-        if args.migrate:
-            await db.migrate_url(settings.database_url)
-        async with EnrollmentService(settings):
-            await stop.wait()
-            log.info("signal received: draining")
-
-    lifecycle.run(main())
-    return 0
+    return lifecycle.serve_one("enrollment", EnrollmentService, migrate=args.migrate)

@@ -551,14 +551,7 @@ class EnrollmentStore:
             )
             if seen is not None:
                 return None, None
-        capacity = await conn.scalar(
-            text("SELECT capacity FROM program_capacity WHERE program = :p FOR UPDATE"), {"p": program}
-        )
-        used = await conn.scalar(
-            text("SELECT count(*) FROM candidate WHERE program = :p AND status = ANY(:s)"),
-            {"p": program, "s": list(HOLDS_SLOT)},
-        )
-        status = "pending" if used < (capacity or 0) else "queued"
+        status = "pending" if await self._slot_free(conn, program) else "queued"
         decision = next(d for d in evaluation.decisions if d.program == program)
         body = {
             "reason": evaluation.reason,
@@ -686,7 +679,9 @@ class EnrollmentStore:
             await self._fill_slot(conn, row.program, now)
         return target
 
-    async def _fill_slot(self, conn: AsyncConnection, program: str, now: dt.datetime) -> None:
+    async def _slot_free(self, conn: AsyncConnection, program: str) -> bool:
+        """Whether the program has a free slot; the capacity row stays locked until commit, so
+        two transactions cannot both take the last slot."""
         capacity = await conn.scalar(
             text("SELECT capacity FROM program_capacity WHERE program = :p FOR UPDATE"), {"p": program}
         )
@@ -694,7 +689,10 @@ class EnrollmentStore:
             text("SELECT count(*) FROM candidate WHERE program = :p AND status = ANY(:s)"),
             {"p": program, "s": list(HOLDS_SLOT)},
         )
-        if used >= (capacity or 0):
+        return bool(used < (capacity or 0))
+
+    async def _fill_slot(self, conn: AsyncConnection, program: str, now: dt.datetime) -> None:
+        if not await self._slot_free(conn, program):
             return
         waiting = await conn.scalar(
             text(
