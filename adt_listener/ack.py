@@ -198,7 +198,9 @@ def should_send(code: str, header: AckHeader) -> bool:
 
 
 def _timestamp(now: dt.datetime) -> str:
-    stamp = now.strftime("%Y%m%d%H%M%S")
+    # Formatted by hand, not with strftime: strftime goes through the C library's locale
+    # and time zone machinery and costs several times more, once per ACK.
+    stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}{now.second:02d}"
     offset = now.utcoffset()
     if offset is not None:
         minutes = int(offset.total_seconds() // 60)

@@ -229,12 +229,8 @@ def unescape(text: str, d: Delimiters, *, charset: str | None = None) -> str:
     return "".join(out)
 
 
-def escape(text: str, d: Delimiters) -> str:
-    """Escape text so that it can be placed inside one ER7 field component.
-
-    Inverse of `unescape`: LF becomes \\.br\\ and CR \\X0D\\ (a raw CR would end the
-    segment).
-    """
+@lru_cache(maxsize=64)
+def _escape_table(d: Delimiters) -> dict[str, str]:
     table = {
         d.escape: f"{d.escape}E{d.escape}",
         d.field: f"{d.escape}F{d.escape}",
@@ -246,6 +242,16 @@ def escape(text: str, d: Delimiters) -> str:
     }
     if d.truncation is not None:
         table[d.truncation] = f"{d.escape}P{d.escape}"
+    return table
+
+
+def escape(text: str, d: Delimiters) -> str:
+    """Escape text so that it can be placed inside one ER7 field component.
+
+    Inverse of `unescape`: LF becomes \\.br\\ and CR \\X0D\\ (a raw CR would end the
+    segment).
+    """
+    table = _escape_table(d)  # per delimiter set: every ACK escapes a few fields
     if not any(c in text for c in table):
         return text
     return "".join(table.get(c, c) for c in text)
@@ -260,7 +266,7 @@ class Segment:
     was most of the cost of a message. ``fields`` must not be changed after reading.
     """
 
-    __slots__ = ("_is_msh", "_split", "charset", "delimiters", "fields", "name")
+    __slots__ = ("_esc", "_is_msh", "_split", "_sub", "charset", "delimiters", "fields", "name")
 
     def __init__(
         self, name: str, fields: list[str], delimiters: Delimiters, charset: str | None = None
@@ -271,6 +277,8 @@ class Segment:
         self.charset = charset
         self._is_msh = name == "MSH"
         self._split: dict[int, list[list[str]]] = {}
+        self._sub = delimiters.subcomponent
+        self._esc = delimiters.escape
 
     def __repr__(self) -> str:  # ids only: field values may be PHI
         return f"<Segment {self.name} ({len(self.fields) - 1} fields)>"
@@ -305,8 +313,12 @@ class Segment:
         elif self._is_msh and n <= 2:
             parts = [[f]]  # MSH-1/MSH-2 are the delimiters themselves, never split
         else:
-            comp = self.delimiters.component
-            parts = [r.split(comp) if comp in r else [r] for r in f.split(self.delimiters.repetition)]
+            d = self.delimiters
+            comp = d.component
+            if d.repetition not in f:  # the usual case: no repetitions, no list comprehension
+                parts = [f.split(comp) if comp in f else [f]]
+            else:
+                parts = [r.split(comp) if comp in r else [r] for r in f.split(d.repetition)]
         self._split[n] = parts
         return parts
 
@@ -344,16 +356,27 @@ class Segment:
         """`get` stripped of blanks; None when empty or the explicit null ``""``.
 
         Chapter 2.5.3: ``""`` means "delete the value", so it carries no value either.
+        The normalizer reads ~70 values per message through here, so the common case
+        (field already split, no subcomponent, no escape) is kept to a few operations;
+        everything else takes `_value_slow` (MSH-2 too: it holds the escape character).
         """
-        value = self._raw(n, rep, comp, sub)
-        if not value:
-            return None
-        if self._is_msh and n <= 2:
-            return value.strip() or None
-        d = self.delimiters
-        if d.escape in value:
-            value = unescape(value, d, charset=self.charset)
-        value = value.strip()
+        parts = self._split.get(n)
+        if parts is None:
+            parts = self._split_field(n)
+        if 0 < rep <= len(parts):
+            comps = parts[rep - 1]
+            if 0 < comp <= len(comps):
+                value = comps[comp - 1]
+                if value:
+                    if sub != 1 or self._sub in value or self._esc in value:
+                        return self._value_slow(n, rep, comp, sub)
+                    value = value.strip()
+                    if value and value != '""':
+                        return value
+        return None
+
+    def _value_slow(self, n: int, rep: int, comp: int, sub: int) -> str | None:
+        value = self.get(n, rep, comp, sub).strip()
         return None if not value or value == '""' else value
 
 

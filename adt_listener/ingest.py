@@ -64,7 +64,7 @@ class Ingestor:
         decided, acting = self._authorize(decided, sender, now)
         facility = metrics.facility_label(decided.sending_facility)
         trigger = decided.trigger_event or "unknown"
-        metrics.MESSAGES_RECEIVED.labels(channel=channel, facility=facility, trigger=trigger[:8]).inc()
+        metrics.child(metrics.MESSAGES_RECEIVED, channel, facility, trigger[:8]).inc()
         check = sample_selected(acting.validation, acting.sample_rate, decided.message_id)
         try:
             stored = await self._store.store(decided, channel=channel, sender=acting.name, check_conformance=check)
@@ -74,10 +74,8 @@ class Ingestor:
             log.error("message %s from %s not stored: database unavailable", decided.control_id, acting.name)
         else:
             reply = Reply(stored.ack, decided.ack_code, decided.send_ack, stored=True, duplicate=stored.duplicate)
-        metrics.MESSAGES_ACKED.labels(
-            channel=channel, facility=facility, trigger=trigger[:8], ack_code=reply.ack_code
-        ).inc()
-        metrics.ACK_LATENCY.labels(channel=channel).observe(time.perf_counter() - started)
+        metrics.child(metrics.MESSAGES_ACKED, channel, facility, trigger[:8], reply.ack_code).inc()
+        metrics.child(metrics.ACK_LATENCY, channel).observe(time.perf_counter() - started)
         if reply.ack_code != "AA":
             log.info(
                 "message %s from %s answered %s: %s",

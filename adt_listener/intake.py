@@ -40,6 +40,7 @@ MSH-15 (see `adt_listener.ack`); ``ack_code`` stays in original-mode terms.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ class Intake:
 
 
 def _new_control_id() -> str:
-    return uuid.uuid4().hex[:20]  # MSH-10 is ST(20) up to v2.4
+    return os.urandom(10).hex()  # 80 random bits in 20 characters: MSH-10 is ST(20) up to v2.4
 
 
 def _ack(
@@ -121,8 +122,7 @@ def _ack(
 def _value(seg: Segment | None, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
     if seg is None:
         return ""
-    value = seg.get(n, rep, comp, sub).strip()
-    return "" if value == '""' else value
+    return seg.value(n, rep, comp, sub) or ""
 
 
 def _header_findings(msh: Segment, policy: IntakePolicy) -> list[Finding]:
@@ -145,7 +145,7 @@ def _header_findings(msh: Segment, policy: IntakePolicy) -> list[Finding]:
 
 
 def _has_patient_id(pid: Segment) -> bool:
-    return any(_value(pid, 3, rep) for rep in range(1, len(pid.repetitions(3)) + 1))
+    return any(pid.value(3, rep) for rep in range(1, pid.repetition_count(3) + 1))
 
 
 def _content_findings(msg: Message) -> list[Finding]:
@@ -174,7 +174,7 @@ def _first_patient_key(msg: Message, facility: str) -> str | None:
     pid = msg.segment("PID")
     if pid is None:
         return None
-    for rep in range(1, len(pid.repetitions(3)) + 1):
+    for rep in range(1, pid.repetition_count(3) + 1):
         value = _value(pid, 3, rep)
         if value:
             authority = _value(pid, 3, rep, 4, 1) or _value(pid, 3, rep, 4, 2)
@@ -226,8 +226,8 @@ def _decide(
         hl7_version=_value(msh, 12) or None,
         charset=msg.charset,
         message_id=message_id,
-        event_id=event_id_for(facility, control_id) if control_id else None,
-        patient_key=_first_patient_key(msg, facility),
+        event_id=event.event_id if event is not None else event_id_for(facility, control_id) if control_id else None,
+        patient_key=event.patient.patient_key if event is not None else _first_patient_key(msg, facility),
         event=event,
         ack=ack,
         send_ack=should_send(code, header),

@@ -51,32 +51,26 @@ _TZ_CACHE: dict[str, dt.tzinfo | None] = {}
 def _offset(sign: str, oh: str, om: str) -> dt.tzinfo | None:
     """The fixed offset ``±HHMM`` (None when it is 24 hours or more: not an offset)."""
     key = sign + oh + om
-    tz = _TZ_CACHE.get(key, dt.UTC)
-    if tz is dt.UTC:  # not cached yet (UTC itself is cached as the "+0000" entry's value)
-        offset = dt.timedelta(hours=int(oh), minutes=int(om))
-        tz = None if offset >= dt.timedelta(hours=24) else dt.timezone(-offset if sign == "-" else offset)
-        if len(_TZ_CACHE) < 256:
-            _TZ_CACHE[key] = tz
+    if key in _TZ_CACHE:  # a feed uses one or two offsets: build each tzinfo once
+        return _TZ_CACHE[key]
+    offset = dt.timedelta(hours=int(oh), minutes=int(om))
+    tz = None if offset >= dt.timedelta(hours=24) else dt.timezone(-offset if sign == "-" else offset)
+    if len(_TZ_CACHE) < 256:
+        _TZ_CACHE[key] = tz
     return tz
 
 
-def _fast_dtm(text: str) -> dt.datetime | None | bool:
-    """The common shapes ``YYYYMMDD``, ``YYYYMMDDHHMM[SS]`` with an optional ``±ZZZZ``,
-    without the regular expression; False when the text has another shape."""
-    n = len(text)
+def _fast_dtm(text: str, body: str) -> dt.datetime | None:
+    """``body`` is ``text`` without its ``±ZZZZ`` offset: 8, 12 or 14 ASCII digits."""
     tz: dt.tzinfo | None = None
-    if n in (13, 17, 19) and text[-5] in "+-" and text[-4:].isdigit():
+    if len(body) != len(text):
         tz = _offset(text[-5], text[-4:-2], text[-2:])
         if tz is None:
             return None
-        text = text[:-5]
-        n -= 5
-    if n not in (8, 12, 14) or not text.isdigit() or not text.isascii():
-        return False
     try:
         return dt.datetime(
-            int(text[:4]), int(text[4:6]), int(text[6:8]),
-            int(text[8:10] or 0), int(text[10:12] or 0), int(text[12:14] or 0), tzinfo=tz,
+            int(body[:4]), int(body[4:6]), int(body[6:8]),
+            int(body[8:10] or 0), int(body[10:12] or 0), int(body[12:14] or 0), tzinfo=tz,
         )
     except ValueError:
         return None
@@ -85,10 +79,11 @@ def _fast_dtm(text: str) -> dt.datetime | None | bool:
 def parse_dtm(text: str) -> dt.datetime | None:
     """HL7 DTM → datetime; None when unreadable (callers decide about findings)."""
     text = text.strip()
-    fast = _fast_dtm(text)
-    if fast is not False:
-        assert not isinstance(fast, bool)
-        return fast
+    # Most feeds send YYYYMMDD or YYYYMMDDHHMM[SS] with or without an offset: those are
+    # read by slicing, the regular expressions below handle every other shape.
+    body = text[:-5] if len(text) in (13, 17, 19) and text[-5] in "+-" and text[-4:].isdigit() else text
+    if len(body) in (8, 12, 14) and body.isdigit() and body.isascii():
+        return _fast_dtm(text, body)
     m17 = _DTM17.fullmatch(text)
     if m17 is not None:
         y, mo, d, h, mi, s, ms, off = m17.groups()

@@ -31,11 +31,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adt_listener.intake import Intake
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_deadletter import Finding as DeadLetterFinding
+from schemas.adt_event import AdtEventV1
 from services import metrics
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,10 @@ WITH incoming AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
         $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::text[], $14::uuid[], $15::text[],
-        $16::bool[], $17::text[], $18::text[], $19::bytea[], $20::int[]
-    ) AS t(id, channel, sender, sending_facility, control_id, message_type, trigger_event, hl7_version,
-           ack_code, errors, ack, raw, charset, event_id, patient_key,
-           conformance_checked, topic, key, payload, ord)
+        $16::bool[], $17::text[], $18::text[], $19::bytea[]
+    ) WITH ORDINALITY AS t(id, channel, sender, sending_facility, control_id, message_type, trigger_event,
+                           hl7_version, ack_code, errors, ack, raw, charset, event_id, patient_key,
+                           conformance_checked, topic, key, payload, ord)
 ), stored AS (
     INSERT INTO adt_message (id, channel, sender, sending_facility, control_id, message_type,
                              trigger_event, hl7_version, ack_code, errors, ack, raw, charset,
@@ -84,6 +86,11 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bytea[])
 """
 
 
+# Serializes straight to bytes (model_dump_json gives str, which we would encode again).
+_EVENT_JSON: TypeAdapter[AdtEventV1] = TypeAdapter(AdtEventV1)
+_NO_FINDINGS = "[]"
+
+
 class StoreUnavailable(Exception):
     """The database could not take the message: our fault, answer AR 207 and let the sender retry."""
 
@@ -115,7 +122,7 @@ def _outbox_payload(
 ) -> tuple[str, str | None, bytes]:
     intake = item.intake
     if intake.ack_code == "AA" and intake.event is not None:
-        return "adt_events", intake.patient_key, intake.event.model_dump_json().encode()
+        return "adt_events", intake.patient_key, _EVENT_JSON.dump_json(intake.event)
     dead_letter = AdtDeadLetterV1(
         message_id=intake.message_id,
         received_at=received_at,
@@ -206,21 +213,34 @@ class MessageStore:
             self._on_commit()
 
     async def _write_batch(self, batch: list[_Pending]) -> list[Stored]:
-        cols: list[list[object]] = [[] for _ in range(20)]
+        # One array per column (unnest ... WITH ORDINALITY numbers the rows in batch order).
+        cols: list[list[object]] = [[] for _ in range(19)]
+        (c_id, c_channel, c_sender, c_facility, c_control, c_type, c_trigger, c_version, c_code, c_errors,
+         c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_topic, c_key, c_payload) = cols
         now = dt.datetime.now(dt.UTC)
-        for ord_, item in enumerate(batch):
+        for item in batch:
             i = item.intake
             findings = [asdict(f) for f in i.findings]
             kind, key, payload = _outbox_payload(item, findings, now)
-            topic = self._topics.adt_events if kind == "adt_events" else self._topics.adt_deadletter
-            row = (
-                i.message_id, item.channel, item.sender, i.sending_facility, i.control_id, i.message_type,
-                i.trigger_event, i.hl7_version, i.ack_code, json.dumps(findings),
-                i.ack, i.raw, i.charset, i.event_id, i.patient_key, not item.check_conformance,
-                topic, key, payload, ord_,
-            )
-            for col, value in zip(cols, row, strict=True):
-                col.append(value)
+            c_id.append(i.message_id)
+            c_channel.append(item.channel)
+            c_sender.append(item.sender)
+            c_facility.append(i.sending_facility)
+            c_control.append(i.control_id)
+            c_type.append(i.message_type)
+            c_trigger.append(i.trigger_event)
+            c_version.append(i.hl7_version)
+            c_code.append(i.ack_code)
+            c_errors.append(json.dumps(findings) if findings else _NO_FINDINGS)
+            c_ack.append(i.ack)
+            c_raw.append(i.raw)
+            c_charset.append(i.charset)
+            c_event.append(i.event_id)
+            c_patient.append(i.patient_key)
+            c_checked.append(not item.check_conformance)
+            c_topic.append(self._topics.adt_events if kind == "adt_events" else self._topics.adt_deadletter)
+            c_key.append(key)
+            c_payload.append(payload)
 
         driver = await self._driver()
         try:

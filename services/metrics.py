@@ -9,25 +9,51 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 _MAX_FACILITIES = 500
 _FACILITY_RE = re.compile(r"[^A-Za-z0-9_.\-]")
 _seen_facilities: set[str] = set()
 _lock = threading.Lock()
+# The listener labels every message; both caches below make that a dict lookup. Their
+# size is capped: past it, values are computed as before, just not remembered.
+_CACHE_MAX = 10_000
+_facility_labels: dict[str, str] = {}
+_children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
 def facility_label(facility: str) -> str:
     """Sending facility as a metric label: ASCII-safe, at most 64 chars, 500 distinct values."""
+    cached = _facility_labels.get(facility)
+    if cached is not None:
+        return cached
     value = _FACILITY_RE.sub("_", facility)[:64] or "unknown"
     with _lock:
-        if value in _seen_facilities:
-            return value
-        if len(_seen_facilities) >= _MAX_FACILITIES:
-            return "other"
-        _seen_facilities.add(value)
+        if value not in _seen_facilities:
+            if len(_seen_facilities) >= _MAX_FACILITIES:
+                value = "other"  # stays "other": the set of seen facilities never shrinks
+            else:
+                _seen_facilities.add(value)
+        if len(_facility_labels) < _CACHE_MAX:
+            _facility_labels[facility] = value
     return value
+
+
+def child(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, remembered (prometheus_client takes a lock and builds
+    a key on every call)."""
+    key = (id(metric), values)
+    found = _children.get(key)
+    if found is None:
+        found = metric.labels(*values)
+        if len(_children) < _CACHE_MAX:
+            _children[key] = found
+    return found  # type: ignore[return-value]
 
 
 MESSAGES_RECEIVED = Counter(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,6 +28,11 @@ from services.bus import BusUnavailable, Publisher, Record
 log = logging.getLogger(__name__)
 
 _LOCK_NAMESPACE = 0x57504302  # "WPC" + 2: the relay's advisory lock key (class id)
+_BACKLOG_COUNT_INTERVAL_S = 5.0
+
+_SELECT = "SELECT id, topic, key, payload, event_id FROM outbox ORDER BY id LIMIT $1"
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+_COUNT = "SELECT count(*) FROM outbox"
 
 
 class OutboxRelay:
@@ -48,6 +55,7 @@ class OutboxRelay:
         self._max_backoff = max_backoff_s
         self._standby = standby_interval_s
         self._wake = asyncio.Event()
+        self._counted_at = 0.0
         self.is_leader = False
 
     def wake(self) -> None:
@@ -100,10 +108,15 @@ class OutboxRelay:
     async def _lead(self, lock_conn: AsyncConnection, stop: asyncio.Event) -> None:
         self._set_leader(True)
         log.info("outbox relay: leading")
+        # The leader publishes over its lock connection: no pool checkout (and its
+        # pre-ping round trip) per batch, and every poll doubles as the keep-alive that
+        # tells us the lock is still held.
+        driver = await _driver(lock_conn)
         backoff = self._poll
         while not stop.is_set():
+            self._wake.clear()  # before reading: a commit from now on wakes the next round
             try:
-                published = await self.publish_once()
+                published = await self._publish(driver)
             except BusUnavailable as exc:
                 metrics.RELAY_ERRORS.inc()
                 log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, backoff)
@@ -112,42 +125,54 @@ class OutboxRelay:
                 continue
             backoff = self._poll
             if published < self._batch:
-                # Keep the lock connection alive (and notice if it died) while idle.
-                await lock_conn.execute(text("SELECT 1"))
-                await lock_conn.commit()
-                self._wake.clear()
                 await _wait_any(stop, self._wake, self._poll)
 
     async def publish_once(self) -> int:
         """Publish one batch; return how many rows were published and deleted."""
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text("SELECT id, topic, key, payload, event_id FROM outbox ORDER BY id LIMIT :n"),
-                    {"n": self._batch},
-                )
-            ).all()
-            if not rows:
-                metrics.OUTBOX_BACKLOG.set(0)
-                await conn.commit()
-                return 0
-            records = [
-                Record(
-                    topic=r.topic,
-                    key=r.key.encode() if r.key is not None else None,
-                    value=bytes(r.payload),
-                    headers=(("event_id", str(r.event_id).encode()),),
-                )
-                for r in rows
-            ]
-            await self._publisher.publish(records)
-            await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": [r.id for r in rows]})
-            backlog = await conn.scalar(text("SELECT count(*) FROM outbox"))
-            await conn.commit()
-        metrics.OUTBOX_BACKLOG.set(float(backlog or 0))
-        for r in rows:
-            metrics.OUTBOX_PUBLISHED.labels(topic=r.topic).inc()
+            return await self._publish(await _driver(conn))
+
+    async def _publish(self, driver: Any) -> int:
+        """One batch over an asyncpg connection, each statement in its own transaction:
+        no snapshot is held open while the broker takes its time, and with one leader
+        nobody else deletes rows between our read and our delete."""
+        rows = await driver.fetch(_SELECT, self._batch)
+        if not rows:
+            self._backlog(0)
+            return 0
+        records = [
+            Record(
+                topic=topic,
+                key=key.encode() if key is not None else None,
+                value=bytes(payload),
+                headers=(("event_id", str(event_id).encode()),),
+            )
+            for _id, topic, key, payload, event_id in rows
+        ]
+        await self._publisher.publish(records)
+        await driver.execute(_DELETE, [r[0] for r in rows])
+        if len(rows) < self._batch:
+            self._backlog(0)  # we read everything there was
+        elif time.monotonic() - self._counted_at >= _BACKLOG_COUNT_INTERVAL_S:
+            # A full batch: more is waiting. Counting scans the table, so the gauge is
+            # refreshed now and then, not per batch.
+            self._backlog(int(await driver.fetchval(_COUNT)))
+        per_topic: dict[str, int] = {}
+        for r in records:
+            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
+        for topic, n in per_topic.items():
+            metrics.OUTBOX_PUBLISHED.labels(topic=topic).inc(n)
         return len(rows)
+
+    def _backlog(self, rows: int) -> None:
+        self._counted_at = time.monotonic()
+        metrics.OUTBOX_BACKLOG.set(rows)
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one (plain statements, no ORM work per row)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
