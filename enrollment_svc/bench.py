@@ -39,8 +39,25 @@ from services import db
 from services.embedded import EmbeddedPostgres
 from services.settings import Settings
 
-_KINDS = "ARRAY['ed','inpatient','outpatient','ed','inpatient','psych_inpatient','sobering']"
-_FLAGS = "ARRAY['{}','{sud}','{}','{acsc}','{mental_health}','{}','{sud,homelessness}']::text[]"
+# A county's mix, roughly (an assumption, not data): per 100 encounters 40 ED visits, 35
+# outpatient, 20 inpatient, 3 psychiatric inpatient, 2 sobering center; diagnosis flags on
+# 10 (SUD), 5 (mental health), 3 (ACSC), 2 (SUD and homelessness); dates over two years.
+_ENCOUNTERS = """
+INSERT INTO encounter (id, facility, visit_number, identity_key, person_id, kind, status,
+                       start_at, end_at, dx_flags, last_event_time)
+SELECT md5('e' || g)::uuid, $1, 'BV' || g,
+       substr(encode(sha256(convert_to('BENCH|M' || (g % $2 + 1), 'UTF8')), 'hex'), 1, 32),
+       md5('p' || (g % $2 + 1))::uuid,
+       CASE WHEN k < 40 THEN 'ed' WHEN k < 75 THEN 'outpatient' WHEN k < 95 THEN 'inpatient'
+            WHEN k < 98 THEN 'psych_inpatient' ELSE 'sobering' END,
+       'discharged', now() - d * interval '1 day', now() - d * interval '1 day' + interval '2 days',
+       CAST(CASE WHEN f < 10 THEN '{sud}' WHEN f < 15 THEN '{mental_health}' WHEN f < 18 THEN '{acsc}'
+                 WHEN f < 20 THEN '{sud,homelessness}' ELSE '{}' END AS text[]),
+       now() - d * interval '1 day'
+FROM (SELECT g, (hashint4(g) & 2147483647) % 100 AS k, (hashint4(-g) & 2147483647) % 100 AS f,
+             (hashint4(g + 1) & 2147483647) % 730 AS d
+      FROM generate_series(1, $3) g) AS s
+"""
 
 
 async def load_county(dsn: str, persons: int, encounters: int, facility: str) -> float:
@@ -59,18 +76,7 @@ async def load_county(dsn: str, persons: int, encounters: int, facility: str) ->
                    md5('p' || g)::uuid, 'BENCH', 'M' || g, 'MR'
             FROM generate_series(1, {persons}) g"""
         )
-        await conn.execute(
-            f"""INSERT INTO encounter (id, facility, visit_number, identity_key, person_id, kind, status,
-                start_at, end_at, dx_flags, last_event_time)
-            SELECT md5('e' || g)::uuid, '{facility}', 'BV' || g,
-                   substr(encode(sha256(convert_to('BENCH|M' || (g % {persons} + 1), 'UTF8')), 'hex'), 1, 32),
-                   md5('p' || (g % {persons} + 1))::uuid,
-                   ({_KINDS})[g % 7 + 1], 'discharged',
-                   now() - (g % 730) * interval '1 day', now() - (g % 730) * interval '1 day' + interval '2 days',
-                   string_to_array(trim(both '{{}}' from ({_FLAGS})[g % 7 + 1]), ','),
-                   now() - (g % 730) * interval '1 day'
-            FROM generate_series(1, {encounters}) g"""
-        )
+        await conn.execute(_ENCOUNTERS, facility, persons, encounters)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -52,8 +52,6 @@ from schemas.enrollment import (
 
 __all__ = ["Applied", "EnrollmentStore", "Topics"]
 
-_LOCK_PERSON = 0x57504331  # advisory lock class ids ("WPC1", "WPC2")
-_LOCK_KEY = 0x57504332
 _MERGE_TRIGGERS = frozenset({"A34", "A40", "A47"})  # chapter 3.3.34/3.3.40/3.3.47: MRG-1 → PID-3
 
 
@@ -73,10 +71,6 @@ class Applied:
     evaluation: Evaluation | None = None
     candidate_id: uuid.UUID | None = None
     candidate_status: str | None = None
-
-
-def _lock_id(value: str) -> int:
-    return int.from_bytes(uuid.uuid5(uuid.NAMESPACE_OID, value).bytes[:4], "big", signed=True)
 
 
 def _json_default(value: object) -> str:
@@ -124,18 +118,26 @@ class EnrollmentStore:
 
     async def apply_adt_event(self, conn: AsyncConnection, event: AdtEventV1, now: dt.datetime) -> Applied:
         """Apply one `adt.events` record, inside the caller's transaction. Idempotent by event id."""
-        fresh = await conn.scalar(
-            text("INSERT INTO processed_event (event_id) VALUES (:e) ON CONFLICT DO NOTHING RETURNING event_id"),
-            {"e": event.event_id},
-        )
-        if fresh is None:
+        first = event.patient.identifiers[0] if event.patient.identifiers else None
+        authority = (first.assigning_authority if first else None) or event.sending_facility
+        key = event.patient.patient_key or (patient_key(authority, first.value) if first else "")
+        # One round trip: mark the event processed and read its identity (most events are of known patients).
+        marked = (
+            await conn.execute(
+                text(
+                    "WITH p AS (INSERT INTO processed_event (event_id) VALUES (:e) ON CONFLICT DO NOTHING "
+                    "RETURNING event_id) SELECT EXISTS (SELECT 1 FROM p) AS fresh, i.person_id, i.merged_into "
+                    "FROM (SELECT 1) AS one LEFT JOIN identity i ON i.key = :k"
+                ),
+                {"e": event.event_id, "k": key},
+            )
+        ).one()
+        if not marked.fresh:
             return Applied(duplicate=True)
-        if event.processing_id != "P" or not event.patient.identifiers:
+        if event.processing_id != "P" or first is None:
             return Applied()  # training / debugging messages (MSH-11 T, D) build no history
-        first = event.patient.identifiers[0]
-        authority = first.assigning_authority or event.sending_facility
-        key = event.patient.patient_key or patient_key(authority, first.value)
-        person_id = await self._resolve(conn, key, first, authority, event.patient.medi_cal_id)
+        known = marked if marked.person_id is not None else None
+        person_id = await self._resolve(conn, key, first, authority, event.patient.medi_cal_id, known)
         if event.trigger_event in _MERGE_TRIGGERS:
             for prior in event.prior_identifiers:
                 prior_key = patient_key(prior.assigning_authority or event.sending_facility, prior.value)
@@ -155,13 +157,20 @@ class EnrollmentStore:
         return await self._decide(conn, person_id, trigger, now, encounter_id)
 
     async def _resolve(
-        self, conn: AsyncConnection, key: str, ident: Identifier, authority: str, medi_cal_id: str | None
+        self,
+        conn: AsyncConnection,
+        key: str,
+        ident: Identifier,
+        authority: str,
+        medi_cal_id: str | None,
+        row: Any,
     ) -> uuid.UUID:
-        """The person of an identity, creating or linking (by Medi-Cal id) as needed."""
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_KEY, "k": _lock_id(key)})
-        row = (
-            await conn.execute(text("SELECT person_id, merged_into FROM identity WHERE key = :k"), {"k": key})
-        ).first()
+        """The person of an identity (``row``: its identity row, None when new), creating or
+        linking (by Medi-Cal id) as needed.
+
+        No lock is taken: two transactions creating the same identity or the same Medi-Cal
+        person collide on a unique key, and the handler retries the loser, which then finds
+        the winner's rows."""
         seen: set[str] = set()
         while row is not None and row.merged_into is not None and row.merged_into not in seen:
             seen.add(row.merged_into)  # an A40-merged MRN: history lives with the survivor
@@ -172,9 +181,6 @@ class EnrollmentStore:
             ).first()
         by_medi_cal: uuid.UUID | None = None
         if medi_cal_id:
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_KEY, "k": _lock_id("mc:" + medi_cal_id)}
-            )
             by_medi_cal = await conn.scalar(text("SELECT id FROM person WHERE medi_cal_id = :m"), {"m": medi_cal_id})
         if row is not None:
             person_id: uuid.UUID = row.person_id
@@ -221,9 +227,9 @@ class EnrollmentStore:
         )
 
     async def _lock_person(self, conn: AsyncConnection, person_id: uuid.UUID) -> None:
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_PERSON, "k": _lock_id(str(person_id))}
-        )
+        """Serialize deciding for one person: the person row's lock, held until commit (the
+        UPDATE in `_update_person` takes the same lock for ADT events)."""
+        await conn.execute(text("SELECT 1 FROM person WHERE id = :p FOR UPDATE"), {"p": person_id})
 
     async def _apply_encounter_event(
         self,
@@ -234,14 +240,14 @@ class EnrollmentStore:
         person_id: uuid.UUID,
         ev: EncounterEvent,
     ) -> tuple[uuid.UUID, EncounterFacts]:
-        await self._lock_person(conn, person_id)
+        # The person row is locked already (`_update_person`); the upsert locks the encounter row.
         first = history.fold(facility, visit_number, [ev])
         assert first is not None
-        await conn.execute(
+        encounter_id: uuid.UUID = await conn.scalar(
             text(
                 "INSERT INTO encounter (id, facility, visit_number, identity_key, person_id, kind, status, "
                 "start_at, last_event_time) VALUES (:id, :f, :v, :k, :p, 'other', :s, :st, :t) "
-                "ON CONFLICT ON CONSTRAINT encounter_visit_uq DO NOTHING"
+                "ON CONFLICT ON CONSTRAINT encounter_visit_uq DO UPDATE SET updated_at = now() RETURNING id"
             ),
             {
                 "id": uuid.uuid4(),
@@ -254,15 +260,15 @@ class EnrollmentStore:
                 "t": first.last_event_time,
             },
         )
-        encounter_id: uuid.UUID = await conn.scalar(
-            text("SELECT id FROM encounter WHERE facility = :f AND visit_number = :v FOR UPDATE"),
-            {"f": facility, "v": visit_number},
-        )
-        await conn.execute(
-            text(
-                "INSERT INTO encounter_event (event_id, encounter_id, trigger_event, event_time, body) "
-                "VALUES (:e, :enc, :tr, :t, CAST(:b AS jsonb)) ON CONFLICT DO NOTHING"
-            ),
+        # The new event and the stored ones in one round trip (a CTE's insert is not visible to
+        # the statement's own read of the table, hence the UNION ALL).
+        bodies = (
+            await conn.execute(
+                text(
+                    "WITH ins AS (INSERT INTO encounter_event (event_id, encounter_id, trigger_event, event_time, "
+                    "body) VALUES (:e, :enc, :tr, :t, CAST(:b AS jsonb)) ON CONFLICT DO NOTHING RETURNING body) "
+                    "SELECT body FROM encounter_event WHERE encounter_id = :enc UNION ALL SELECT body FROM ins"
+                ),
             {
                 "e": uuid.UUID(ev.event_id),
                 "enc": encounter_id,
@@ -270,9 +276,7 @@ class EnrollmentStore:
                 "t": ev.event_time,
                 "b": _event_body(ev),
             },
-        )
-        bodies = (
-            await conn.execute(text("SELECT body FROM encounter_event WHERE encounter_id = :e"), {"e": encounter_id})
+            )
         ).scalars()
         state = history.fold(facility, visit_number, [event_from_body(b) for b in bodies])
         assert state is not None
@@ -468,7 +472,12 @@ class EnrollmentStore:
         since = at - self.rules.longest_lookback()
         person = (
             await conn.execute(
-                text("SELECT birth_date, medi_cal, county_resident FROM person WHERE id = :p"), {"p": person_id}
+                text(
+                    "SELECT birth_date, medi_cal, county_resident, "
+                    "(SELECT program FROM candidate WHERE person_id = :p AND status = ANY(:a) LIMIT 1) AS active, "
+                    "EXISTS (SELECT 1 FROM patient_flag WHERE person_id = :p) AS has_flags FROM person WHERE id = :p"
+                ),
+                {"p": person_id, "a": list(ACTIVE)},
             )
         ).one()
         encounters = tuple(
@@ -490,22 +499,20 @@ class EnrollmentStore:
                 {"p": person_id, "since": since},
             )
         )
-        flags = tuple(
-            Flag(
-                id=str(r.id), kind=r.kind, source=r.source, effective=r.effective, until=r.until, detail=r.detail
+        flags: tuple[Flag, ...] = ()
+        if person.has_flags:
+            flags = tuple(
+                Flag(
+                    id=str(r.id), kind=r.kind, source=r.source, effective=r.effective, until=r.until, detail=r.detail
+                )
+                for r in await conn.execute(
+                    text(
+                        "SELECT id, kind, source, effective, until, detail FROM patient_flag "
+                        "WHERE person_id = :p AND (effective >= :since OR until IS NULL OR until >= :since)"
+                    ),
+                    {"p": person_id, "since": since},
+                )
             )
-            for r in await conn.execute(
-                text(
-                    "SELECT id, kind, source, effective, until, detail FROM patient_flag "
-                    "WHERE person_id = :p AND (effective >= :since OR until IS NULL OR until >= :since)"
-                ),
-                {"p": person_id, "since": since},
-            )
-        )
-        active = await conn.scalar(
-            text("SELECT program FROM candidate WHERE person_id = :p AND status = ANY(:a)"),
-            {"p": person_id, "a": list(ACTIVE)},
-        )
         return PersonHistory(
             person_id=str(person_id),
             birth_date=person.birth_date,
@@ -513,7 +520,7 @@ class EnrollmentStore:
             county_resident=person.county_resident,
             encounters=encounters,
             flags=flags,
-            active_program=active,
+            active_program=person.active,
         )
 
     async def _decide(
@@ -580,7 +587,9 @@ class EnrollmentStore:
         )
         if inserted is None:
             return None, None  # another instance proposed one for this person first
-        await self._record_transition(conn, candidate_id, None, "queued", actor="system", reason=None, now=now)
+        await self._record_transition(
+            conn, candidate_id, None, "queued", actor="system", reason=None, now=now, known=(person_id, program, 0)
+        )
         if status == "pending":
             await self._propose(conn, candidate_id, now)
         return candidate_id, status
@@ -591,8 +600,9 @@ class EnrollmentStore:
             await conn.execute(
                 text(
                     "SELECT c.id, c.person_id, c.program, c.encounter_id, c.rule_version, c.decision, "
-                    "c.created_at, p.medi_cal_id, p.primary_care FROM candidate c JOIN person p ON p.id = c.person_id "
-                    "WHERE c.id = :c"
+                    "c.created_at, p.medi_cal_id, p.primary_care, "
+                    "(SELECT count(*) FROM candidate_transition t WHERE t.candidate_id = c.id) AS seq "
+                    "FROM candidate c JOIN person p ON p.id = c.person_id WHERE c.id = :c"
                 ),
                 {"c": candidate_id},
             )
@@ -603,7 +613,10 @@ class EnrollmentStore:
                  "WHERE id = :c"),
             {"now": now, "x": expires, "c": candidate_id},
         )
-        await self._record_transition(conn, candidate_id, "queued", "pending", actor="system", reason=None, now=now)
+        await self._record_transition(
+            conn, candidate_id, "queued", "pending", actor="system", reason=None, now=now,
+            known=(row.person_id, row.program, int(row.seq)),
+        )
         identifiers = [
             Identifier(value=r.value, assigning_authority=r.authority, type_code=r.type_code)
             for r in await conn.execute(
@@ -729,18 +742,27 @@ class EnrollmentStore:
         actor: str,
         reason: str | None,
         now: dt.datetime,
+        known: tuple[uuid.UUID, str, int] | None = None,
     ) -> None:
-        seq = await conn.scalar(
-            text("SELECT count(*) FROM candidate_transition WHERE candidate_id = :c"), {"c": candidate_id}
-        )
-        row = (
-            await conn.execute(text("SELECT person_id, program FROM candidate WHERE id = :c"), {"c": candidate_id})
-        ).one()
+        """Record a status change and its `enrollment.events` outbox row. ``known``: the
+        candidate's (person, program, number of transitions so far) when the caller has them."""
+        if known is None:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT person_id, program, (SELECT count(*) FROM candidate_transition "
+                        "WHERE candidate_id = :c) AS seq FROM candidate WHERE id = :c"
+                    ),
+                    {"c": candidate_id},
+                )
+            ).one()
+            known = (row.person_id, row.program, int(row.seq))
+        person_id, program, seq = known
         event = EnrollmentEventV1(
-            event_id=transition_event_id(candidate_id, to_status, int(seq or 0)),
+            event_id=transition_event_id(candidate_id, to_status, seq),
             candidate_id=candidate_id,
-            person_id=row.person_id,
-            program=row.program,
+            person_id=person_id,
+            program=program,  # type: ignore[arg-type]  # programs come from the rules' closed list
             from_status=from_status,  # type: ignore[arg-type]  # statuses come from status.TRANSITIONS
             to_status=to_status,  # type: ignore[arg-type]
             actor=actor,
@@ -749,13 +771,14 @@ class EnrollmentStore:
         )
         await conn.execute(
             text(
-                "INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, event_id) "
-                "VALUES (:c, :f, :t, :a, :r, :at, :e)"
+                "WITH t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
+                "event_id) VALUES (:c, :f, :t, :a, :r, :at, :e)) "
+                "INSERT INTO outbox (topic, key, payload, event_id) VALUES (:topic, :key, :payload, :e)"
             ),
             {"c": candidate_id, "f": from_status, "t": to_status, "a": actor, "r": reason, "at": now,
-             "e": event.event_id},
+             "e": event.event_id, "topic": self.topics.events, "key": str(person_id),
+             "payload": event.model_dump_json().encode()},
         )
-        await self._outbox(conn, self.topics.events, str(row.person_id), event.event_id, event.model_dump_json())
 
     async def _outbox(self, conn: AsyncConnection, topic: str, key: str, event_id: uuid.UUID, payload: str) -> None:
         await conn.execute(
