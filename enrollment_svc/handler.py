@@ -64,7 +64,12 @@ class AdtEventHandler:
         for record in records:
             lane = zlib.crc32(record.key or b"") % self._lanes
             lanes.setdefault(lane, []).append(record)
-        await asyncio.gather(*(self._run_lane(batch) for batch in lanes.values()))
+        # Every lane finishes (or fails) before the batch is judged: no lane keeps writing after
+        # the consumer has given up on the batch and is about to read it again.
+        results = await asyncio.gather(*(self._run_lane(batch) for batch in lanes.values()), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
         if self._on_commit is not None:
             self._on_commit()
 
