@@ -156,6 +156,7 @@ class MessageStore:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None
+        self._raw: Any = None  # asyncpg connection of _conn
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-store")
@@ -168,6 +169,7 @@ class MessageStore:
         await self._task
         self._task = None
         if self._conn is not None:
+            self._raw = None
             await self._conn.close()
             self._conn = None
 
@@ -196,7 +198,8 @@ class MessageStore:
     async def _write(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await asyncio.wait_for(self._write_batch(batch), _STATEMENT_TIMEOUT_S)
+            async with asyncio.timeout(_STATEMENT_TIMEOUT_S):  # no Task per batch, unlike wait_for
+                results = await self._write_batch(batch)
         except Exception as exc:  # every database failure means the same to the sender: not stored
             log.error("store: batch of %d not stored: %s", len(batch), type(exc).__name__)
             metrics.STORE_FAILURES.inc()
@@ -261,13 +264,19 @@ class MessageStore:
 
     async def _driver(self) -> Any:
         """The writer's own connection, kept across batches: a pool checkout would cost a
-        pre-ping round trip per commit. Reconnects after any failure."""
-        if self._conn is None:
-            self._conn = await self._engine.connect()
-        raw_conn = await self._conn.get_raw_connection()
-        return raw_conn.driver_connection
+        pre-ping round trip per commit. Reconnects after any failure.
+
+        The asyncpg connection under it is looked up once: SQLAlchemy's
+        `get_raw_connection` runs through a greenlet, a cost paid per commit otherwise."""
+        if self._raw is None:
+            if self._conn is None:
+                self._conn = await self._engine.connect()
+            raw_conn = await self._conn.get_raw_connection()
+            self._raw = raw_conn.driver_connection
+        return self._raw
 
     async def _drop_connection(self) -> None:
+        self._raw = None
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services import metrics
 from services.bus import KafkaPublisher, MemoryPublisher
 from services.db import create_engine
 from services.outbox import OutboxRelay
@@ -92,3 +93,27 @@ async def test_only_one_relay_leads(database_url: str) -> None:
     await task_b
     await engine_a.dispose()
     await engine_b.dispose()
+
+
+async def test_a_wake_publishes_without_waiting_for_the_poll(database_url: str) -> None:
+    engine = create_engine(database_url)
+    publisher = MemoryPublisher()
+    relay = OutboxRelay(engine, publisher, poll_interval_s=30.0, linger_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    for _ in range(50):
+        if relay.is_leader:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)  # the first (empty) round is done: the relay now waits for a wake
+    await add_rows(engine, "t", 5)
+    relay.wake()
+    for _ in range(40):
+        if len(publisher.records) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.value for r in publisher.records] == [f"event-{i}".encode() for i in range(5)]
+    assert metrics.OUTBOX_BACKLOG._value.get() == 0
+    stop.set()
+    await task
+    await engine.dispose()

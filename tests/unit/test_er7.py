@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adt_listener.er7 import Delimiters, Message, decode, encode, escape, unescape
+from adt_listener.er7 import Delimiters, Message, Segment, decode, encode, escape, unescape
 from adt_listener.errors import Er7Error, ListenerError
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
@@ -433,3 +433,56 @@ def test_key_components_match_hl7apy(name: str) -> None:
                         )
                         checked += 1
     assert checked > 0 or ours.segment("PID") is None
+
+
+# --- the split cache behind get / value ------------------------------------------------------
+
+
+def _reference_get(seg: Segment, n: int, rep: int, comp: int, sub: int) -> str:
+    """`Segment.get` written the plain way (split the field text again on every read)."""
+    f = seg.field(n)
+    if not f:
+        return ""
+    if seg.name == "MSH" and n <= 2:
+        return f if rep == comp == sub == 1 else ""
+    d = seg.delimiters
+    for sep, index in ((d.repetition, rep), (d.component, comp), (d.subcomponent, sub)):
+        parts = f.split(sep)
+        f = parts[index - 1] if 0 < index <= len(parts) else ""
+        if not f:
+            return ""
+    return unescape(f, d, charset=seg.charset)
+
+
+_FIELD_TEXT = st.text(alphabet="ab ~^&\\\"FSTRE.", max_size=14)
+
+
+@given(fields=st.lists(_FIELD_TEXT, min_size=1, max_size=5), name=st.sampled_from(["PID", "MSH"]))
+def test_get_and_value_match_a_plain_reading_of_the_field(fields: list[str], name: str) -> None:
+    d = Delimiters()
+    values = ["|", "^~\\&", *fields] if name == "MSH" else fields
+    seg = Segment(name, [name, *values], d, "utf-8")
+    for n in range(0, len(values) + 2):
+        reps = _reference_repetitions(seg, n)
+        assert seg.repetition_count(n) == len(reps)
+        for rep in range(0, 4):
+            for comp in range(0, 4):
+                for sub in range(0, 3):
+                    expected = _reference_get(seg, n, rep, comp, sub)
+                    # Twice: the first read splits the field, the second reads the cache.
+                    assert seg.get(n, rep, comp, sub) == expected == seg.get(n, rep, comp, sub)
+                    stripped = expected.strip()
+                    assert seg.value(n, rep, comp, sub) == (None if stripped in ("", '""') else stripped)
+
+
+def _reference_repetitions(seg: Segment, n: int) -> list[str]:
+    f = seg.field(n)
+    if not f:
+        return []
+    return [f] if seg.name == "MSH" and n <= 2 else f.split(seg.delimiters.repetition)
+
+
+def test_value_of_msh_delimiter_fields_is_not_unescaped() -> None:
+    msh = Message.parse(b"MSH|^~\\&|A|B\rPID|1").segments[0]
+    assert (msh.value(1), msh.value(2), msh.value(2, 1, 2)) == ("|", "^~\\&", None)
+    assert msh.repetition_count(2) == 1

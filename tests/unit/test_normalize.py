@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from adt_listener.er7 import Message
 from adt_listener.intake import IntakePolicy
@@ -307,3 +310,68 @@ def test_corpus_050_seventeen_digit_timestamp() -> None:
 
 def test_corpus_091_year_month_birth_date() -> None:
     assert corpus("091_santedb_A40.hl7").patient.birth_date == dt.date(1984, 1, 1)
+
+
+# --- the fast path of parse_dtm and the one-call validation ----------------------------------
+
+
+_REF_DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?(?:([+-])(\d{2})(\d{2}))?")
+
+
+def _reference_dtm(text: str) -> dt.datetime | None:
+    """DTM read with one regular expression only (what parse_dtm did before its fast path)."""
+    text = text.strip()
+    if len(text) in (17, 22) and text[:17].isdigit() and text.isascii():  # 17 digits: milliseconds
+        text = f"{text[:14]}.{text[14:17]}{text[17:]}"
+    m = _REF_DTM.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, frac, sign, oh, om = m.groups()
+    if frac is not None and second is None:
+        return None
+    tz = None
+    if sign is not None:
+        offset = dt.timedelta(hours=int(oh), minutes=int(om))
+        if offset >= dt.timedelta(hours=24):
+            return None
+        tz = dt.timezone(-offset if sign == "-" else offset)
+    try:
+        return dt.datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+                           int(second or 0), int((frac or "0").ljust(6, "0")), tzinfo=tz)
+    except ValueError:
+        return None
+
+
+@given(
+    body=st.text(alphabet="0123456789", min_size=6, max_size=17),
+    offset=st.one_of(st.just(""), st.from_regex(r"[+-][0-9]{4}", fullmatch=True)),
+    pad=st.sampled_from(["", " "]),
+)
+def test_parse_dtm_fast_path_reads_like_the_regular_expression(body: str, offset: str, pad: str) -> None:
+    text = f"{pad}{body}{offset}{pad}"
+    value, expected = parse_dtm(text), _reference_dtm(text)
+    assert value == expected
+    assert value is None or expected is None or value.utcoffset() == expected.utcoffset()
+
+
+def test_parse_dtm_keeps_unicode_digits_on_the_slow_path() -> None:
+    assert parse_dtm("２０２４０２２９") == _reference_dtm("２０２４０２２９")
+
+
+def test_every_synthetic_and_corpus_event_revalidates_to_itself() -> None:
+    """normalize assembles the event as plain data and validates it once: the result is the
+    model its JSON describes (no field lost, coerced or defaulted differently)."""
+    from adt_listener.intake import intake
+    from adt_listener.synthetic import synthetic_feed
+
+    inputs = list(synthetic_feed(400, seed=7))
+    inputs += [p.read_bytes() for p in sorted((SAMPLES / "messages").glob("*.hl7"))]
+    events = 0
+    for raw in inputs:
+        event = intake(raw, received_at=RECEIVED, policy=POLICY).event
+        if event is None:
+            continue
+        events += 1
+        assert AdtEventV1.model_validate_json(event.model_dump_json()) == event
+        assert AdtEventV1.model_validate(event.model_dump()).model_dump_json() == event.model_dump_json()
+    assert events > 400
