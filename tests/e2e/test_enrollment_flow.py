@@ -8,7 +8,9 @@ are spread over two hospitals, one is sent twice, and two instances consume them
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 import uuid
 
 from adt_listener.sender import MllpClient
@@ -24,6 +26,13 @@ from tests.integration.test_enrollment_store import rules
 from tests.kafka_util import read_topic
 
 PT = dt.timezone(dt.timedelta(hours=-8))
+
+
+async def _until_processed(database_url: str, n: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (await db_fetch(database_url, "SELECT count(*) AS n FROM processed_event"))[0]["n"] < n:
+        assert time.monotonic() < deadline, "the enrollment service did not apply the history in time"
+        await asyncio.sleep(0.1)
 
 
 def _feed(now: dt.datetime) -> list[bytes]:
@@ -64,7 +73,12 @@ async def test_mllp_to_one_candidate_with_two_instances_in_one_group(
     ):
         client = await MllpClient.connect("127.0.0.1", listener.endpoints.mllp_port)
         try:
-            acks = [await client.send(m, timeout=15) for m in feed]
+            acks = [await client.send(m, timeout=15) for m in feed[:-1]]
+            # The past stays are history by the time of today's admission, as in life: the two
+            # hospitals' patients may sit on partitions of different instances, so without this
+            # wait today's admission could be decided before last spring's stay is applied.
+            await _until_processed(database_url, len(feed) - 1)
+            acks.append(await client.send(feed[-1], timeout=15))
             acks.append(await client.send(feed[-1], timeout=15))  # the hospital resends the admission
         finally:
             await client.close()
