@@ -495,38 +495,6 @@ async def _drive(spec: LoadSpec, target: str) -> PhaseResult:
 # --- the database of the run ------------------------------------------------------------
 
 
-async def _admin(url: str, database: str, statement: str) -> None:
-    """Run one statement that must not be in a transaction (CREATE/DROP DATABASE)."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from services.db import normalize_url
-
-    engine = create_async_engine(make_url(normalize_url(url)).set(database=database), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-async def _create_database(url: str) -> tuple[str, str]:
-    """A fresh database beside the configured one; returns (its URL, its name)."""
-    from sqlalchemy.engine import make_url
-
-    from services.db import normalize_url
-
-    base = make_url(normalize_url(url))
-    name = f"wpc_bench_{secrets.token_hex(6)}"
-    await _admin(url, base.database or "postgres", f'CREATE DATABASE "{name}"')
-    return base.set(database=name).render_as_string(hide_password=False), name
-
-
-async def _drop_database(url: str, name: str) -> None:
-    await _admin(url, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 async def _count_rows(url: str, seeds: list[int]) -> tuple[int, int, int]:
     """(rows with AA, all rows, outbox rows) of this run's control ids."""
     from sqlalchemy import text
@@ -601,6 +569,7 @@ async def ingest(
     temporary directory). With ``fresh_database`` and a configured database, the bench
     runs in a new database on that server, dropped at the end.
     """
+    from services import db
     from services.up import infrastructure
 
     run_id = secrets.randbelow(900_000) + 100_000
@@ -614,7 +583,7 @@ async def ingest(
             created: str | None = None
             if fresh_database and external_db:
                 try:
-                    database_url, created = await _create_database(ready.database_url)
+                    database_url, created = await db.create_scratch_database(ready.database_url, "wpc_bench")
                 except Exception as exc:  # no CREATE DATABASE right: run in the given one
                     out(f"warning: could not create a bench database ({type(exc).__name__}); "
                         "using the configured one (rows are counted by this run's control ids)")
@@ -622,7 +591,7 @@ async def ingest(
                 report = await _phases(options, ready, database_url, seeds, tmp, out)
             finally:
                 if created is not None:
-                    await _drop_database(database_url, created)
+                    await db.drop_database(database_url, created)
     _print_report(report, out)
     return report
 

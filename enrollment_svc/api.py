@@ -85,7 +85,8 @@ _CANDIDATE_COLUMNS = (
 )
 
 
-def _candidate(row: Any) -> dict[str, Any]:
+def _row(row: Any) -> dict[str, Any]:
+    """A result row as JSON-ready fields (candidates, encounters, flags)."""
     return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in row._mapping.items()}
 
 
@@ -117,7 +118,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             ).all()
             for r in rows:
                 await _audit(conn, user, "list_candidate", person=r.person_id, candidate=r.id)
-        return [_candidate(r) for r in rows]
+        return [_row(r) for r in rows]
 
     async def _one(conn: AsyncConnection, user: User, candidate_id: uuid.UUID, *, write: bool) -> Any:
         row = (
@@ -150,7 +151,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
                 )
             ).all()
             await _audit(conn, user, "read_candidate", person=row.person_id, candidate=row.id)
-        body = _candidate(row)
+        body = _row(row)
         body["identifiers"] = [dict(i._mapping) for i in identifiers]
         body["transitions"] = [dict(t._mapping) for t in transitions]
         return body
@@ -232,9 +233,9 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             await _audit(conn, user, "read_timeline", person=person_id)
         return {
             "person_id": str(person_id),
-            "encounters": [_candidate(e) for e in encounters],
-            "flags": [_candidate(f) for f in flags],
-            "candidates": [_candidate(c) for c in candidates],
+            "encounters": [_row(e) for e in encounters],
+            "flags": [_row(f) for f in flags],
+            "candidates": [_row(c) for c in candidates],
         }
 
     @router.post("/flags", status_code=201)

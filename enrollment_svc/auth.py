@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from fastapi import HTTPException, Request
 
-PROGRAMS = ("TOC", "ISR", "SUD-ENS")
+from enrollment_svc.rules import PROGRAMS
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from enrollment_svc.eligibility import months_before
+
 _INPATIENT = ["inpatient", "psych_inpatient"]
 _PACIFIC = ZoneInfo("America/Los_Angeles")
 
@@ -52,11 +54,8 @@ def within_business_days(end: dt.datetime, at: dt.datetime, days: int, zone: Zon
 
 
 def add_months(start: dt.datetime, months: int) -> dt.datetime:
-    month = start.month - 1 + months
-    year = start.year + month // 12
-    month = month % 12 + 1
-    days_in = (dt.date(year + (month == 12), month % 12 + 1, 1) - dt.timedelta(days=1)).day
-    return start.replace(year=year, month=month, day=min(start.day, days_in))
+    """``start`` moved ``months`` calendar months forward, the day clamped (eligibility's arithmetic)."""
+    return months_before(start, -months)
 
 
 def _share(numerator: int, denominator: int) -> float | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Histogram
 
-from enrollment_svc.store import Applied
+if TYPE_CHECKING:  # the store counts transitions here, so it imports this module
+    from enrollment_svc.store import Applied
 
 EVENTS = Counter(
     "wpc_enrollment_events_total",
@@ -24,7 +27,11 @@ APPLY_SECONDS = Histogram(
     "One adt.events record: from decode to committed history, decision and outbox",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-TRANSITIONS = Counter("wpc_enrollment_transitions_total", "Candidate status changes", ["program", "to_status"])
+TRANSITIONS = Counter(
+    "wpc_enrollment_transitions_total",
+    "Candidate status changes written (a transaction retried after a conflict may count one twice)",
+    ["program", "to_status"],
+)
 
 
 def record(applied: Applied, seconds: float) -> None:

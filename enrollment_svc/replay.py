@@ -73,7 +73,8 @@ async def replay(conn: AsyncConnection, rules: Rules, now: dt.datetime, *, apply
     for person_id, trigger in current.items():
         person_history = await store.load_history(conn, person_id, trigger.at)
         evaluation = eligibility.evaluate(person_history, trigger, rules, now)
-        proposed = next((d.program for d in _by_priority(evaluation, rules) if d.eligible), None)
+        # What the rules make of the person, blocks aside: `evaluate` lists decisions in priority order.
+        proposed = next((d.program for d in evaluation.decisions if d.eligible), None)
         decisions[proposed or "none"] += 1
         if proposed != person_history.active_program:
             differs.append({"person_id": str(person_id), "would_propose": proposed,
@@ -91,11 +92,6 @@ async def replay(conn: AsyncConnection, rules: Rules, now: dt.datetime, *, apply
         "eligible_now_by_program": dict(decisions),
         "differs_from_active_candidates": differs[:1000],
     }
-
-
-def _by_priority(evaluation: Any, rules: Rules) -> list[Any]:
-    order = {p: i for i, p in enumerate(rules.priority)}
-    return sorted(evaluation.decisions, key=lambda d: order.get(d.program, len(order)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

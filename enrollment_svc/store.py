@@ -21,14 +21,13 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adt_listener.normalize import patient_key
-from enrollment_svc import eligibility, history
+from enrollment_svc import eligibility, history, metrics
 from enrollment_svc.model import (
     EncounterEvent,
     EncounterFacts,
@@ -779,6 +778,7 @@ class EnrollmentStore:
              "e": event.event_id, "topic": self.topics.events, "key": str(person_id),
              "payload": event.model_dump_json().encode()},
         )
+        metrics.TRANSITIONS.labels(program=program, to_status=to_status).inc()
 
     async def _outbox(self, conn: AsyncConnection, topic: str, key: str, event_id: uuid.UUID, payload: str) -> None:
         await conn.execute(
@@ -790,7 +790,3 @@ class EnrollmentStore:
 def identity_key(authority: str, value: str) -> str:
     """The key of an identity as the listener computes it (`adt_listener.normalize.patient_key`)."""
     return patient_key(authority, value)
-
-
-def candidate_rows_to_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in rows]

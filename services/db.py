@@ -7,6 +7,7 @@ import time. Migrations are Alembic revisions under services/migrations, applied
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from alembic import command
@@ -64,3 +65,25 @@ async def migrate_url(url: str) -> None:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+async def _admin(url: str, database: str, statement: str) -> None:
+    """Run one statement that must not be in a transaction (CREATE/DROP DATABASE)."""
+    engine = create_async_engine(make_url(normalize_url(url)).set(database=database), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def create_scratch_database(url: str, prefix: str) -> tuple[str, str]:
+    """A fresh database beside the one ``url`` names (benchmarks); returns (its URL, its name)."""
+    base = make_url(normalize_url(url))
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    await _admin(url, base.database or "postgres", f'CREATE DATABASE "{name}"')
+    return base.set(database=name).render_as_string(hide_password=False), name
+
+
+async def drop_database(url: str, name: str) -> None:
+    await _admin(url, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
+from services import db, logs
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ def serve_one(
 ) -> int:
     """`wpc listener` / `wpc enrollment`: one service against configured PostgreSQL and Kafka,
     until SIGINT/SIGTERM (then the service's own drain). Exit status 2 when unconfigured."""
-    from services import db, logs  # the CLI imports this module for every command; keep it light
-
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)
     if not settings.database_url or not settings.kafka_bootstrap_servers:
