@@ -5,8 +5,8 @@ of different keys are applied concurrently on ``lanes`` connections, a lane chos
 the key, so per-patient order holds and one slow patient does not hold up the rest.
 
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
-it is counted and logged by offset (never by content) and skipped, so one bad record
-cannot block the partition. A database error propagates: the consumer loop then
+it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
+content) and skipped, so one bad record cannot block the partition. A database error propagates: the consumer loop then
 re-reads the batch, and `processed_event` makes the re-run a no-op for what was done.
 Conflicts between concurrent transactions (deadlock, unique violation when two
 instances create the same person at once) are retried here.
@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -78,11 +79,23 @@ class AdtEventHandler:
             try:
                 event = AdtEventV1.model_validate_json(record.value)
             except ValidationError:
-                metrics.EVENTS.labels(outcome="undecodable").inc()
-                log.error("adt.events record at %s/%d offset %d does not decode; skipped",
-                          record.topic, record.partition, record.offset)
+                await self._keep_undecodable(record)
                 continue
             await self.apply(event)
+
+    async def _keep_undecodable(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Keep a record that breaks the contract (table ``undecodable_event``), then skip it."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    'INSERT INTO undecodable_event (topic, partition, "offset", value) VALUES (:t, :p, :o, :v) '
+                    "ON CONFLICT ON CONSTRAINT undecodable_event_uq DO NOTHING"
+                ),
+                {"t": record.topic, "p": record.partition, "o": record.offset, "v": record.value or b""},
+            )
+        metrics.EVENTS.labels(outcome="undecodable").inc()
+        log.error("adt.events record at %s/%d offset %d does not decode; kept in undecodable_event, skipped",
+                  record.topic, record.partition, record.offset)
 
     async def apply(self, event: AdtEventV1) -> Applied:
         """Apply one event in its own transaction, retrying conflicts with other transactions."""

@@ -297,3 +297,28 @@ async def test_replay_reports_what_a_rule_change_would_change_and_applies_only_w
     async with engine.connect() as conn:
         flags = (await conn.execute(text("SELECT dx_flags FROM encounter"))).scalars().all()
     assert not any("acsc" in f for f in flags)
+
+
+async def test_an_undecodable_record_is_kept_and_skipped_and_the_rest_applied(engine: AsyncEngine) -> None:
+    from aiokafka import ConsumerRecord
+
+    from enrollment_svc.handler import AdtEventHandler
+
+    good = stay(1, days_ago=3)[0]
+
+    def record(offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord(topic="adt.events", partition=0, offset=offset, timestamp=0, timestamp_type=0,
+                              key=b"k", value=value, checksum=None, serialized_key_size=1,
+                              serialized_value_size=len(value), headers=())
+
+    handler = AdtEventHandler(engine, EnrollmentStore(rules()), lanes=1, clock=lambda: NOW)
+    batch = [record(7, b'{"not": "an adt event"}'), record(8, good.model_dump_json().encode())]
+    await handler(batch)
+    await handler(batch)  # redelivered: kept once, applied once
+    async with engine.connect() as conn:
+        kept = (await conn.execute(text('SELECT topic, partition, "offset", value FROM undecodable_event'))).all()
+        applied = await conn.scalar(text("SELECT count(*) FROM processed_event"))
+    assert [(k.topic, k.partition, k.offset, bytes(k.value)) for k in kept] == [
+        ("adt.events", 0, 7, b'{"not": "an adt event"}')
+    ]
+    assert applied == 1

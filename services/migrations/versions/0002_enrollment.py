@@ -110,6 +110,17 @@ def upgrade() -> None:
         sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
         sa.Column("processed_at", _TS, nullable=False, server_default=sa.func.now()),
     )
+    # adt.events records that do not decode as the contract: kept for inspection, never applied.
+    op.create_table(
+        "undecodable_event",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("partition", sa.Integer, nullable=False),
+        sa.Column("offset", sa.BigInteger, nullable=False),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+        sa.Column("received_at", _TS, nullable=False, server_default=sa.func.now()),
+        sa.UniqueConstraint("topic", "partition", "offset", name="undecodable_event_uq"),
+    )
     # Program slots; the row is locked while a candidate takes or frees a slot.
     op.create_table(
         "program_capacity",
@@ -185,6 +196,7 @@ def downgrade() -> None:
         "candidate",
         "program_capacity",
         "processed_event",
+        "undecodable_event",
         "patient_flag",
         "encounter_event",
         "encounter",
