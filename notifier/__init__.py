@@ -1,0 +1,1 @@
+"""The notifier: tells care teams and primary care providers, reliably and lawfully."""
