@@ -1,6 +1,6 @@
 """The care team's API (FastAPI): candidates, actions, timelines, flags, links, measures.
 
-Every endpoint needs a bearer token (`enrollment_svc.auth`); every read or change of a
+Every endpoint needs a bearer token (`services.auth`); every read or change of a
 patient's data writes an ``audit`` row (who, what, which person or candidate), in the
 same transaction as a change. Errors name what is wrong with the request, never
 patient data.
@@ -18,10 +18,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from enrollment_svc import measures
-from enrollment_svc.auth import User, current_user
 from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
+from services.auth import User, current_user
 
 CurrentUser = Annotated[User, Depends(current_user)]
 

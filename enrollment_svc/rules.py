@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.enrollment import PROGRAMS
+
 __all__ = ["Rules", "load_rules", "rules_from_text"]
 
-PROGRAMS = ("TOC", "ISR", "SUD-ENS")
 
 
 class _Strict(BaseModel):

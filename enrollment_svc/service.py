@@ -26,11 +26,11 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc.api import enrollment_router
-from enrollment_svc.auth import Users, load_users
 from enrollment_svc.handler import AdtEventHandler
 from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.store import EnrollmentStore, Topics
 from services import db, lifecycle
+from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
 from services.health import ops_router

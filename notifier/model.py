@@ -118,6 +118,12 @@ class Endpoint:
     url: str | None = None  # webhook: the URL; fhir: the FHIR base (we post to {url}/$process-message)
     to: tuple[str, ...] = ()  # email: addresses
     secret: str | None = field(default=None, repr=False)  # webhook: HMAC key; fhir: bearer token (optional)
+    events: tuple[EventKind, ...] | None = None  # notice kinds it takes; None: all its channel can carry
+
+    def takes(self, event: EventKind) -> bool:
+        if self.kind == "fhir" and event not in ("admit", "discharge", "transfer", "admit_discharge"):
+            return False  # Da Vinci notifications are about encounters (notifier.fhir_bundle)
+        return self.events is None or event in self.events
 
 
 @dataclass(frozen=True)

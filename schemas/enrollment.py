@@ -26,6 +26,7 @@ from schemas.adt_event import Identifier, Provider
 ENROLLMENT_NAMESPACE = uuid.UUID("0b7d3c52-9a1e-5f4b-8c2d-6e1f0a9b7c43")
 
 Program = Literal["TOC", "ISR", "SUD-ENS"]
+PROGRAMS: tuple[str, ...] = ("TOC", "ISR", "SUD-ENS")
 Status = Literal["queued", "pending", "accepted", "enrolled", "declined", "expired", "disenrolled", "withdrawn"]
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_event import AdtEventV1
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
+from schemas.notification import NotificationDeadLetterV1, NotificationV1
 
 JSON_DIR = Path(__file__).with_name("json")
 CONTRACTS: dict[str, type[BaseModel]] = {
@@ -22,6 +23,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "adt_deadletter.v1.json": AdtDeadLetterV1,
     "enrollment_candidate.v1.json": EnrollmentCandidateV1,
     "enrollment_event.v1.json": EnrollmentEventV1,
+    "notification.v1.json": NotificationV1,
+    "notification_deadletter.v1.json": NotificationDeadLetterV1,
 }
 
 

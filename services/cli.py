@@ -16,12 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("services.up", "run the whole system on this machine (embedded PostgreSQL and broker if unset)"),
     "listener": ("adt_listener.service", "run the ADT listener (MLLP + HTTP + outbox relay)"),
     "enrollment": ("enrollment_svc.service", "run the enrollment service (adt.events consumer, rules, care team API)"),
+    "notifier": ("notifier.service", "run the notifier (care teams and PCPs told of candidates, enrollments, encounters)"),
+    "load-roster": ("notifier.roster_cmd", "load a health plan's PCP attribution roster (CSV) into the database"),
     "replay": ("enrollment_svc.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
     "migrate": ("services.migrate_cmd", "apply database migrations and exit"),
     "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
     "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),
     "feed-report": ("adt_listener.feed_report", "per-facility feed-quality report from the database"),
-    "bench": ("services.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`"),
+    "bench": ("services.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`, `wpc bench notify`"),
 }
 
 

@@ -66,13 +66,22 @@ class Settings(BaseSettings):
         default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"
     )
     users_file: Path | None = Field(
-        default=None, description="Care team API users YAML (enrollment_svc/auth.py); empty: no one can log in"
+        default=None, description="Care team API users YAML (services/auth.py); empty: no one can log in"
     )
     topic_enrollment_candidates: str = "enrollment.candidates"
     topic_enrollment_events: str = "enrollment.events"
     enrollment_group_id: str = "wpc-enrollment"
     enrollment_lanes: int = Field(default=8, description="adt.events applied concurrently (by patient key)")
     expiry_interval_s: float = Field(default=60.0, description="How often pending candidates are checked for expiry")
+
+    # --- notifier -----------------------------------------------------------------------------
+    notify_file: Path | None = Field(
+        default=None, description="Notification configuration YAML (notifier/config.py); empty: the example"
+    )
+    notifier_group_id: str = "wpc-notifier"
+    topic_notifications_deadletter: str = "notifications.deadletter"
+    demo_inbox_port: int = Field(default=8083, description="`wpc up` without WPC_NOTIFY_FILE: the demo inbox")
+    notifier_poll_interval_s: float = Field(default=1.0, description="How often due notices and retries are checked")
 
     conformance_max_per_s: float = Field(
         default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"

@@ -14,9 +14,9 @@ import time
 import uuid
 
 from adt_listener.sender import MllpClient
-from enrollment_svc.auth import Users
 from enrollment_svc.service import EnrollmentService
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
+from services.auth import Users
 from services.embedded import free_port
 from tests.adt_builder import adt
 from tests.conftest import Broker

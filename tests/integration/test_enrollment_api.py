@@ -22,10 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc.api import enrollment_router
-from enrollment_svc.auth import User, Users
 from enrollment_svc.model import Flag
 from enrollment_svc.status import DECLINE_REASONS
 from enrollment_svc.store import Applied, EnrollmentStore, identity_key
+from services.auth import User, Users
 from services.db import create_engine
 from tests.adt_builder import adt, event
 from tests.integration.test_enrollment_store import NOW, apply, rules

@@ -27,8 +27,8 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from adt_listener.senders import load_senders
-from enrollment_svc.auth import load_users
 from enrollment_svc.rules import load_rules
+from services.auth import load_users
 from services.cli import COMMANDS
 from services.settings import Settings
 
@@ -203,9 +203,9 @@ def _enrollment_app() -> Any:
     composition root instead of a hand-kept list of paths."""
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from enrollment_svc.auth import Users
     from enrollment_svc.rules import Rules
     from enrollment_svc.service import EnrollmentService
+    from services.auth import Users
 
     try:
         service = EnrollmentService(

@@ -1,4 +1,4 @@
-"""Who may call the care team's API: bearer tokens from a users file, roles per program.
+"""Who may call the services' APIs (enrollment, notifier): bearer tokens from a users file, roles per program.
 
 ``WPC_USERS_FILE`` is a YAML list; tokens are stored as SHA-256 digests only::
 
@@ -6,10 +6,12 @@
       token_sha256: 5e88...        # sha256 of the bearer token, hex
       roles: [care_team:TOC, care_team:SUD-ENS]
 
-Roles: ``care_team:<PROGRAM>`` (read and act on that program's candidates; ``care_team:*``
-for all programs), ``partner`` (post flags from a partner system: housing, probation,
-children and family services), ``ops`` (measures and identity links, every program's
-candidates read-only). A request without a valid token gets 401, a role it lacks 403.
+Roles: ``care_team:<PROGRAM>`` (read and act on that program's candidates, record a
+patient's consents; ``care_team:*`` for all programs), ``partner`` (post flags from a
+partner system: housing, probation, children and family services; load a health plan's
+PCP roster or a practice's panel), ``ops`` (measures and identity links, every program's
+candidates read-only, notification failures and re-sends, rosters and panels).
+A request without a valid token gets 401, a role it lacks 403.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 from fastapi import HTTPException, Request
 
-from enrollment_svc.rules import PROGRAMS
+from schemas.enrollment import PROGRAMS
 
 
 @dataclass(frozen=True)

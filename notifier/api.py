@@ -1,0 +1,240 @@
+"""The notifier's API (FastAPI): failed deliveries and re-sends, PCP rosters, panels,
+Part 2 consents, the PCP-notified measure.
+
+Bearer tokens and roles are the same as the enrollment service's (`services.auth`). A
+delivery listing shows ids, recipients, endpoints, states and PHI-free error reasons,
+never bodies. Recording or revoking a consent writes an ``audit`` row in its transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifier import dispatcher, policy, store
+from notifier.config import NotifyConfig
+from services.auth import User, current_user
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RosterEntry(_Body):
+    member_id: str = Field(min_length=1, description="Medi-Cal member id (CIN)")
+    practice_id: str = Field(min_length=1, description="A practice id of the notification configuration")
+    effective_from: dt.date
+    effective_to: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RosterEntry:
+        if self.effective_to is not None and self.effective_to < self.effective_from:
+            raise ValueError("effective_to is before effective_from")
+        return self
+
+
+class RosterIn(_Body):
+    source: str = Field(min_length=1, description="The health plan whose attribution this is")
+    entries: list[RosterEntry] = Field(min_length=1)
+
+
+class MemberIn(_Body):
+    medi_cal_id: str | None = None
+    authority: str | None = None
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> MemberIn:
+        if not self.medi_cal_id and not (self.authority and self.value):
+            raise ValueError("a member is a medi_cal_id, or an authority and a value (MRN)")
+        return self
+
+    def key(self) -> str:
+        if self.medi_cal_id:
+            return policy.medi_cal_key(self.medi_cal_id)
+        assert self.authority is not None and self.value is not None
+        return policy.identity_key(self.authority, self.value)
+
+
+class PanelIn(_Body):
+    members: list[MemberIn]
+
+
+class ConsentIn(_Body):
+    person_id: uuid.UUID
+    scope: Literal["pcp", "care_team"] = Field(
+        description="42 CFR Part 2 consent to disclose SUD information to the patient's PCP, or to care teams"
+    )
+    granted_at: dt.datetime
+    expires_at: dt.datetime | None = None
+    source: str = Field(min_length=1, description="Where the signed consent form is kept")
+
+
+def _require(user: User, *roles: str) -> None:
+    if not any(user.has(r) for r in roles):
+        raise HTTPException(403, f"this needs one of the roles: {', '.join(roles)}")
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise HTTPException(422, "times must carry a UTC offset")
+    return value.astimezone(dt.UTC)
+
+
+def parse_roster_csv(body: str) -> list[RosterEntry]:
+    """``member_id,practice_id,effective_from[,effective_to]`` with a header line."""
+    reader = csv.DictReader(io.StringIO(body))
+    entries = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            entries.append(RosterEntry.model_validate({k: (v or None) for k, v in row.items() if k}))
+        except ValidationError as exc:
+            raise ValueError(f"line {line}: {exc.errors()[0]['msg']}") from exc
+    return entries
+
+
+async def load_roster(engine: AsyncEngine, cfg: NotifyConfig, source: str, entries: list[RosterEntry]) -> int:
+    unknown = sorted({e.practice_id for e in entries if cfg.recipient(e.practice_id) is None})
+    if unknown:
+        raise ValueError(f"practices not in the notification configuration: {', '.join(unknown[:5])}")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO roster (member_id, practice_id, effective_from, effective_to, source) "
+                 "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:p AS text[]), CAST(:f AS date[]), "
+                 "CAST(:t AS date[]), CAST(:s AS text[])) "
+                 "ON CONFLICT (member_id, practice_id, effective_from) DO UPDATE SET "
+                 "effective_to = EXCLUDED.effective_to, source = EXCLUDED.source, loaded_at = now()"),
+            {"m": [e.member_id.strip().upper() for e in entries], "p": [e.practice_id for e in entries],
+             "f": [e.effective_from for e in entries], "t": [e.effective_to for e in entries],
+             "s": [source] * len(entries)},
+        )
+    return len(entries)
+
+
+def notifier_router(engine: AsyncEngine, cfg: NotifyConfig, wake: Callable[[], None] = lambda: None) -> APIRouter:
+    """``wake`` tells the dispatcher a re-sent delivery is due now."""
+    router = APIRouter(prefix="/v1", tags=["notifier"])
+
+    @router.get("/deliveries")
+    async def deliveries(
+        user: CurrentUser,
+        status: Annotated[Literal["queued", "sent", "delivered", "failed"] | None, Query()] = None,
+        recipient: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[dict[str, Any]]:
+        _require(user, "ops")
+        async with engine.connect() as conn:
+            rows = await store.list_deliveries(conn, status, recipient, limit)
+        return [
+            {"delivery_id": str(r.id), "recipient_id": r.recipient_id, "endpoint": r.endpoint, "channel": r.channel,
+             "status": r.status, "attempts": r.attempts, "notices": len(r.notice_ids), "last_error": r.last_error}
+            for r in rows
+        ]
+
+    @router.post("/deliveries/{delivery_id}/resend", status_code=202)
+    async def resend(delivery_id: uuid.UUID, user: CurrentUser) -> dict[str, str]:
+        _require(user, "ops")
+        async with engine.begin() as conn:
+            ok = await store.requeue(conn, delivery_id, dt.datetime.now(dt.UTC))
+            if ok:
+                await conn.execute(
+                    text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'resend', :d)"),
+                    {"a": user.name, "d": f"delivery={delivery_id}"},
+                )
+        if not ok:
+            raise HTTPException(409, "only a failed delivery can be re-sent (or no such delivery)")
+        wake()
+        return {"delivery_id": str(delivery_id), "status": "queued"}
+
+    @router.post("/roster")
+    async def roster(request: Request, user: CurrentUser) -> dict[str, int]:
+        _require(user, "ops", "partner")
+        raw = (await request.body()).decode("utf-8", "replace")
+        try:
+            if request.headers.get("content-type", "").startswith("text/csv"):
+                source = request.query_params.get("source")
+                if not source:
+                    raise ValueError("a CSV roster needs ?source=<health plan>")
+                entries = parse_roster_csv(raw)
+            else:
+                body = RosterIn.model_validate_json(raw)
+                source, entries = body.source, body.entries
+            loaded = await load_roster(engine, cfg, source, entries)
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False, include_input=False)) from exc
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"loaded": loaded}
+
+    @router.put("/panels/{recipient_id}")
+    async def put_panel(recipient_id: str, body: PanelIn, user: CurrentUser) -> dict[str, int]:
+        _require(user, "ops", "partner")
+        if cfg.recipient(recipient_id) is None:
+            raise HTTPException(404, "no such recipient in the notification configuration")
+        async with engine.begin() as conn:
+            count = await store.replace_panel(conn, recipient_id, [m.key() for m in body.members])
+            await conn.execute(
+                text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'panel', :d)"),
+                {"a": user.name, "d": f"recipient={recipient_id} members={count}"},
+            )
+        return {"members": count}
+
+    @router.post("/consents", status_code=201)
+    async def add_consent(body: ConsentIn, user: CurrentUser) -> dict[str, int]:
+        if not user.programs(write=True):
+            raise HTTPException(403, "recording a consent needs a care team role")
+        granted = _aware(body.granted_at)
+        expires = _aware(body.expires_at) if body.expires_at else None
+        async with engine.begin() as conn:
+            consent_id = (
+                await conn.execute(
+                    text("INSERT INTO consent (person_id, scope, granted_at, expires_at, recorded_by, source) "
+                         "VALUES (:p, :s, :g, :x, :by, :src) RETURNING id"),
+                    {"p": body.person_id, "s": body.scope, "g": granted, "x": expires, "by": user.name,
+                     "src": body.source},
+                )
+            ).scalar_one()
+            await conn.execute(
+                text("INSERT INTO audit (actor, action, person_id, detail) VALUES (:a, 'consent', :p, :d)"),
+                {"a": user.name, "p": body.person_id, "d": f"scope={body.scope} consent={consent_id}"},
+            )
+        return {"consent_id": int(consent_id)}
+
+    @router.post("/consents/{consent_id}/revoke")
+    async def revoke_consent(consent_id: int, user: CurrentUser) -> dict[str, str]:
+        if not user.programs(write=True):
+            raise HTTPException(403, "revoking a consent needs a care team role")
+        async with engine.begin() as conn:
+            person = (
+                await conn.execute(
+                    text("UPDATE consent SET revoked_at = now() WHERE id = :i AND revoked_at IS NULL "
+                         "RETURNING person_id"),
+                    {"i": consent_id},
+                )
+            ).scalar_one_or_none()
+            if person is None:
+                raise HTTPException(404, "no such active consent")
+            await conn.execute(
+                text("INSERT INTO audit (actor, action, person_id, detail) VALUES (:a, 'consent_revoked', :p, :d)"),
+                {"a": user.name, "p": person, "d": f"consent={consent_id}"},
+            )
+        return {"status": "revoked"}
+
+    @router.get("/measures/pcp-notified")
+    async def pcp_notified(user: CurrentUser) -> list[dict[str, Any]]:
+        _require(user, "ops")
+        async with engine.connect() as conn:
+            return await dispatcher.pcp_notified(conn, cfg.timezone)
+
+    return router

@@ -1,0 +1,193 @@
+"""Applies `enrollment.candidates`, `enrollment.events` and `adt.events` records: one
+transaction per record holding its dedupe mark and everything it causes (candidate state,
+watches, notices), so a redelivered record is a no-op and a crash leaves nothing half done.
+
+The two enrollment topics are keyed by person but are two topics, so a candidate's
+``enrolled`` event can arrive before the candidate itself; `notifier_candidate` collects
+both and the PCP's enrollment notice is made when both are known, exactly once
+(``enrolled_notified``).
+
+A record that does not decode against its contract is kept in ``undecodable_event`` and
+skipped; a database error propagates, and the consumer loop re-reads the batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import ConsumerRecord
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from notifier import metrics, policy, store
+from notifier.config import NotifyConfig
+from notifier.store import ENDED, CandidateState
+from schemas.adt_event import AdtEventV1, Identifier
+from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    adt_events: str
+    candidates: str
+    enrollment_events: str
+    deadletter: str
+
+
+class NotifierHandler:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cfg: NotifyConfig,
+        topics: Topics,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        on_notice: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._engine = engine
+        self._cfg = cfg
+        self._topics = topics
+        self._clock = clock
+        self._on_notice = on_notice
+
+    async def __call__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            await self.apply(record.topic, record.value or b"", partition=record.partition, offset=record.offset)
+
+    async def apply(self, topic: str, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
+        try:
+            if topic == self._topics.candidates:
+                event: EnrollmentCandidateV1 | EnrollmentEventV1 | AdtEventV1 = (
+                    EnrollmentCandidateV1.model_validate_json(value))
+            elif topic == self._topics.enrollment_events:
+                event = EnrollmentEventV1.model_validate_json(value)
+            else:
+                event = AdtEventV1.model_validate_json(value)
+        except ValidationError:
+            async with self._engine.begin() as conn:
+                await store.keep_undecodable(conn, topic, partition, offset, value)
+            metrics.EVENTS.labels(topic=topic, outcome="undecodable").inc()
+            log.error("%s record at partition %d offset %d does not decode; kept in undecodable_event",
+                      topic, partition, offset)
+            return
+        made = 0
+        async with self._engine.begin() as conn:
+            if not await store.mark_processed(conn, event.event_id, topic):
+                metrics.EVENTS.labels(topic=topic, outcome="duplicate").inc()
+                return
+            now = self._clock()
+            if isinstance(event, EnrollmentCandidateV1):
+                made = await self._candidate(conn, event, now)
+            elif isinstance(event, EnrollmentEventV1):
+                made = await self._status(conn, event, now)
+            else:
+                made = await self._encounter(conn, event, now)
+        metrics.EVENTS.labels(topic=topic, outcome="applied").inc()
+        if made:
+            self._on_notice()
+
+    # --- enrollment.candidates -----------------------------------------------------------
+
+    async def _candidate(self, conn: AsyncConnection, candidate: EnrollmentCandidateV1, now: dt.datetime) -> int:
+        state = await store.save_proposal(conn, candidate)
+        made = await self._store_notices(conn, policy.candidate_notices(candidate, self._cfg, now))
+        if state.status == "enrolled":  # its enrollment arrived first
+            made += await self._enrolled(conn, state, now)
+        return made
+
+    # --- enrollment.events ---------------------------------------------------------------
+
+    async def _status(self, conn: AsyncConnection, event: EnrollmentEventV1, now: dt.datetime) -> int:
+        state = await store.save_status(conn, event)
+        if event.to_status == "enrolled":
+            return await self._enrolled(conn, state, now)
+        if event.to_status in ENDED:
+            await store.drop_watches(conn, f"enrolled:{event.candidate_id}")
+        return 0
+
+    async def _enrolled(self, conn: AsyncConnection, state: CandidateState, now: dt.datetime) -> int:
+        """Watch the enrollee for its care team and PCP, and tell the PCP (once)."""
+        cand = state.proposal
+        if cand is None or state.enrolled_notified or state.status in ENDED:
+            return 0
+        assert state.enrolled_at is not None and state.enrolled_event_id is not None
+        await store.set_enrolled_notified(conn, state.candidate_id)
+        facility = cand.trigger.facility if cand.trigger else ""
+        keys = policy.keys_of(cand.identifiers, cand.medi_cal_id, facility)
+        reason = f"enrolled:{cand.candidate_id}"
+        team = self._cfg.care_team_for(cand.program, cand.trigger.facility if cand.trigger else None)
+        if team is not None:
+            await store.add_watches(conn, keys, team.id, reason, cand.program, cand.person_id)
+        roster = None
+        if cand.medi_cal_id:
+            local_day = state.enrolled_at.astimezone(self._cfg.zone).date()
+            roster = await store.roster_practice(conn, cand.medi_cal_id, local_day)
+        practice = policy.pcp_practice(cand.primary_care, roster, self._cfg)
+        if practice is None:
+            # Counted in the PCP-notified measure's denominator; the audit says why not told.
+            await store.audit(conn, "withhold", person_id=cand.person_id, candidate_id=cand.candidate_id,
+                              detail="recipient=pcp reason=pcp_unknown event=enrolled")
+            metrics.NOTICES.labels(kind="enrolled", outcome="no_pcp").inc()
+            return 0
+        await store.add_watches(conn, keys, practice.id, reason, cand.program, cand.person_id)
+        scopes = (await store.consented_scopes(conn, [cand.person_id], now)).get(cand.person_id, frozenset())
+        planned = policy.enrolled_notice(cand, state.enrolled_event_id, state.enrolled_at, practice, scopes,
+                                         self._cfg, now)
+        return await self._store_notices(conn, [planned])
+
+    # --- adt.events ----------------------------------------------------------------------
+
+    async def _encounter(self, conn: AsyncConnection, event: AdtEventV1, now: dt.datetime) -> int:
+        visit_number = event.visit.visit_number if event.visit else None
+        key = policy.encounter_key(event.sending_facility, visit_number)
+        if event.trigger_event.upper() == "A11" and key is not None:
+            await store.cancel_pending_admits(conn, key)
+            return 0
+        if policy.encounter_event_kind(event) is None:
+            return 0
+        identifiers: list[Identifier] = list(event.patient.identifiers)
+        keys = policy.keys_of(identifiers, event.patient.medi_cal_id, event.sending_facility)
+        found = await store.watchers(conn, keys)
+        if not found:
+            return 0
+        watchers = []
+        for recipient_id, program, person_id in found:
+            recipient = self._cfg.recipient(recipient_id)
+            if recipient is not None:  # a recipient removed from the configuration is told nothing
+                watchers.append((recipient, program, person_id))
+        persons = sorted({p for _, _, p in watchers if p is not None})
+        consents = await store.consented_scopes(conn, persons, now)
+        return await self._store_notices(conn, policy.encounter_notices(event, watchers, consents, self._cfg, now))
+
+    # --- notices -------------------------------------------------------------------------
+
+    async def _store_notices(self, conn: AsyncConnection, planned: Sequence[policy.Planned]) -> int:
+        made = 0
+        for p in planned:
+            notice = p.notice
+            kind = notice.content.event
+            if p.suppressed_reason is not None:
+                if await store.add_notice(conn, notice, status="suppressed", reason=p.suppressed_reason):
+                    await store.audit(conn, "withhold", person_id=notice.content.person_id,
+                                      candidate_id=notice.content.candidate_id,
+                                      detail=f"recipient={notice.recipient_id} reason={p.suppressed_reason} "
+                                             f"event={kind}")
+                metrics.NOTICES.labels(kind=kind, outcome="suppressed").inc()
+                continue
+            if notice.encounter_key is not None:
+                pending = await store.pending_for_encounter(conn, notice.recipient_id, notice.encounter_key)
+                merged = policy.bundle(pending[1], notice.content) if pending is not None else None
+                if pending is not None and merged is not None:
+                    await store.rewrite_notice(conn, pending[0], merged)
+                    await store.add_notice(conn, notice, status="bundled", reason=f"bundled into {pending[0]}")
+                    metrics.NOTICES.labels(kind=kind, outcome="bundled").inc()
+                    continue
+            if await store.add_notice(conn, notice, status="pending"):
+                made += 1
+                metrics.NOTICES.labels(kind=kind, outcome="queued").inc()
+        return made

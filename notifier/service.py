@@ -1,0 +1,161 @@
+"""Composition root of the notifier, and the `wpc notifier` command.
+
+`NotifierService` builds everything from `Settings` and the notification configuration
+(engine, channels, the consumer of the three topics, the dispatcher, the outbox relay for
+dead letters, the API) and owns their lifecycle as one async context. Leaving it is the
+SIGTERM drain: stop the API, stop consuming (the batch in hand is committed), let the
+sender finish the attempts in hand and record them, last relay publish, close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from types import TracebackType
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifier.api import notifier_router
+from notifier.channels.base import Channel
+from notifier.channels.email import EmailChannel
+from notifier.channels.fhir import FhirChannel
+from notifier.channels.webhook import WebhookChannel
+from notifier.config import NotifyConfig, endpoints_of, load_config
+from notifier.dispatcher import Dispatcher
+from notifier.handler import NotifierHandler, Topics
+from services import db, lifecycle
+from services.auth import Users, load_users
+from services.bus import KafkaPublisher, Publisher
+from services.consumer import ConsumerLoop
+from services.health import ops_router
+from services.httpserver import HttpServer
+from services.outbox import OutboxRelay
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_GAUGE_INTERVAL_S = 30.0
+
+
+def config_of(settings: Settings) -> NotifyConfig:
+    if settings.notify_file is None:
+        raise SystemExit("wpc notifier: set WPC_NOTIFY_FILE to a notification configuration "
+                         "(example: deploy/notify/wpc-notify.yaml)")
+    return load_config(settings.notify_file)
+
+
+def channels_for(cfg: NotifyConfig, secrets: Mapping[str, str]) -> dict[str, Channel]:
+    smtp = cfg.smtp
+    return {
+        "webhook": WebhookChannel(),
+        "fhir": FhirChannel(),
+        "email": EmailChannel(
+            host=smtp.host, port=smtp.port, sender=smtp.sender,
+            username=secrets.get(smtp.username_env) if smtp.username_env else None,
+            password=secrets.get(smtp.password_env) if smtp.password_env else None,
+            starttls=smtp.starttls, use_tls=smtp.use_tls, timeout=smtp.timeout_s,
+        ),
+    }
+
+
+class NotifierService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config: NotifyConfig | None = None,
+        secrets: Mapping[str, str] | None = None,
+        engine: AsyncEngine | None = None,
+        publisher: Publisher | None = None,
+        users: Users | None = None,
+        channels: Mapping[str, Channel] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config or config_of(settings)
+        secrets = os.environ if secrets is None else secrets
+        endpoints = {r.id: endpoints_of(r, secrets) for r in (*self.config.care_teams, *self.config.practices)}
+        self.channels = dict(channels) if channels is not None else channels_for(self.config, secrets)
+        self.engine = engine or db.create_engine(settings.database_url, pool_size=8)
+        self.publisher: Publisher = publisher or KafkaPublisher(
+            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
+        )
+        self.relay = OutboxRelay(
+            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
+        )
+        topics = Topics(settings.topic_adt_events, settings.topic_enrollment_candidates,
+                        settings.topic_enrollment_events, settings.topic_notifications_deadletter)
+        self.dispatcher = Dispatcher(
+            self.engine, self.config, endpoints, self.channels, deadletter_topic=topics.deadletter,
+            poll_interval_s=settings.notifier_poll_interval_s, on_deadletter=self.relay.wake,
+        )
+        self.handler = NotifierHandler(self.engine, self.config, topics, on_notice=self.dispatcher.wake)
+        self.consumer = ConsumerLoop(
+            settings.kafka_bootstrap_servers,
+            [topics.candidates, topics.enrollment_events, topics.adt_events],
+            settings.notifier_group_id,
+            self.handler,
+        )
+        app = FastAPI(title="WPC notifier", version="0.1.0")
+        app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
+        checks = {"database": self._db_ok, "broker": self.publisher.ping}
+        app.include_router(ops_router(checks, ingest_checks=("database",)))
+        app.include_router(notifier_router(self.engine, self.config, self.dispatcher.wake))
+        self.app = app
+        self.http = HttpServer(app, settings.http_host, settings.notifier_http_port)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _db_ok(self) -> bool:
+        await db.ping(self.engine)
+        return True
+
+    async def _gauges(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.dispatcher.refresh_gauges()
+            except Exception as exc:  # a metrics refresh never takes the service down
+                log.warning("notifier gauges: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), _GAUGE_INTERVAL_S)
+
+    async def __aenter__(self) -> NotifierService:
+        self._tasks = [
+            asyncio.create_task(self.relay.run(self._stop), name="notifier-relay"),
+            asyncio.create_task(self.consumer.run(self._stop), name="notifier-consumer"),
+            asyncio.create_task(self.dispatcher.run_planner(self._stop), name="notifier-planner"),
+            asyncio.create_task(self.dispatcher.run_sender(self._stop), name="notifier-sender"),
+            asyncio.create_task(self._gauges(), name="notifier-gauges"),
+        ]
+        await self.http.start()
+        log.info("notifier up: http %s, configuration %s+%s", self.settings.notifier_http_port,
+                 self.config.version, self.config.digest)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.stop()
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.relay.is_leader or not self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.publish_once(), 5.0)
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await self.publisher.close()
+        await self.engine.dispose()
+        log.info("notifier stopped")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
+
+
+def run(args: argparse.Namespace) -> int:
+    return lifecycle.serve_one("notifier", NotifierService, migrate=args.migrate)
