@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -67,6 +67,15 @@ class RecipientConfig(_Strict):
     part2_qualified: bool = Field(
         default=False, description="May receive SUD information without the patient's consent (a Part 2 program)"
     )
+
+    @field_validator("digest_at", mode="before")
+    @classmethod
+    def _time_of_day(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted 7:30 as the sexagesimal integer 450, which pydantic would
+        # take as 450 seconds (00:07:30 UTC): a digest at the wrong hour, silently.
+        if isinstance(value, int | float):
+            raise ValueError('digest_at must be a time of day written as a quoted string, e.g. "07:30"')
+        return value
 
     @field_validator("endpoints")
     @classmethod
@@ -127,7 +136,10 @@ class NotifyConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        ZoneInfo(value)
+        try:
+            ZoneInfo(value)
+        except ZoneInfoNotFoundError as exc:  # a KeyError: pydantic would not report it as invalid input
+            raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
     @model_validator(mode="after")
@@ -188,7 +200,7 @@ def endpoints_of(recipient: RecipientConfig, secrets: Mapping[str, str]) -> dict
             if not secret:
                 raise ValueError(f"recipient {recipient.id!r} endpoint {e.name!r}: {e.secret_env} is not set")
         out[e.name] = Endpoint(name=e.name, kind=e.channel, url=e.url, to=tuple(e.to), secret=secret,
-                               events=tuple(e.events) if e.events is not None else None)
+                               events=tuple(e.events) if e.events else None)  # empty: every kind
     return out
 
 

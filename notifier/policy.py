@@ -286,7 +286,8 @@ def pcp_practice(
             practice = cfg.practice_of_provider(pr.id)
             if practice is not None:
                 return practice
-    return cfg.recipient(roster_practice_id) if roster_practice_id else None
+    # Only a practice is a PCP: a roster row naming a care team (or a recipient since removed) is no one's PCP.
+    return next((p for p in cfg.practices if p.id == roster_practice_id), None) if roster_practice_id else None
 
 
 def enrolled_notice(
