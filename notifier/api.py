@@ -122,8 +122,13 @@ async def load_roster(engine: AsyncEngine, cfg: NotifyConfig, source: str, entri
     return len(entries)
 
 
-def notifier_router(engine: AsyncEngine, cfg: NotifyConfig, wake: Callable[[], None] = lambda: None) -> APIRouter:
-    """``wake`` tells the dispatcher a re-sent delivery is due now."""
+def notifier_router(
+    engine: AsyncEngine,
+    cfg: NotifyConfig,
+    wake: Callable[[], None] = lambda: None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> APIRouter:
+    """``wake`` tells the dispatcher a re-sent delivery is due now; ``clock`` is its clock."""
     router = APIRouter(prefix="/v1", tags=["notifier"])
 
     @router.get("/deliveries")
@@ -146,7 +151,7 @@ def notifier_router(engine: AsyncEngine, cfg: NotifyConfig, wake: Callable[[], N
     async def resend(delivery_id: uuid.UUID, user: CurrentUser) -> dict[str, str]:
         _require(user, "ops")
         async with engine.begin() as conn:
-            ok = await store.requeue(conn, delivery_id, dt.datetime.now(dt.UTC))
+            ok = await store.requeue(conn, delivery_id, clock())
             if ok:
                 await conn.execute(
                     text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'resend', :d)"),

@@ -235,10 +235,12 @@ def deliver_after(recipient: RecipientConfig, *, urgent: bool, bundle: bool, now
 
 def next_digest(at: dt.time, now: dt.datetime, cfg: NotifyConfig) -> dt.datetime:
     local = now.astimezone(cfg.zone)
-    candidate = dt.datetime.combine(local.date(), at, tzinfo=cfg.zone)
-    if candidate <= local:
-        candidate = dt.datetime.combine(local.date() + dt.timedelta(days=1), at, tzinfo=cfg.zone)
-    return candidate.astimezone(dt.UTC)
+    # Compared in UTC: two datetimes of one zone compare by wall clock, fold ignored, so in the
+    # hour repeated when clocks fall back a digest already past would look still ahead.
+    candidate = dt.datetime.combine(local.date(), at, tzinfo=cfg.zone).astimezone(dt.UTC)
+    if candidate <= now:
+        candidate = dt.datetime.combine(local.date() + dt.timedelta(days=1), at, tzinfo=cfg.zone).astimezone(dt.UTC)
+    return candidate
 
 
 def _planned(

@@ -108,11 +108,15 @@ def _parse(header_value: str | None) -> tuple[int, list[bytes]] | None:
 
 def require_secret(endpoint: Endpoint) -> str:
     """The endpoint's HMAC key; ValueError when a webhook endpoint has none (or no URL)."""
+    return _target(endpoint)[1]
+
+
+def _target(endpoint: Endpoint) -> tuple[str, str]:
     if not endpoint.url:
         raise ValueError(f"webhook endpoint {endpoint.name!r} has no url")
     if not endpoint.secret:
         raise ValueError(f"webhook endpoint {endpoint.name!r} has no signing secret")
-    return endpoint.secret
+    return endpoint.url, endpoint.secret
 
 
 class WebhookChannel:
@@ -132,8 +136,7 @@ class WebhookChannel:
 
     async def send(self, message: Outbound) -> DeliveryOutcome:
         endpoint = message.endpoint
-        secret = require_secret(endpoint)
-        assert endpoint.url is not None  # checked by require_secret
+        url, secret = _target(endpoint)
         headers = {
             "Content-Type": message.content_type,
             SIGNATURE_HEADER: signature_header(secret, int(self._clock()), message.body),
@@ -141,7 +144,7 @@ class WebhookChannel:
             DELIVERY_HEADER: str(message.delivery_id),
         }
         return await post_once(
-            self._client, endpoint.url, message.body, headers, f"webhook {endpoint.name}", self._total_timeout
+            self._client, url, message.body, headers, f"webhook {endpoint.name}", self._total_timeout
         )
 
     async def close(self) -> None:
