@@ -7,12 +7,13 @@ two instances from planning or sending the same rows.
   rate limit and digest rules (`planning.plan`), render one message per batch and endpoint
   (`render.outbound`) and store it as a ``queued`` delivery. The rendered bytes are stored,
   so every attempt and every re-send transmits the same document under the same key.
-- **Sender**: claims due deliveries with a lease, sends them concurrently, and records the
-  outcome: ``delivered`` / ``sent``, or a retry after an exponential backoff with full
-  jitter, or, after the last attempt or a permanent refusal, ``failed`` with a dead-letter
-  row and a `notifications.deadletter` event (through the outbox, same transaction).
-  A crash between sending and recording leaves the lease to expire; the retry carries the
-  same idempotency key, so the receiver can tell it already has the message.
+- **Sender**: claims due deliveries with a lease, sends them concurrently, and records a
+  round's outcomes in one transaction: ``delivered`` / ``sent``, or a retry after an
+  exponential backoff with full jitter, or, after the last attempt or a permanent
+  refusal, ``failed`` with a dead-letter row and a `notifications.deadletter` event
+  (through the outbox, same transaction). A crash between sending and recording leaves
+  the lease to expire; the retry carries the same idempotency key, so the receiver can
+  tell it already has the message.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier import metrics, planning, render, store
 from notifier.channels.base import Channel, DeliveryError, PermanentDeliveryError
 from notifier.config import NotifyConfig
-from notifier.model import Endpoint, Outbound
+from notifier.model import DeliveryOutcome, Endpoint, Outbound
 from notifier.planning import DueNotice
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class Dispatcher:
     # --- sender --------------------------------------------------------------------------
 
     async def send_once(self, limit: int = 64) -> int:
+        """Claim due deliveries, attempt them concurrently, record every outcome in one transaction."""
         now = self._clock()
         async with self._engine.begin() as conn:
             claimed = await store.claim_due(conn, now, limit, self._cfg.retry.lease_s)
@@ -145,46 +147,54 @@ class Dispatcher:
             return 0
         gate = asyncio.Semaphore(self._concurrency)
 
-        async def one(delivery: store.DeliveryRow) -> None:
+        async def one(delivery: store.DeliveryRow) -> DeliveryOutcome | DeliveryError:
             async with gate:
-                await self._attempt(delivery)
+                return await self._attempt(delivery)
 
-        await asyncio.gather(*(one(d) for d in claimed))
+        results = await asyncio.gather(*(one(d) for d in claimed))
+        now = self._clock()
+        dead = False
+        async with self._engine.begin() as conn:
+            for delivery, result in zip(claimed, results, strict=True):
+                dead |= await self._record(conn, delivery, result, now)
+        if dead:
+            self._on_deadletter()
         return len(claimed)
 
-    async def _attempt(self, delivery: store.DeliveryRow) -> None:
+    async def _attempt(self, delivery: store.DeliveryRow) -> DeliveryOutcome | DeliveryError:
         endpoint = self._endpoints.get(delivery.recipient_id, {}).get(delivery.endpoint)
-        outcome: str | None = None
-        error: DeliveryError
         if endpoint is None:
-            error = PermanentDeliveryError(f"endpoint {delivery.recipient_id}/{delivery.endpoint} is not configured")
-        else:
-            message = Outbound(delivery.id, delivery.idempotency_key, endpoint, delivery.subject,
-                               delivery.content_type, delivery.body)
-            try:
-                outcome = await self._channels[endpoint.kind].send(message)
-            except DeliveryError as exc:
-                error = exc
-        now = self._clock()
-        async with self._engine.begin() as conn:
-            if outcome is not None:
-                await store.record_success(conn, delivery, outcome, now)
-                metrics.DELIVERIES.labels(channel=delivery.channel, outcome=outcome).inc()
-                metrics.DELIVERY_LATENCY.labels(channel=delivery.channel).observe(
-                    (now - delivery.received_at).total_seconds())
-                return
-            retry = self._cfg.retry
-            if isinstance(error, PermanentDeliveryError) or delivery.attempts >= retry.max_attempts:
-                await store.record_dead(conn, delivery, error.reason, now, self._deadletter_topic)
-                metrics.DELIVERIES.labels(channel=delivery.channel, outcome="failed").inc()
-                log.warning("delivery %s to %s/%s failed for good after %d attempts: %s", delivery.id,
-                            delivery.recipient_id, delivery.endpoint, delivery.attempts, error.reason)
-                self._on_deadletter()
-                return
-            delay = backoff_s(delivery.attempts, retry.first_delay_s, retry.max_delay_s)
-            await store.record_retry(conn, delivery.id, error.reason, now + dt.timedelta(seconds=delay))
-            metrics.DELIVERIES.labels(channel=delivery.channel, outcome="retry").inc()
-            log.info("delivery %s attempt %d: %s; next in %.1fs", delivery.id, delivery.attempts, error.reason, delay)
+            return PermanentDeliveryError(f"endpoint {delivery.recipient_id}/{delivery.endpoint} is not configured")
+        message = Outbound(delivery.id, delivery.idempotency_key, endpoint, delivery.subject,
+                           delivery.content_type, delivery.body)
+        try:
+            return await self._channels[endpoint.kind].send(message)
+        except DeliveryError as exc:
+            return exc
+
+    async def _record(
+        self, conn: AsyncConnection, delivery: store.DeliveryRow, result: DeliveryOutcome | DeliveryError,
+        now: dt.datetime,
+    ) -> bool:
+        """Record one attempt's outcome; True when the delivery went to the dead letters."""
+        if not isinstance(result, DeliveryError):
+            await store.record_success(conn, delivery, result, now)
+            metrics.DELIVERIES.labels(channel=delivery.channel, outcome=result).inc()
+            metrics.DELIVERY_LATENCY.labels(channel=delivery.channel).observe(
+                (now - delivery.received_at).total_seconds())
+            return False
+        retry = self._cfg.retry
+        if isinstance(result, PermanentDeliveryError) or delivery.attempts >= retry.max_attempts:
+            await store.record_dead(conn, delivery, result.reason, now, self._deadletter_topic)
+            metrics.DELIVERIES.labels(channel=delivery.channel, outcome="failed").inc()
+            log.warning("delivery %s to %s/%s failed for good after %d attempts: %s", delivery.id,
+                        delivery.recipient_id, delivery.endpoint, delivery.attempts, result.reason)
+            return True
+        delay = backoff_s(delivery.attempts, retry.first_delay_s, retry.max_delay_s)
+        await store.record_retry(conn, delivery.id, result.reason, now + dt.timedelta(seconds=delay))
+        metrics.DELIVERIES.labels(channel=delivery.channel, outcome="retry").inc()
+        log.info("delivery %s attempt %d: %s; next in %.1fs", delivery.id, delivery.attempts, result.reason, delay)
+        return False
 
     async def run_sender(self, stop: asyncio.Event) -> None:
         await self._loop(stop, self._send_wake, self.send_once, "sender")

@@ -1,4 +1,5 @@
-"""`wpc bench ingest` (adt_listener.bench) and `wpc bench enroll` (enrollment_svc.bench)."""
+"""`wpc bench ingest` (adt_listener.bench), `wpc bench enroll` (enrollment_svc.bench) and
+`wpc bench notify` (notifier.bench)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 
 from adt_listener import bench as ingest_bench
 from enrollment_svc import bench as enroll_bench
+from notifier import bench as notify_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,9 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # argparse offers no public way to reach a parser's sub-command action once made.
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     enroll_bench.add_arguments(sub.add_parser("enroll", help="enrollment decisions on a loaded synthetic county"))
+    notify_bench.add_arguments(sub.add_parser("notify", help="notifications/s and event -> delivered latency"))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.bench == "enroll":
         return enroll_bench.run(args)
+    if args.bench == "notify":
+        return notify_bench.run(args)
     return ingest_bench.run(args)

@@ -86,6 +86,8 @@ async def test_every_notification_arrives_exactly_once_through_outages(database_
             await asyncio.sleep(1.0)
             hooks.mode = "ok"
             await hooks.wait_for(6, timeout=30)
+            # The receiver has them; the sender records a round's outcomes right after.
+            await until(lambda: _all_delivered(database_url, 6), 10, "outcomes not recorded")
             # The ops API sees them all delivered.
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.notifier_http_port}") as client:
                 listed = (await client.get("/v1/deliveries", headers={"authorization": f"Bearer {TOKEN}"})).json()
@@ -108,6 +110,11 @@ async def test_every_notification_arrives_exactly_once_through_outages(database_
     assert delivered == {str(c.candidate_id) for c in candidates}
     rows = await db_fetch(database_url, "SELECT count(*) AS n FROM notice")
     assert rows[0]["n"] == 7
+
+
+async def _all_delivered(database_url: str, n: int) -> bool:
+    rows = await db_fetch(database_url, "SELECT count(*) AS n FROM delivery WHERE status = 'delivered'")
+    return int(rows[0]["n"]) == n
 
 
 async def _count(database_url: str, sql: str) -> bool:
