@@ -105,7 +105,8 @@ def parse_roster_csv(body: str) -> list[RosterEntry]:
 
 
 async def load_roster(engine: AsyncEngine, cfg: NotifyConfig, source: str, entries: list[RosterEntry]) -> int:
-    unknown = sorted({e.practice_id for e in entries if cfg.recipient(e.practice_id) is None})
+    practices = {p.id for p in cfg.practices}
+    unknown = sorted({e.practice_id for e in entries if e.practice_id not in practices})
     if unknown:
         raise ValueError(f"practices not in the notification configuration: {', '.join(unknown[:5])}")
     async with engine.begin() as conn:

@@ -3,7 +3,7 @@
 - webhook: `schemas.notification.NotificationV1` as JSON (the full minimum-necessary content).
 - fhir: a Da Vinci notification bundle, one per notice (`notifier.fhir_bundle`).
 - email: no PHI at all. Mail crosses servers we do not control, so a message says what
-  happened (kind of event, program unless withheld, time) and a reference, and the reader
+  happened (kind of event, program unless withheld) and a reference, no time, and the reader
   opens the details in the portal behind their login.
 
 A delivery's id is a uuid5 of (recipient, endpoint, notice ids): planning the same notices
@@ -68,8 +68,7 @@ def webhook_body(delivery: uuid.UUID, recipient_id: str, notices: Sequence[tuple
 
 
 def email_text(notices: Sequence[tuple[uuid.UUID, Content]], cfg: NotifyConfig) -> tuple[str, str]:
-    """Subject and body: event kinds, programs (unless withheld), times, references; no PHI."""
-    zone = cfg.zone
+    """Subject and body: event kinds, programs (unless withheld), references; no PHI."""
     if len(notices) == 1:
         nid, c = notices[0]
         program = f" ({c.program})" if c.program else ""
@@ -78,9 +77,9 @@ def email_text(notices: Sequence[tuple[uuid.UUID, Content]], cfg: NotifyConfig) 
         subject = f"WPC: {len(notices)} notifications"
     lines = ["Whole Person Care notifications.", ""]
     for nid, c in notices:
-        when = c.occurred_at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+        # No time either: with the recipient's own panel, an admission date can point at a patient.
         program = f" - {c.program}" if c.program else ""
-        lines.append(f"- {_WORDS[c.event]}{program} at {when}, reference {_reference(nid)}")
+        lines.append(f"- {_WORDS[c.event]}{program}, reference {_reference(nid)}")
     lines += [
         "",
         f"Open the details (login required): {cfg.portal_url}",

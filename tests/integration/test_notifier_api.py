@@ -78,6 +78,9 @@ async def test_a_roster_loads_as_json_or_csv_and_rejects_unknown_practices(
     bad = await client.post("/v1/roster", json={"source": "x", "entries": [
         {"member_id": "1", "practice_id": "nowhere", "effective_from": "2026-01-01"}]}, headers=PLAN)
     assert bad.status_code == 422 and "nowhere" in bad.text
+    team = await client.post("/v1/roster", json={"source": "x", "entries": [
+        {"member_id": "1", "practice_id": "toc-team", "effective_from": "2026-01-01"}]}, headers=PLAN)
+    assert team.status_code == 422 and "toc-team" in team.text  # a care team is not a PCP
     backwards = "member_id,practice_id,effective_from,effective_to\n1,clinic,2026-05-01,2026-01-01\n"
     answer = await client.post("/v1/roster?source=x", content=backwards, headers={**PLAN, "content-type": "text/csv"})
     assert answer.status_code == 422 and "line 2" in answer.text
