@@ -40,7 +40,7 @@ def stop_on_signals() -> asyncio.Event:
 def serve_one(
     command: str, service: Callable[[Settings], AbstractAsyncContextManager[object]], *, migrate: bool
 ) -> int:
-    """`wpc listener` / `wpc enrollment`: one service against configured PostgreSQL and Kafka,
+    """`wpc listener` / `wpc enrollment` / `wpc notifier`: one service against configured PostgreSQL and Kafka,
     until SIGINT/SIGTERM (then the service's own drain). Exit status 2 when unconfigured."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)

@@ -76,7 +76,9 @@ class Settings(BaseSettings):
 
     # --- notifier -----------------------------------------------------------------------------
     notify_file: Path | None = Field(
-        default=None, description="Notification configuration YAML (notifier/config.py); empty: the example"
+        default=None,
+        description="Notification configuration YAML (notifier/config.py); required by `wpc notifier`; "
+        "empty under `wpc up`: the demo inbox",
     )
     notifier_group_id: str = "wpc-notifier"
     topic_notifications_deadletter: str = "notifications.deadletter"

@@ -1,4 +1,5 @@
-"""The deploy files (Dockerfile, deploy/compose.yaml, deploy/k8s/) checked against the code.
+"""The deploy files (Dockerfile, deploy/compose.yaml, deploy/k8s/, and the rules and
+notification configuration they deploy) checked against the code.
 
 There is no container engine on the build machines, so these files are never run in CI;
 instead every fact they share with the code is checked here against the code itself:
@@ -6,13 +7,18 @@ setting names against `Settings.model_fields`, sub-commands against `services.cl
 ports against the `Settings` defaults (or the env value set beside them), probe paths against
 the routes of the service that serves them, the image tag against `pyproject.toml`.
 
-Two long-running services are deployed, the ADT listener (`wpc listener`) and the enrollment
-service (`wpc enrollment`); every per-service check runs for both (`SERVICES`).
+Three long-running services are deployed, the ADT listener (`wpc listener`), the enrollment
+service (`wpc enrollment`) and the notifier (`wpc notifier`); every per-service check runs for
+each of them (`SERVICES`). The notifier also reads environment variables that are not
+settings: the endpoint secrets its notification configuration names (`secret_env`, smtp
+`username_env` / `password_env`), checked against the deployed file itself.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import functools
 import json
 import re
 import tomllib
@@ -28,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from adt_listener.senders import load_senders
 from enrollment_svc.rules import load_rules
+from notifier.config import NotifyConfig, endpoints_of, load_config
 from services.auth import load_users
 from services.cli import COMMANDS
 from services.settings import Settings
@@ -49,6 +56,9 @@ EXAMPLE_USERS_FILE = DEPLOY / "users.example.yaml"
 EXAMPLE_USER_TOKEN = "wpc-dev-only-care-team-token"
 # The county's program rules: mounted by compose, turned into a ConfigMap by kustomize.
 RULES_FILE = DEPLOY / "rules" / "wpc-rules.yaml"
+# The county's notification configuration: the same, for the notifier.
+NOTIFY_DIR = DEPLOY / "notify"
+NOTIFY_FILE = NOTIFY_DIR / "wpc-notify.yaml"
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -63,8 +73,20 @@ def _env_name(field: str) -> str:
     return f"{PREFIX}{field}".upper()
 
 
+@functools.cache
+def _parse(text: str) -> tuple[Any, ...]:
+    return tuple(yaml.safe_load_all(text))
+
+
+def _yaml_docs(path: Path) -> list[Any]:
+    """The documents of a YAML file. Parsed once per content (the k8s files are read by nearly
+    every test), and copied, so no test can change what the next one reads."""
+    return copy.deepcopy(list(_parse(path.read_text())))
+
+
 def _compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    (compose,) = _yaml_docs(COMPOSE_FILE)
+    return cast(dict[str, Any], compose)
 
 
 def _services() -> dict[str, dict[str, Any]]:
@@ -84,7 +106,7 @@ def _interpolate(value: str) -> str:
 
 
 def _k8s_docs(name: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return [d for d in _yaml_docs(K8S / name) if d]
 
 
 def _all_k8s_docs() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -146,8 +168,11 @@ def _example_secrets() -> dict[str, dict[str, Any]]:
 
 
 def _k8s_env(deployment: str) -> dict[str, str]:
+    return _container_env(_container(deployment))
+
+
+def _container_env(container: dict[str, Any]) -> dict[str, str]:
     """What a container sees: envFrom (ConfigMap, example Secrets), then `env`."""
-    container = _container(deployment)
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -226,6 +251,57 @@ def _enrollment_routes() -> set[str]:
     return set(_enrollment_app().openapi()["paths"])
 
 
+def _notifier_app() -> Any:
+    """The FastAPI app `NotifierService` builds from the deployed notification configuration,
+    with placeholders for the engine, the users and the endpoint secrets (as `_enrollment_app`)."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from notifier.service import NotifierService
+    from services.auth import Users
+
+    try:
+        service = NotifierService(
+            Settings.model_construct(),  # the code's defaults, whatever the environment
+            config=load_config(NOTIFY_FILE),
+            secrets=dict.fromkeys(_notify_secret_names(), "placeholder"),
+            engine=cast(AsyncEngine, object()),
+            users=Users({}),
+        )
+    except Exception as exc:
+        pytest.fail(
+            "NotifierService could not be built with placeholders to read its HTTP routes "
+            f"(the deploy files' probe and health-check paths are checked against them): {exc!r}"
+        )
+    return service.app
+
+
+def _notifier_routes() -> set[str]:
+    return set(_notifier_app().openapi()["paths"])
+
+
+_ENV_KEY = re.compile(r"\b\w+_env\s*:\s*[\"']?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _env_named_in(path: Path) -> set[str]:
+    """The environment variables a notification configuration names, read off the raw YAML
+    (any `*_env:` key, block or flow style, comments dropped) without `notifier.config`, so
+    that a new kind of `*_env` key there cannot go unchecked here."""
+    lines = (line.split("#", 1)[0] for line in path.read_text().splitlines())
+    return {m.group(1) for line in lines for m in _ENV_KEY.finditer(line)}
+
+
+def _configured_secret_names(cfg: NotifyConfig) -> set[str]:
+    """What the notifier resolves from its environment: each endpoint's `secret_env`, the smtp
+    login's `username_env` / `password_env` (`notifier.service.channels_for`)."""
+    names = {e.secret_env for r in (*cfg.care_teams, *cfg.practices) for e in r.endpoints if e.secret_env}
+    return names | {n for n in (cfg.smtp.username_env, cfg.smtp.password_env) if n}
+
+
+def _notify_secret_names() -> set[str]:
+    """The environment variables the deployed notification configuration names (not settings)."""
+    return _configured_secret_names(load_config(NOTIFY_FILE)) | _env_named_in(NOTIFY_FILE)
+
+
 @dataclass(frozen=True)
 class Service:
     """One long-running service as deployed: the same name in compose and in deploy/k8s."""
@@ -254,7 +330,20 @@ ENROLLMENT = Service(
     topic_fields=("topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events"),
     routes=_enrollment_routes,
 )
-SERVICES = [LISTENER, ENROLLMENT]
+NOTIFIER = Service(
+    name="notifier",
+    subcommand="notifier",
+    ports={"http": "notifier_http_port"},
+    file_fields=("notify_file", "users_file"),
+    topic_fields=(
+        "topic_adt_events",
+        "topic_enrollment_candidates",
+        "topic_enrollment_events",
+        "topic_notifications_deadletter",
+    ),
+    routes=_notifier_routes,
+)
+SERVICES = [LISTENER, ENROLLMENT, NOTIFIER]
 each_service = pytest.mark.parametrize("svc", SERVICES, ids=lambda s: s.name)
 
 
@@ -270,8 +359,9 @@ def _assert_settings_names(names: set[str], where: str) -> None:
 
 
 def test_compose_env_names_are_settings_fields() -> None:
+    # The notifier's endpoint secrets are not settings (see the module docstring).
     names = {k for svc in _services().values() for k in _compose_env(svc) if k.upper().startswith(PREFIX)}
-    _assert_settings_names(names, "deploy/compose.yaml")
+    _assert_settings_names(names - _notify_secret_names(), "deploy/compose.yaml")
 
 
 def test_configmap_names_are_settings_fields_and_values_are_strings() -> None:
@@ -291,7 +381,8 @@ def test_example_secret_env_names_are_settings_fields() -> None:
     assert env_secrets, "no container takes its environment from a Secret"
     secrets = _example_secrets()
     names = {k for name in env_secrets for k in secrets[name]}
-    _assert_settings_names(names, "secret.example.yaml")
+    # The notifier's endpoint secrets are not settings (see the module docstring).
+    _assert_settings_names(names - _notify_secret_names(), "secret.example.yaml")
     assert _env_name("database_url") in names
 
 
@@ -304,9 +395,13 @@ def test_container_env_names_are_settings_fields() -> None:
 
 def test_every_wpc_name_mentioned_in_deploy_files_is_a_setting() -> None:
     # Comments and the README too: a renamed setting must not survive in the instructions.
+    # Or a variable that a notification configuration of deploy/notify names (an endpoint
+    # secret): those are read by the notifier, not by Settings.
+    named = {n for path in NOTIFY_DIR.glob("*.yaml") for n in _env_named_in(path)}
+    assert named >= _notify_secret_names()
     files = [DOCKERFILE, *DEPLOY.rglob("*.yaml"), DEPLOY / "README.md"]
     for path in files:
-        names = set(re.findall(rf"\b{PREFIX}[A-Z0-9_]+\b", path.read_text()))
+        names = set(re.findall(rf"\b{PREFIX}[A-Z0-9_]+\b", path.read_text())) - named
         if names:
             _assert_settings_names(names, str(path.relative_to(ROOT)))
 
@@ -321,8 +416,11 @@ def test_database_url_is_secret_not_configmap() -> None:
         pytest.param(lambda: _compose_env(_services()["adt-listener"]), id="compose-listener"),
         pytest.param(lambda: _compose_env(_services()["migrate"]), id="compose-migrate"),
         pytest.param(lambda: _compose_env(_services()["enrollment"]), id="compose-enrollment"),
+        pytest.param(lambda: _compose_env(_services()["notifier"]), id="compose-notifier"),
         pytest.param(_k8s_listener_env, id="k8s-listener"),
         pytest.param(lambda: _k8s_env("enrollment"), id="k8s-enrollment"),
+        pytest.param(lambda: _k8s_env("notifier"), id="k8s-notifier"),
+        pytest.param(lambda: _container_env(_job_container()), id="k8s-migrate"),
     ],
 )
 def test_settings_accept_the_deployed_values(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -362,14 +460,18 @@ def _k8s_subcommand(container: dict[str, Any]) -> str:
     return str(container["args"][0])
 
 
+def _job_container() -> dict[str, Any]:
+    (container,) = _one("Job")["spec"]["template"]["spec"]["containers"]
+    return cast(dict[str, Any], container)
+
+
 def test_k8s_commands_are_wpc_subcommands() -> None:
     for where, container in _containers():
         if container["image"].startswith(IMAGE_REPO):
             assert _k8s_subcommand(container) in COMMANDS, where
     for s in SERVICES:
         assert _k8s_subcommand(_container(s.name)) == s.subcommand, s.name
-    (job_container,) = _one("Job")["spec"]["template"]["spec"]["containers"]
-    assert _k8s_subcommand(job_container) == "migrate"
+    assert _k8s_subcommand(_job_container()) == "migrate"
 
 
 def test_dockerfile_entrypoint_is_the_wpc_console_script_and_cmd_a_subcommand() -> None:
@@ -488,9 +590,9 @@ def test_k8s_probes_target_the_http_port_with_the_right_meaning(svc: Service) ->
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert probes["startupProbe"]["path"] == "/healthz"
     # Readiness is what taking traffic needs (PostgreSQL), not /readyz (database and Kafka):
-    # the listener ACKs from its outbox while Kafka is down (services/health.py); the
-    # enrollment service's API needs PostgreSQL alone, and readiness does not stop it
-    # consuming (the reasons are in the comment of enrollment.yaml).
+    # the listener ACKs from its outbox while Kafka is down (services/health.py); the APIs of
+    # the enrollment service and the notifier need PostgreSQL alone, and readiness does not
+    # stop them consuming (the reasons are in the comments of enrollment.yaml, notifier.yaml).
     assert probes["readinessProbe"]["path"] == "/readyz/ingest"
     annotations = _pod(svc.name)["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == named["http"]
@@ -505,13 +607,21 @@ def test_probe_and_healthcheck_paths_are_routes_of_the_service(svc: Service) -> 
     assert paths <= routes, f"not served by {svc.name}: {sorted(paths - routes)}"
 
 
-async def test_enrollment_readiness_probe_path_checks_only_the_database() -> None:
-    """enrollment.yaml's readiness probe is chosen because it does not depend on Kafka."""
+@pytest.mark.parametrize(
+    ("name", "app"),
+    [
+        pytest.param("enrollment", _enrollment_app, id="enrollment"),
+        pytest.param("notifier", _notifier_app, id="notifier"),
+    ],
+)
+async def test_readiness_probe_path_checks_only_the_database(name: str, app: Callable[[], Any]) -> None:
+    """enrollment.yaml's and notifier.yaml's readiness probe is chosen because it does not
+    depend on Kafka."""
     import httpx
 
-    path = _probes("enrollment")["readinessProbe"]["path"]
-    transport = httpx.ASGITransport(app=_enrollment_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://enrollment") as client:
+    path = _probes(name)["readinessProbe"]["path"]
+    transport = httpx.ASGITransport(app=app())
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{name}") as client:
         response = await client.get(path)
     # The placeholder engine fails its check: 503 with the checks named. A broker check here
     # would also try to reach Kafka; the answer must name the database alone.
@@ -567,12 +677,13 @@ def test_deployment_shape(svc: Service) -> None:
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
 
 
-def test_enrollment_runs_with_the_listeners_security_context() -> None:
-    listener, enrollment = _pod("adt-listener")["spec"], _pod("enrollment")["spec"]
-    assert enrollment["securityContext"] == listener["securityContext"]
-    assert _container("enrollment")["securityContext"] == _container("adt-listener")["securityContext"]
+@pytest.mark.parametrize("svc", [s for s in SERVICES if s is not LISTENER], ids=lambda s: s.name)
+def test_service_runs_with_the_listeners_security_context(svc: Service) -> None:
+    listener, pod = _pod(LISTENER.name)["spec"], _pod(svc.name)["spec"]
+    assert pod["securityContext"] == listener["securityContext"]
+    assert _container(svc.name)["securityContext"] == _container(LISTENER.name)["securityContext"]
     assert listener["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert _container("enrollment")["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert _container(svc.name)["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 def test_pods_have_a_read_only_root_and_a_writable_tmp() -> None:
@@ -657,14 +768,20 @@ def test_file_settings_point_into_mounted_volumes(svc: Service) -> None:
         assert str(path.parent) in read_only, f"{svc.name} {field}: {path.parent} is mounted writable"
 
 
-def test_listener_file_settings_are_from_secrets_and_enrollment_users_too() -> None:
-    # Credentials and keys never go in a ConfigMap; the rules do (program staff edit them).
+def test_credential_files_are_from_secrets_and_configuration_files_from_configmaps() -> None:
+    # Credentials and keys never go in a ConfigMap; the rules and the notification
+    # configuration do (program staff edit them; the latter names its secrets, holds none).
     kinds = {}
     for s in SERVICES:
         env, mounted = _k8s_env(s.name), _mounted_keys(s.name)
         for field in s.file_fields:
-            kinds[field] = mounted[str(Path(env[_env_name(field)]).parent)][0].split()[0]
-    assert kinds == {f: "Secret" for f in LISTENER.file_fields} | {"users_file": "Secret", "rules_file": "ConfigMap"}
+            kinds[s.name, field] = mounted[str(Path(env[_env_name(field)]).parent)][0].split()[0]
+    assert kinds == {(LISTENER.name, f): "Secret" for f in LISTENER.file_fields} | {
+        (ENROLLMENT.name, "users_file"): "Secret",
+        (ENROLLMENT.name, "rules_file"): "ConfigMap",
+        (NOTIFIER.name, "users_file"): "Secret",
+        (NOTIFIER.name, "notify_file"): "ConfigMap",
+    }
 
 
 def test_example_senders_file_loads_and_is_not_open(tmp_path: Path) -> None:
@@ -696,6 +813,18 @@ def test_example_users_secret_loads_and_authenticates_no_known_token(tmp_path: P
         assert users.authenticate(token) is None, f"the k8s example accepts the public token {token!r}"
     compose_digests = {str(e["token_sha256"]).lower() for e in yaml.safe_load(EXAMPLE_USERS_FILE.read_text())}
     assert not compose_digests & {str(e["token_sha256"]).lower() for e in entries}
+
+
+def test_notifier_users_are_the_enrollment_services() -> None:
+    """One users file for both APIs (services/auth.py): the same path, from the same Secret
+    in k8s and the same host file in compose."""
+    path = _k8s_env(NOTIFIER.name)[_env_name("users_file")]
+    assert path == _k8s_env(ENROLLMENT.name)[_env_name("users_file")]
+    directory = str(Path(path).parent)
+    assert _mounted_keys(NOTIFIER.name)[directory] == _mounted_keys(ENROLLMENT.name)[directory]
+    compose = [_compose_env(_services()[s.name])[_env_name("users_file")] for s in (NOTIFIER, ENROLLMENT)]
+    assert compose[0] == compose[1]
+    assert _compose_mounts(NOTIFIER.name)[compose[0]] == _compose_mounts(ENROLLMENT.name)[compose[1]]
 
 
 def test_users_example_file_authenticates_its_documented_placeholder_token() -> None:
@@ -737,26 +866,34 @@ def test_pdb_keeps_one_pod_of_each_service(svc: Service) -> None:
         assert not pdb["selector"]["matchLabels"].items() <= _pod(other)["metadata"]["labels"].items()
 
 
-def test_rules_configmap_is_generated_from_the_county_rules_file() -> None:
+@pytest.mark.parametrize(
+    ("deployment", "field", "source"),
+    [
+        pytest.param(ENROLLMENT.name, "rules_file", RULES_FILE, id="rules"),
+        pytest.param(NOTIFIER.name, "notify_file", NOTIFY_FILE, id="notify"),
+    ],
+)
+def test_configuration_configmap_is_generated_from_the_county_file(deployment: str, field: str, source: Path) -> None:
     """The enrollment pods mount a ConfigMap kustomize generates from deploy/rules/wpc-rules.yaml,
-    under a content-hash name, so a rules change rolls the pods without a new image."""
-    volumes = {v["name"]: v for v in _pod("enrollment")["spec"]["volumes"]}
-    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in _container("enrollment")["volumeMounts"]}
-    rules_path = Path(_k8s_env("enrollment")[_env_name("rules_file")])
-    name = volumes[mounts[str(rules_path.parent)]]["configMap"]["name"]
+    the notifier pods one from deploy/notify/wpc-notify.yaml, under a content-hash name, so a
+    change rolls the pods without a new image."""
+    volumes = {v["name"]: v for v in _pod(deployment)["spec"]["volumes"]}
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in _container(deployment)["volumeMounts"]}
+    path = Path(_k8s_env(deployment)[_env_name(field)])
+    name = volumes[mounts[str(path.parent)]]["configMap"]["name"]
     generated = _generated_configmaps()
     assert name in generated, f"ConfigMap {name} is not made by a configMapGenerator"
-    assert generated[name] == {rules_path.name: RULES_FILE.resolve()}
+    assert generated[name] == {path.name: source.resolve()}
     for directory, kustomization in _kustomizations():
         if any(g["name"] == name for g in kustomization.get("configMapGenerator", [])):
             # `kubectl apply -k` only reads generator files in or below the kustomization's own
             # directory (kustomize's default load restrictor).
-            assert RULES_FILE.resolve().is_relative_to(directory), f"{directory}: generator file outside it"
+            assert source.resolve().is_relative_to(directory), f"{directory}: generator file outside it"
             options = {**kustomization.get("generatorOptions", {})}
             for g in kustomization["configMapGenerator"]:
                 if g["name"] == name:
                     options |= g.get("options", {})
-            assert not options.get("disableNameSuffixHash"), "without the hash a rules change rolls no pod"
+            assert not options.get("disableNameSuffixHash"), "without the hash a change rolls no pod"
             assert kustomization.get("namespace") in (None, _one("Namespace")["metadata"]["name"])
 
 
@@ -767,14 +904,85 @@ def test_rules_file_deployed_is_valid_rules() -> None:
     assert rules.version
 
 
+def test_notify_file_deployed_is_a_valid_notification_configuration() -> None:
+    # What `wpc notifier` does at start with WPC_NOTIFY_FILE (notifier.service.config_of).
+    assert NOTIFY_FILE.is_file(), f"{NOTIFY_FILE.relative_to(ROOT)} is missing"
+    cfg = load_config(NOTIFY_FILE)
+    assert cfg.version and cfg.digest
+
+
+def test_notify_file_agrees_with_the_rules_deployed_beside_it() -> None:
+    """The two files are deployed together: the notifier's Part 2 facilities are the rules'
+    (a facility missing here would have its SUD encounters told without consent), and each
+    care team's region names facilities the rules know."""
+    cfg, rules = load_config(NOTIFY_FILE), load_rules(RULES_FILE)
+    registry = rules.site.facilities
+    assert set(cfg.part2.facilities) == {fid for fid, f in registry.items() if f.part2}
+    for team in cfg.care_teams:
+        assert set(team.facilities) <= set(registry), f"{team.id}: {set(team.facilities) - set(registry)}"
+
+
+def test_notify_secret_names_are_read_completely_and_are_not_settings() -> None:
+    names = _configured_secret_names(load_config(NOTIFY_FILE))
+    assert names, "the example names no secrets: the checks of their provision would check nothing"
+    # The raw file and the configuration model agree: no `*_env` key the model ignores.
+    assert names == _env_named_in(NOTIFY_FILE)
+    # A secret named like a setting would be read by Settings too, or shadow one.
+    assert not names & {_env_name(f) for f in Settings.model_fields}, names
+
+
+def _compose_notifier_env() -> dict[str, str]:
+    return {k: _interpolate(v) for k, v in _compose_env(_services()[NOTIFIER.name]).items()}
+
+
+@pytest.mark.parametrize(
+    ("env", "placeholder"),
+    [
+        pytest.param(_compose_notifier_env, "dev-only", id="compose"),
+        pytest.param(lambda: _k8s_env(NOTIFIER.name), "CHANGE-ME", id="k8s"),
+    ],
+)
+def test_notifier_is_given_every_secret_its_configuration_names(
+    env: Callable[[], dict[str, str]], placeholder: str
+) -> None:
+    """Each `secret_env` / `username_env` / `password_env` of the deployed notification
+    configuration reaches the notifier, with an obviously fake example value."""
+    given = env()
+    cfg = load_config(NOTIFY_FILE)
+    for name in sorted(_notify_secret_names()):
+        assert given.get(name), f"{name} is not given to the notifier"
+        assert placeholder in given[name], f"{name}: the example value {given[name]!r} does not look fake"
+    # As the notifier resolves them at start (a missing secret_env raises ValueError there).
+    for recipient in (*cfg.care_teams, *cfg.practices):
+        endpoints_of(recipient, given)
+
+
+def test_compose_notifier_secrets_can_be_set_from_the_shell() -> None:
+    # As POSTGRES_PASSWORD: a dev-only default, the real value from the shell or deploy/.env.
+    env = _compose_env(_services()[NOTIFIER.name])
+    for name in sorted(_notify_secret_names()):
+        assert re.fullmatch(rf"\$\{{{name}:-[^}}]+\}}", env[name]), f"{name}: {env[name]}"
+
+
+def test_only_the_notifier_is_given_the_endpoint_secrets() -> None:
+    names = _notify_secret_names()
+    for where, container in _containers():
+        if where != f"{NOTIFIER.name}/{NOTIFIER.name}":
+            assert not set(_container_env(container)) & names, f"{where} sees the notifier's secrets"
+    for name, service in _services().items():
+        if name != NOTIFIER.name:
+            assert not set(_compose_env(service)) & names, f"compose {name} sees the notifier's secrets"
+    assert not set(_configmap()) & names, "the notifier's secrets are in a ConfigMap"
+
+
 def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     on_disk = {p.name for p in K8S.glob("*.yaml")} | {p.name for p in K8S.glob("*.yml")}
     files = {r for r in kustomization["resources"] if not (K8S / r).is_dir()}
     directories = {r for r in kustomization["resources"] if (K8S / r).is_dir()}
     assert files == on_disk - {"kustomization.yaml", "secret.example.yaml"}
-    assert directories == {"../rules"}
-    assert (K8S / "../rules" / "kustomization.yaml").is_file()
+    assert directories == {"../rules", "../notify"}
+    assert all((K8S / d / "kustomization.yaml").is_file() for d in directories)
     assert "secret.example.yaml" in (DEPLOY / "README.md").read_text()
     namespace = _one("Namespace")["metadata"]["name"]
     assert kustomization["namespace"] == namespace
@@ -869,11 +1077,23 @@ def test_k8s_topics_are_the_ones_compose_creates() -> None:
     assert all(f"`{topic}`" in readme for topic in created)
 
 
-def test_enrollment_consumer_group_is_the_same_in_compose_and_k8s() -> None:
-    field = _env_name("enrollment_group_id")
-    compose = _compose_env(_services()["enrollment"]).get(field, _default("enrollment_group_id"))
-    k8s = _k8s_env("enrollment").get(field, _default("enrollment_group_id"))
-    assert compose == k8s == _default("enrollment_group_id")
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [("enrollment", "enrollment_group_id"), ("notifier", "notifier_group_id")],
+)
+def test_consumer_group_is_the_same_in_compose_and_k8s(name: str, field: str) -> None:
+    compose = _compose_env(_services()[name]).get(_env_name(field), _default(field))
+    k8s = _k8s_env(name).get(_env_name(field), _default(field))
+    assert compose == k8s == _default(field)
+
+
+def test_consumer_groups_are_distinct() -> None:
+    # The notifier must see every adt.events record, not share them with the enrollment service.
+    groups = [
+        _k8s_env(n).get(_env_name(f), _default(f))
+        for n, f in [("enrollment", "enrollment_group_id"), ("notifier", "notifier_group_id")]
+    ]
+    assert len(set(groups)) == len(groups), groups
 
 
 def _compose_mounts(name: str) -> dict[str, tuple[Path, bool]]:
@@ -890,17 +1110,23 @@ def _compose_mounts(name: str) -> dict[str, tuple[Path, bool]]:
     return mounts
 
 
-def test_compose_enrollment_mounts_the_rules_and_users_files_read_only() -> None:
-    env = _compose_env(_services()["enrollment"])
-    mounts = _compose_mounts("enrollment")
-    expected = {"rules_file": RULES_FILE.resolve(), "users_file": EXAMPLE_USERS_FILE.resolve()}
+@pytest.mark.parametrize(
+    ("name", "config_field", "config_file"),
+    [("enrollment", "rules_file", RULES_FILE), ("notifier", "notify_file", NOTIFY_FILE)],
+)
+def test_compose_mounts_the_configuration_and_users_files_read_only(
+    name: str, config_field: str, config_file: Path
+) -> None:
+    env = _compose_env(_services()[name])
+    mounts = _compose_mounts(name)
+    expected = {config_field: config_file.resolve(), "users_file": EXAMPLE_USERS_FILE.resolve()}
     for field, host in expected.items():
         target = env.get(_env_name(field))
-        assert target, f"{_env_name(field)} is not set: the image has no fallback"
-        assert target in mounts, f"{field}: {target} is not mounted"
-        assert mounts[target] == (host, True), f"{field}: {mounts[target]}"
-        assert host.parent.exists()
-    assert env[_env_name("rules_file")] == _k8s_env("enrollment")[_env_name("rules_file")]
+        assert target, f"{name}: {_env_name(field)} is not set: the image has no fallback"
+        assert target in mounts, f"{name} {field}: {target} is not mounted"
+        assert mounts[target] == (host, True), f"{name} {field}: {mounts[target]}"
+        assert host.is_file()
+    assert env[_env_name(config_field)] == _k8s_env(name)[_env_name(config_field)]
 
 
 @each_service
