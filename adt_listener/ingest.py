@@ -1,7 +1,10 @@
 """One received message, from bytes to the ACK to send: shared by MLLP and HTTP.
 
-    decide (pure: intake.intake) → check the sender may use that MSH-4 → store (custody,
-    group commit) → the ACK to send
+    decide (pure: intake.intake, without building the event) → check the sender may use
+    that MSH-4 → store (custody, group commit) → the ACK to send
+
+The `adt.events` record of an accepted message is derived from the stored message
+after the commit (`adt_listener.events`), off the ACK path.
 
 The ACK is the stored one: an AA is released only after the commit, a retransmission
 gets the original's ACK, and when the database cannot take the message the sender gets
@@ -53,7 +56,7 @@ class Ingestor:
         """
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
-        decided = intake(raw, received_at=now, policy=self._policy)
+        decided = intake(raw, received_at=now, policy=self._policy, with_event=False)
         if oversized is not None:
             decided = with_rejection(
                 decided,
@@ -67,7 +70,9 @@ class Ingestor:
         metrics.child(metrics.MESSAGES_RECEIVED, channel, facility, trigger[:8]).inc()
         check = sample_selected(acting.validation, acting.sample_rate, decided.message_id)
         try:
-            stored = await self._store.store(decided, channel=channel, sender=acting.name, check_conformance=check)
+            stored = await self._store.store(
+                decided, channel=channel, sender=acting.name, check_conformance=check, received_at=now
+            )
         except StoreUnavailable:
             ack = internal_error_ack(raw, now=now, policy=self._policy)
             reply = Reply(ack, "AR", True, stored=False)

@@ -50,7 +50,7 @@ from typing import Literal
 from adt_listener.ack import AckHeader, Finding, build_ack, salvage_header, should_send
 from adt_listener.er7 import Message, Segment
 from adt_listener.errors import Er7Error
-from adt_listener.normalize import normalize, patient_key, sending_facility
+from adt_listener.normalize import normalize, patient_key, sending_facility, timestamp_findings
 from schemas.adt_event import AdtEventV1, event_id_for
 
 __all__ = ["Finding", "Intake", "IntakePolicy", "intake", "internal_error_ack", "with_rejection"]
@@ -182,8 +182,14 @@ def _first_patient_key(msg: Message, facility: str) -> str | None:
     return None
 
 
-def intake(raw: bytes, *, received_at: dt.datetime, policy: IntakePolicy) -> Intake:
-    """Decide on one message (see the module docstring). Never raises."""
+def intake(raw: bytes, *, received_at: dt.datetime, policy: IntakePolicy, with_event: bool = True) -> Intake:
+    """Decide on one message (see the module docstring). Never raises.
+
+    ``with_event=False`` decides and builds the ACK without the event (``event`` is
+    None, also for AA): the listener stores the raw message first and derives the event
+    afterwards, off the ACK path (`adt_listener.events`). The decision, findings, ACK,
+    ``event_id`` and ``patient_key`` are the same either way (tests/unit/test_intake.py).
+    """
     message_id = uuid.uuid4()
     try:
         msg = Message.parse(raw)
@@ -192,13 +198,14 @@ def intake(raw: bytes, *, received_at: dt.datetime, policy: IntakePolicy) -> Int
     except Exception:  # a reader bug must still produce an answer; "our fault": 207
         return _unparseable(raw, None, received_at, policy, message_id)
     try:
-        return _decide(raw, msg, received_at, policy, message_id)
+        return _decide(raw, msg, received_at, policy, message_id, with_event)
     except Exception:
         return _unparseable(raw, None, received_at, policy, message_id)
 
 
 def _decide(
-    raw: bytes, msg: Message, received_at: dt.datetime, policy: IntakePolicy, message_id: uuid.UUID
+    raw: bytes, msg: Message, received_at: dt.datetime, policy: IntakePolicy, message_id: uuid.UUID,
+    with_event: bool = True,
 ) -> Intake:
     msh = msg.segments[0]
     facility = sending_facility(msg)
@@ -210,7 +217,12 @@ def _decide(
         findings = _content_findings(msg)
         code = "AE" if any(f.severity == "E" for f in findings) else "AA"
     if code == "AA":
-        event, warnings = normalize(msg, message_id=message_id, received_at=received_at, policy=policy)
+        if with_event:
+            event, warnings = normalize(msg, message_id=message_id, received_at=received_at, policy=policy)
+        else:
+            # The ACK carries normalize's warnings (unreadable times), so those few fields
+            # are read now; building and validating the whole event waits.
+            warnings = timestamp_findings(msg, policy)
         findings += warnings
     header = AckHeader.from_message(msg)
     ack = _ack(header, code, findings, now=received_at, policy=policy)

@@ -34,7 +34,7 @@ from schemas.adt_event import AdtEventV1, event_id_for
 if TYPE_CHECKING:
     from adt_listener.intake import IntakePolicy
 
-__all__ = ["STANDARD_ADT_SEGMENTS", "normalize", "parse_dtm", "patient_key"]
+__all__ = ["STANDARD_ADT_SEGMENTS", "normalize", "parse_dtm", "patient_key", "timestamp_findings"]
 
 # Segments of the ADT message structures (chapter 3, ADT_A01 ... ADT_A61, v2.8) plus
 # SFT/UAC/NTE that chapter 2 allows; anything else is listed in extra_segments.
@@ -378,3 +378,25 @@ def normalize(
         "extra_segments": b.extra_segments(),
     }
     return AdtEventV1.model_validate(event), b.findings
+
+
+def timestamp_findings(msg: Message, policy: IntakePolicy) -> list[Finding]:
+    """The warnings `normalize` would return, without building the event.
+
+    The same fields in the same order as `normalize` reads them (PID-7 within the
+    patient, then MSH-7, EVN-2, EVN-6, then PV1-44/45 within the visit), so the ACK of
+    a message decided without its event lists the same ERR segments.
+    """
+    b = _Builder(msg, policy)
+    pid = msg.segment("PID")
+    if pid is not None:
+        b.time(pid, 7)
+    evn = msg.segment("EVN")
+    b.time(msg.segments[0], 7)
+    b.time(evn, 2)
+    b.time(evn, 6)
+    pv1 = msg.segment("PV1")
+    if pv1 is not None:
+        b.time(pv1, 44)
+        b.time(pv1, 45)
+    return b.findings

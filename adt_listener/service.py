@@ -1,11 +1,15 @@
 """Composition root of the ADT listener, and the `wpc listener` command.
 
-`Listener` builds everything from `Settings` (engine, Kafka publisher, store, relay,
-conformance worker, MLLP and HTTP servers) and owns their lifecycle as one async
-context: entering starts them, leaving is the SIGTERM drain, in this order:
+`Listener` builds everything from `Settings` (engine, Kafka publisher, store, the two
+relays, conformance worker, MLLP and HTTP servers) and owns their lifecycle as one
+async context: entering starts them, leaving is the SIGTERM drain, in this order:
 
     stop accepting (MLLP, HTTP) → finish frames in hand, their ACKs written →
-    store writes what is queued → relay makes a last publish attempt → close
+    store writes what is queued → relays make a last publish attempt → close
+
+Two relays: ``events`` publishes `adt.events`, derived from the stored messages
+(`adt_listener.events`, lock key 2); ``relay`` is the shared outbox relay (dead
+letters here, and every other service's rows when they share the database).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener.conformance import ConformanceWorker
+from adt_listener.events import EVENT_BACKLOG, EVENT_RELAY_LEADER, DerivedEvents
 from adt_listener.feed_report import router as feed_quality_router
 from adt_listener.http import build_app
 from adt_listener.ingest import Ingestor
@@ -35,6 +40,8 @@ from services.outbox import OutboxRelay
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
+
+EVENTS_LOCK_KEY = 2  # the shared outbox relay holds key 1 (services.outbox)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -71,19 +78,26 @@ class Listener:
             settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
         )
         self.senders: Senders = load_senders(settings.senders_file)
+        policy = IntakePolicy(
+            accepted_processing_ids=settings.processing_ids(),
+            medi_cal_authorities=settings.medi_cal_authority_set(),
+        )
         self.relay = OutboxRelay(
             self.engine, self.publisher,
             batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+        )
+        self.event_source = DerivedEvents(settings.topic_adt_events, policy)
+        self.events = OutboxRelay(
+            self.engine, self.publisher,
+            lock_key=EVENTS_LOCK_KEY, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            source=self.event_source, backlog_gauge=EVENT_BACKLOG, leader_gauge=EVENT_RELAY_LEADER,
         )
         self.store = MessageStore(
             self.engine,
             Topics(settings.topic_adt_events, settings.topic_adt_deadletter),
             max_batch=settings.commit_batch_max,
-            on_commit=self.relay.wake,
-        )
-        policy = IntakePolicy(
-            accepted_processing_ids=settings.processing_ids(),
-            medi_cal_authorities=settings.medi_cal_authority_set(),
+            on_events=self.events.wake,
+            on_dead_letters=self.relay.wake,
         )
         self.ingestor = Ingestor(self.store, policy, self.senders)
         self.mllp = MllpServer(
@@ -122,6 +136,7 @@ class Listener:
         await self.store.start()
         if self._run_relay:
             self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+            self._tasks.append(asyncio.create_task(self.events.run(self._stop), name="adt-events-relay"))
         if self.conformance is not None:
             self._tasks.append(asyncio.create_task(self.conformance.run(self._stop), name="conformance"))
         await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
@@ -135,11 +150,15 @@ class Listener:
         await self.mllp.stop()
         await self.http.stop()
         await self.store.stop()
-        if self._run_relay and self.relay.is_leader:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.relay.publish_once(), 5.0)
+        # The relays finish the round in hand before the last attempt: a last attempt
+        # beside a running round would read the same rows and publish them twice.
+        leading = [relay for relay in (self.events, self.relay) if relay.is_leader]
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for relay in leading:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relay.publish_once(), 5.0)
+        self.event_source.close()
         if self.conformance is not None:
             self.conformance.close()
         await self.publisher.close()

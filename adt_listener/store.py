@@ -1,15 +1,28 @@
 """Custody of received messages: the group-commit writer behind every ACK.
 
 An AA promises the sender that the message is ours now. So the raw message, its ACK
-and its outbox row (the event for `adt.events`, or the dead letter) are written in ONE
-SQL statement, which PostgreSQL commits atomically, and the ACK is released only when
-that statement has returned. No crash, restart or broker outage after that can lose
-the message: the relay publishes from the outbox whenever the broker is there.
+and what must be published about it are written in ONE SQL statement, which
+PostgreSQL commits atomically, and the ACK is released only when that statement has
+returned. No crash, restart or broker outage after that can lose the message:
 
-Throughput comes from group commit: one writer task takes everything that queued up
-while the previous statement was running and writes it in a single round trip, so 16
-busy connections cost one commit, not sixteen. A single writer also keeps the outbox
-in arrival order, which is what makes `adt.events` ordered per patient.
+* an accepted message gets a row in ``adt_event_queue``; its `adt.events` record is
+  derived from the stored raw message afterwards and published by the events relay
+  (`adt_listener.events`), so the ACK never waits for the event to be built;
+* a rejected one gets its dead letter, built here, in ``outbox`` (the shared relay).
+
+Throughput comes from group commit: a writer takes everything that queued up while
+it was busy and writes it in a single round trip, so 16 busy connections cost one
+commit, not sixteen. There are a few writers (``writers``), each on a connection of
+its own, so that a batch is sent while the previous one waits for its WAL flush: on
+this class of disk a flush takes ~2 ms, and with one writer every message waited for
+one flush in progress plus its own. PostgreSQL flushes concurrent commits together.
+
+Order: the relay publishes ``adt_event_queue`` in id order, which is commit order
+except between batches committed concurrently. Those never hold two messages one of
+which the sender sent after the other's ACK, and the MLLP server hands a connection's
+next frames to the store only after the ACKs of the previous ones, so a connection's
+messages always commit in the order it sent them: `adt.events` keeps each sender's
+order per patient.
 
 Retransmissions: the accepted-message unique index on (MSH-4, MSH-10) turns a resend
 into ``ON CONFLICT DO NOTHING``; the resend gets the stored ACK of the original and a
@@ -31,13 +44,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adt_listener.intake import Intake
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_deadletter import Finding as DeadLetterFinding
-from schemas.adt_event import AdtEventV1
 from services import metrics
 
 log = logging.getLogger(__name__)
@@ -49,24 +60,33 @@ WITH incoming AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
         $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::text[], $14::uuid[], $15::text[],
-        $16::bool[], $17::text[], $18::text[], $19::bytea[]
+        $16::bool[], $17::timestamptz[], $18::text[], $19::text[], $20::bytea[]
     ) WITH ORDINALITY AS t(id, channel, sender, sending_facility, control_id, message_type, trigger_event,
                            hl7_version, ack_code, errors, ack, raw, charset, event_id, patient_key,
-                           conformance_checked, topic, key, payload, ord)
+                           conformance_checked, received_at, topic, key, payload, ord)
 ), stored AS (
     INSERT INTO adt_message (id, channel, sender, sending_facility, control_id, message_type,
                              trigger_event, hl7_version, ack_code, errors, ack, raw, charset,
-                             event_id, patient_key, conformance_checked)
+                             event_id, patient_key, conformance_checked, received_at)
     SELECT id, channel, sender, sending_facility, control_id, message_type, trigger_event,
            hl7_version, ack_code, errors::jsonb, ack, raw, charset, event_id, patient_key,
-           conformance_checked
-    FROM incoming ORDER BY ord
+           conformance_checked, received_at
+    -- Key order, not arrival order: concurrent writers then take the unique index's
+    -- locks in the same order and two crossing retransmissions cannot deadlock; within
+    -- a key, the first to arrive is the one kept.
+    FROM incoming ORDER BY sending_facility, control_id, ord
     ON CONFLICT (sending_facility, control_id) WHERE ack_code = 'AA' DO NOTHING
     RETURNING id
 ), queued AS (
+    INSERT INTO adt_event_queue (message_id)
+    SELECT i.id FROM incoming i JOIN stored s ON s.id = i.id
+    WHERE i.payload IS NULL
+    ORDER BY i.ord
+), dead AS (
     INSERT INTO outbox (topic, key, payload, event_id)
     SELECT i.topic, i.key, i.payload, coalesce(i.event_id, i.id)
     FROM incoming i JOIN stored s ON s.id = i.id
+    WHERE i.payload IS NOT NULL
     ORDER BY i.ord
 )
 SELECT id FROM stored
@@ -86,8 +106,6 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bytea[])
 """
 
 
-# Serializes straight to bytes (model_dump_json gives str, which we would encode again).
-_EVENT_JSON: TypeAdapter[AdtEventV1] = TypeAdapter(AdtEventV1)
 _NO_FINDINGS = "[]"
 
 
@@ -114,18 +132,16 @@ class _Pending:
     channel: str
     sender: str
     check_conformance: bool
+    received_at: dt.datetime
     future: asyncio.Future[Stored] = field(repr=False)
 
 
-def _outbox_payload(
-    item: _Pending, findings: list[dict[str, Any]], received_at: dt.datetime
-) -> tuple[str, str | None, bytes]:
+def _dead_letter(item: _Pending, findings: list[dict[str, Any]]) -> tuple[str | None, bytes]:
+    """(key, payload) of the `adt.deadletter` record of a rejected message."""
     intake = item.intake
-    if intake.ack_code == "AA" and intake.event is not None:
-        return "adt_events", intake.patient_key, _EVENT_JSON.dump_json(intake.event)
     dead_letter = AdtDeadLetterV1(
         message_id=intake.message_id,
-        received_at=received_at,
+        received_at=item.received_at,
         channel="http" if item.channel == "http" else "mllp",
         sender=item.sender,
         sending_facility=intake.sending_facility,
@@ -135,11 +151,47 @@ def _outbox_payload(
         errors=[DeadLetterFinding.model_validate(f) for f in findings],
         raw_base64=base64.b64encode(intake.raw).decode(),
     ).model_dump_json().encode()
-    return "adt_deadletter", intake.sending_facility or None, dead_letter
+    return intake.sending_facility or None, dead_letter
+
+
+class _Lane:
+    """One writer's own connection, kept across batches: a pool checkout would cost a
+    pre-ping round trip per commit. Reconnects after any failure.
+
+    The asyncpg connection under it is looked up once: SQLAlchemy's
+    `get_raw_connection` runs through a greenlet, a cost paid per commit otherwise."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._raw: Any = None  # asyncpg connection of _conn
+
+    async def driver(self) -> Any:
+        if self._raw is None:
+            if self._conn is None:
+                self._conn = await self._engine.connect()
+            raw_conn = await self._conn.get_raw_connection()
+            self._raw = raw_conn.driver_connection
+        return self._raw
+
+    async def drop(self) -> None:
+        self._raw = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def close(self) -> None:
+        self._raw = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
 
 
 class MessageStore:
-    """Queue of messages waiting for custody, drained by one group-commit writer."""
+    """Queue of messages waiting for custody, drained by a few group-commit writers."""
 
     def __init__(
         self,
@@ -147,40 +199,58 @@ class MessageStore:
         topics: Topics,
         *,
         max_batch: int = 512,
-        on_commit: Callable[[], None] | None = None,
+        writers: int = 2,
+        on_events: Callable[[], None] | None = None,
+        on_dead_letters: Callable[[], None] | None = None,
     ) -> None:
+        """``on_events`` / ``on_dead_letters``: called after a commit that queued events /
+        wrote dead letters, to wake the relay that publishes them."""
+        if writers < 1:
+            raise ValueError(f"writers must be positive, got {writers}")
         self._engine = engine
         self._topics = topics
         self._max_batch = max_batch
-        self._on_commit = on_commit
+        self._on_events = on_events
+        self._on_dead_letters = on_dead_letters
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._conn: AsyncConnection | None = None
-        self._raw: Any = None  # asyncpg connection of _conn
+        self._lanes = [_Lane(engine) for _ in range(writers)]
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="message-store")
+        self._tasks = [
+            asyncio.create_task(self._run(lane), name=f"message-store-{n}") for n, lane in enumerate(self._lanes)
+        ]
 
     async def stop(self) -> None:
         """Write everything already queued, then stop (the SIGTERM drain)."""
-        if self._task is None:
+        if not self._tasks:
             return
-        await self._queue.put(None)
-        await self._task
-        self._task = None
-        if self._conn is not None:
-            self._raw = None
-            await self._conn.close()
-            self._conn = None
+        for _ in self._tasks:
+            await self._queue.put(None)  # one per writer: each stops at the first it takes
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
+        for lane in self._lanes:
+            await lane.close()
 
-    async def store(self, intake: Intake, *, channel: str, sender: str, check_conformance: bool) -> Stored:
-        if self._task is None or self._task.done():
+    async def store(
+        self,
+        intake: Intake,
+        *,
+        channel: str,
+        sender: str,
+        check_conformance: bool,
+        received_at: dt.datetime | None = None,
+    ) -> Stored:
+        """Commit the message; ``received_at`` (default now) is the time intake decided with,
+        kept in the row because the event derived later carries it."""
+        if not self._tasks or any(t.done() for t in self._tasks):
             raise StoreUnavailable("store is not running")
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(intake, channel, sender, check_conformance, future))
+        when = received_at if received_at is not None else dt.datetime.now(dt.UTC)
+        self._queue.put_nowait(_Pending(intake, channel, sender, check_conformance, when, future))
         return await future
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
         stopping = False
         while not stopping:
             first = await self._queue.get()
@@ -193,13 +263,13 @@ class MessageStore:
                     stopping = True
                     break
                 batch.append(item)
-            await self._write(batch)
+            await self._write(lane, batch)
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, lane: _Lane, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(_STATEMENT_TIMEOUT_S):  # no Task per batch, unlike wait_for
-                results = await self._write_batch(batch)
+                results = await self._write_batch(lane, batch)
         except Exception as exc:  # every database failure means the same to the sender: not stored
             log.error("store: batch of %d not stored: %s", len(batch), type(exc).__name__)
             metrics.STORE_FAILURES.inc()
@@ -209,22 +279,36 @@ class MessageStore:
             return
         metrics.STORE_BATCH_SIZE.observe(len(batch))
         metrics.STORE_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        events = dead = False
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
-        if self._on_commit is not None:
-            self._on_commit()
+            if not result.duplicate:
+                if item.intake.ack_code == "AA":
+                    events = True
+                else:
+                    dead = True
+        if events and self._on_events is not None:
+            self._on_events()
+        if dead and self._on_dead_letters is not None:
+            self._on_dead_letters()
 
-    async def _write_batch(self, batch: list[_Pending]) -> list[Stored]:
+    async def _write_batch(self, lane: _Lane, batch: list[_Pending]) -> list[Stored]:
         # One array per column (unnest ... WITH ORDINALITY numbers the rows in batch order).
-        cols: list[list[object]] = [[] for _ in range(19)]
+        cols: list[list[object]] = [[] for _ in range(20)]
         (c_id, c_channel, c_sender, c_facility, c_control, c_type, c_trigger, c_version, c_code, c_errors,
-         c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_topic, c_key, c_payload) = cols
-        now = dt.datetime.now(dt.UTC)
+         c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_received, c_topic, c_key, c_payload) = cols
+        dead_letter_topic = self._topics.adt_deadletter
         for item in batch:
             i = item.intake
-            findings = [asdict(f) for f in i.findings]
-            kind, key, payload = _outbox_payload(item, findings, now)
+            findings = [asdict(f) for f in i.findings] if i.findings else []
+            if i.ack_code == "AA":
+                # The event is derived after the commit (adt_listener.events): the row in
+                # adt_event_queue is all this statement writes for it (payload NULL).
+                topic, key, payload = None, None, None
+            else:
+                topic = dead_letter_topic
+                key, payload = _dead_letter(item, findings)
             c_id.append(i.message_id)
             c_channel.append(item.channel)
             c_sender.append(item.sender)
@@ -241,11 +325,12 @@ class MessageStore:
             c_event.append(i.event_id)
             c_patient.append(i.patient_key)
             c_checked.append(not item.check_conformance)
-            c_topic.append(self._topics.adt_events if kind == "adt_events" else self._topics.adt_deadletter)
+            c_received.append(item.received_at)
+            c_topic.append(topic)
             c_key.append(key)
             c_payload.append(payload)
 
-        driver = await self._driver()
+        driver = await lane.driver()
         try:
             rows = await driver.fetch(_INSERT, *cols)
             inserted = {r["id"] for r in rows}
@@ -258,31 +343,9 @@ class MessageStore:
             if missing:
                 await self._resolve_duplicates(driver, batch, missing, results)
         except BaseException:
-            await self._drop_connection()
+            await lane.drop()
             raise
         return [r for r in results if r is not None]
-
-    async def _driver(self) -> Any:
-        """The writer's own connection, kept across batches: a pool checkout would cost a
-        pre-ping round trip per commit. Reconnects after any failure.
-
-        The asyncpg connection under it is looked up once: SQLAlchemy's
-        `get_raw_connection` runs through a greenlet, a cost paid per commit otherwise."""
-        if self._raw is None:
-            if self._conn is None:
-                self._conn = await self._engine.connect()
-            raw_conn = await self._conn.get_raw_connection()
-            self._raw = raw_conn.driver_connection
-        return self._raw
-
-    async def _drop_connection(self) -> None:
-        self._raw = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            with contextlib.suppress(Exception):
-                await conn.close()
 
     async def _resolve_duplicates(
         self, driver: Any, batch: list[_Pending], missing: list[int], results: list[Stored | None]

@@ -1,8 +1,19 @@
-"""From `adt.events` records to the store: decode, one transaction per event, retries.
+"""From `adt.events` records to the store: decode, group commit per lane, retries.
 
 Records of one Kafka key (one hospital patient) are applied in offset order; records
 of different keys are applied concurrently on ``lanes`` connections, a lane chosen by
 the key, so per-patient order holds and one slow patient does not hold up the rest.
+
+Group commit: a lane applies its records in order in one transaction (at most
+``group_max`` at a time), so a burst costs one BEGIN/COMMIT and one connection checkout
+instead of one per record (a group also ends at a record that made a candidate: see
+`Lane._group`). Each record is still applied exactly as alone: its dedupe
+row, history, decision and outbox rows are written in that transaction, and later
+records of the group see them. If anything in a group fails, the transaction rolls back
+as a whole (nothing of the group is kept) and the lane applies the same records again
+one by one, each in its own transaction with the usual retries, so a record that fails
+alone fails as it would have alone, and the others' effects are neither lost nor
+duplicated.
 
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
 it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
@@ -15,19 +26,21 @@ instances create the same person at once) are retried here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc import metrics
+from enrollment_svc.sql import Sql, driver_connection
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
 
@@ -38,10 +51,105 @@ _RETRIES = 5
 _RETRYABLE = frozenset({"40001", "40P01", "23505"})
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-    return code if isinstance(code, str) else None
+# PostgreSQL re-plans a prepared statement on every execution for as long as it judges custom
+# plans cheaper than the generic one (it does for statements with ANY($n), LIMIT or CTEs, as the
+# store's are), and planning then costs more CPU than executing. Every statement of the ADT path
+# reads by key or by index whatever its parameters (their generic plans were checked with EXPLAIN),
+# so one generic plan per statement and connection is what they need. SET LOCAL: the pooled
+# connection goes back to the pool without it.
+_BEGIN = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of an asyncpg error, bare or wrapped by SQLAlchemy (``DBAPIError.orig``)."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def lane_of(key: bytes | None, lanes: int) -> int:
+    """The lane of a Kafka key: every record of one key goes through one lane, in order."""
+    return zlib.crc32(key or b"") % lanes
+
+
+class Lane:
+    """One pooled connection applying one lane's events, in order, group-committed."""
+
+    def __init__(self, handler: AdtEventHandler, driver: Any) -> None:
+        self._handler = handler
+        self._driver = driver
+        self._sql = Sql(driver)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        await self._driver.execute(_BEGIN)  # one round trip: BEGIN and the transaction's settings
+        try:
+            yield
+        except BaseException:
+            # A broken connection cannot roll back: `AdtEventHandler.lane` then discards it.
+            with contextlib.suppress(Exception):
+                await self._driver.execute("ROLLBACK")
+            raise
+        await self._driver.execute("COMMIT")
+
+    async def apply(self, events: Sequence[AdtEventV1]) -> list[Applied]:
+        step = self._handler.group_max
+        applied: list[Applied] = []
+        for i in range(0, len(events), step):
+            applied += await self._group(events[i : i + step])
+        return applied
+
+    async def _group(self, events: Sequence[AdtEventV1]) -> list[Applied]:
+        if len(events) == 1:
+            return [await self._one(events[0])]
+        store, clock = self._handler.store, self._handler.clock
+        applied: list[Applied] = []
+        while len(applied) < len(events):
+            rest = events[len(applied) :]
+            done: list[Applied] = []
+            started = time.perf_counter()
+            try:
+                async with self._transaction():
+                    for event in rest:
+                        done.append(await store.apply_adt_event(self._sql, event, clock()))
+                        if done[-1].candidate_id is not None:
+                            # Commit now: a new candidate holds its program's capacity row until
+                            # commit, and every instance's next candidate for the program waits on it.
+                            break
+            except Exception as exc:  # rolled back as a whole: redo the rest one event per transaction
+                log.info("group of %d events failed (%s, sqlstate %s); applying them one by one",
+                         len(rest), type(exc).__name__, _sqlstate(exc))
+                return applied + [await self._one(event) for event in rest]
+            seconds = time.perf_counter() - started
+            for event, one in zip(rest, done, strict=False):
+                _committed(event, one, seconds)
+            applied += done
+        return applied
+
+    async def _one(self, event: AdtEventV1) -> Applied:
+        """Apply one event in its own transaction, retrying conflicts with other transactions."""
+        started = time.perf_counter()
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                async with self._transaction():
+                    applied = await self._handler.store.apply_adt_event(self._sql, event, self._handler.clock())
+                break
+            except Exception as exc:
+                if _sqlstate(exc) not in _RETRYABLE or attempt == _RETRIES:
+                    raise
+                await asyncio.sleep(0.01 * attempt)
+        _committed(event, applied, time.perf_counter() - started)
+        return applied
+
+
+def _committed(event: AdtEventV1, applied: Applied, seconds: float) -> None:
+    metrics.record(applied, seconds)
+    if applied.candidate_id is not None:
+        log.info("candidate %s (%s, %s) for person %s from event %s", applied.candidate_id,
+                 applied.evaluation.proposed if applied.evaluation else "", applied.candidate_status,
+                 applied.person_id, event.event_id)
 
 
 class AdtEventHandler:
@@ -51,20 +159,21 @@ class AdtEventHandler:
         store: EnrollmentStore,
         *,
         lanes: int = 8,
+        group_max: int = 64,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._store = store
-        self._lanes = lanes
-        self._clock = clock
+        self.store = store
+        self.lanes = lanes
+        self.group_max = group_max
+        self.clock = clock
         self._on_commit = on_commit
 
     async def __call__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         lanes: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
         for record in records:
-            lane = zlib.crc32(record.key or b"") % self._lanes
-            lanes.setdefault(lane, []).append(record)
+            lanes.setdefault(lane_of(record.key, self.lanes), []).append(record)
         # Every lane finishes (or fails) before the batch is judged: no lane keeps writing after
         # the consumer has given up on the batch and is about to read it again.
         results = await asyncio.gather(*(self._run_lane(batch) for batch in lanes.values()), return_exceptions=True)
@@ -75,13 +184,27 @@ class AdtEventHandler:
             self._on_commit()
 
     async def _run_lane(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        events: list[AdtEventV1] = []
         for record in records:
             try:
-                event = AdtEventV1.model_validate_json(record.value)
+                events.append(AdtEventV1.model_validate_json(record.value))
             except ValidationError:
                 await self._keep_undecodable(record)
-                continue
-            await self.apply(event)
+        if events:
+            async with self.lane() as lane:
+                await lane.apply(events)
+
+    @contextlib.asynccontextmanager
+    async def lane(self) -> AsyncIterator[Lane]:
+        """A lane on one pooled connection, for as long as the caller has events for it."""
+        async with self._engine.connect() as conn:
+            driver = await driver_connection(conn)
+            try:
+                yield Lane(self, driver)
+            finally:
+                if driver.is_in_transaction():
+                    # Cancelled mid-transaction: the pool must not hand this connection on.
+                    await conn.invalidate()
 
     async def _keep_undecodable(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Keep a record that breaks the contract (table ``undecodable_event``), then skip it."""
@@ -99,19 +222,5 @@ class AdtEventHandler:
 
     async def apply(self, event: AdtEventV1) -> Applied:
         """Apply one event in its own transaction, retrying conflicts with other transactions."""
-        started = time.perf_counter()
-        for attempt in range(1, _RETRIES + 1):
-            try:
-                async with self._engine.begin() as conn:
-                    applied = await self._store.apply_adt_event(conn, event, self._clock())
-                break
-            except (IntegrityError, DBAPIError) as exc:
-                if _sqlstate(exc) not in _RETRYABLE or attempt == _RETRIES:
-                    raise
-                await asyncio.sleep(0.01 * attempt)
-        metrics.record(applied, time.perf_counter() - started)
-        if applied.candidate_id is not None:
-            log.info("candidate %s (%s, %s) for person %s from event %s", applied.candidate_id,
-                     applied.evaluation.proposed if applied.evaluation else "", applied.candidate_status,
-                     applied.person_id, event.event_id)
-        return applied
+        async with self.lane() as lane:
+            return (await lane.apply([event]))[0]

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("services.up", "run the whole system on this machine (embedded PostgreSQL and broker if unset)"),
     "listener": ("adt_listener.service", "run the ADT listener (MLLP + HTTP + outbox relay)"),
     "enrollment": ("enrollment_svc.service", "run the enrollment service (adt.events consumer, rules, care team API)"),
-    "notifier": ("notifier.service", "run the notifier (care teams and PCPs told of candidates, enrollments, encounters)"),
+    "notifier": ("notifier.service", "run the notifier (care teams and PCPs: candidates, enrollments, encounters)"),
     "load-roster": ("notifier.roster_cmd", "load a health plan's PCP attribution roster (CSV) into the database"),
     "replay": ("enrollment_svc.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
     "migrate": ("services.migrate_cmd", "apply database migrations and exit"),

@@ -9,6 +9,12 @@ Exactly one relay publishes at a time: leadership is a PostgreSQL session adviso
 lock held on a dedicated connection, so any number of replicas can run one and
 order per key is kept (two relays racing would interleave). If the leader dies, its
 connection closes, the lock is released and another replica takes over.
+
+What is relayed comes from an `OutboxSource`: by default `OutboxTable` (rows that
+carry their topic, key and payload). A service whose records are cheaper to derive
+after the commit than before it (the listener's `adt.events`, see
+`adt_listener.events`) passes a source of its own and its own ``lock_key``; the
+ordering, leadership, backoff and delete-after-ack rules stay the ones here.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,6 +42,52 @@ _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _COUNT = "SELECT count(*) FROM outbox"
 
 
+class OutboxSource(Protocol):
+    """Where a relay reads its records, in order, and how it forgets them once published.
+
+    Each method gets the leader's asyncpg connection; each statement is its own
+    transaction (no snapshot is held while the broker takes its time).
+    """
+
+    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[Record]]:
+        """Up to ``limit`` rows in publishing order: (their ids, the records to publish).
+
+        A row may yield no record (``ids`` then has more entries than ``records``):
+        it is deleted with the others."""
+
+    async def delete(self, driver: Any, ids: Sequence[int]) -> None: ...
+
+    async def count(self, driver: Any) -> int:
+        """Rows waiting (for the backlog gauge; may scan)."""
+
+
+class OutboxTable:
+    """The ``outbox`` table: every row carries its topic, key, payload and event id."""
+
+    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[Record]]:
+        rows = await driver.fetch(_SELECT, limit)
+        records = [
+            Record(
+                topic=topic,
+                key=key.encode() if key is not None else None,
+                value=bytes(payload),
+                headers=(("event_id", str(event_id).encode()),),
+            )
+            for _id, topic, key, payload, event_id in rows
+        ]
+        return [r[0] for r in rows], records
+
+    async def delete(self, driver: Any, ids: Sequence[int]) -> None:
+        await driver.execute(_DELETE, list(ids))
+
+    async def count(self, driver: Any) -> int:
+        return int(await driver.fetchval(_COUNT))
+
+
+class _Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -47,8 +100,15 @@ class OutboxRelay:
         max_backoff_s: float = 5.0,
         standby_interval_s: float = 1.0,
         linger_s: float = 0.02,
+        source: OutboxSource | None = None,
+        backlog_gauge: _Gauge | None = None,
+        leader_gauge: _Gauge | None = None,
     ) -> None:
         self._engine = engine
+        self._source: OutboxSource = source or OutboxTable()
+        # A process may run two relays (two sources, two lock keys): each reports its own.
+        self._backlog_gauge: _Gauge = backlog_gauge or metrics.OUTBOX_BACKLOG
+        self._leader_gauge: _Gauge = leader_gauge or metrics.RELAY_LEADER
         self._publisher = publisher
         self._lock_key = lock_key
         self._batch = batch
@@ -106,7 +166,7 @@ class OutboxRelay:
 
     def _set_leader(self, leader: bool) -> None:
         self.is_leader = leader
-        metrics.RELAY_LEADER.set(1 if leader else 0)
+        self._leader_gauge.set(1 if leader else 0)
 
     async def _lead(self, lock_conn: AsyncConnection, stop: asyncio.Event) -> None:
         self._set_leader(True)
@@ -145,37 +205,29 @@ class OutboxRelay:
         """One batch over an asyncpg connection, each statement in its own transaction:
         no snapshot is held open while the broker takes its time, and with one leader
         nobody else deletes rows between our read and our delete."""
-        rows = await driver.fetch(_SELECT, self._batch)
-        if not rows:
+        ids, records = await self._source.fetch(driver, self._batch)
+        if not ids:
             self._backlog(0)
             return 0
-        records = [
-            Record(
-                topic=topic,
-                key=key.encode() if key is not None else None,
-                value=bytes(payload),
-                headers=(("event_id", str(event_id).encode()),),
-            )
-            for _id, topic, key, payload, event_id in rows
-        ]
-        await self._publisher.publish(records)
-        await driver.execute(_DELETE, [r[0] for r in rows])
-        if len(rows) < self._batch:
+        if records:
+            await self._publisher.publish(records)
+        await self._source.delete(driver, ids)
+        if len(ids) < self._batch:
             self._backlog(0)  # we read everything there was
         elif time.monotonic() - self._counted_at >= _BACKLOG_COUNT_INTERVAL_S:
             # A full batch: more is waiting. Counting scans the table, so the gauge is
             # refreshed now and then, not per batch.
-            self._backlog(int(await driver.fetchval(_COUNT)))
+            self._backlog(await self._source.count(driver))
         per_topic: dict[str, int] = {}
         for r in records:
             per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
         for topic, n in per_topic.items():
             metrics.OUTBOX_PUBLISHED.labels(topic=topic).inc(n)
-        return len(rows)
+        return len(ids)
 
     def _backlog(self, rows: int) -> None:
         self._counted_at = time.monotonic()
-        metrics.OUTBOX_BACKLOG.set(rows)
+        self._backlog_gauge.set(rows)
 
 
 async def _driver(conn: AsyncConnection) -> Any:

@@ -46,9 +46,13 @@ async def db_fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.R
         await conn.close()
 
 
+# What is still to be published: the shared outbox and the listener's adt.events queue.
+UNPUBLISHED = "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM adt_event_queue) AS n"
+
+
 async def wait_outbox_empty(database_url: str, timeout_s: float = 20.0) -> None:
     for _ in range(int(timeout_s / 0.1)):
-        rows = await db_fetch(database_url, "SELECT count(*) AS n FROM outbox")
+        rows = await db_fetch(database_url, UNPUBLISHED)
         if rows[0]["n"] == 0:
             return
         await asyncio.sleep(0.1)

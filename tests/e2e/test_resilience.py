@@ -20,7 +20,7 @@ from adt_listener.synthetic import synthetic_feed
 from services.embedded import free_port
 from tests.conftest import ADMIN_DSN, Broker
 from tests.e2e.conftest import StartListener
-from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, wait_outbox_empty
+from tests.e2e.helpers import UNPUBLISHED, ack_code, ack_fields, control_id, db_fetch, wait_outbox_empty
 from tests.kafka_util import read_topic
 
 ACCEPTED = ("AA", "CA")
@@ -43,7 +43,7 @@ async def test_broker_outage_keeps_acking_and_backlog_drains(
 
         own_broker.stop()
         assert await codes(client, during) <= set(ACCEPTED)
-        backlog = await db_fetch(database_url, "SELECT count(*) AS n FROM outbox")
+        backlog = await db_fetch(database_url, UNPUBLISHED)
         assert backlog[0]["n"] == 30  # stored, waiting for the broker
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.endpoints.http_port}") as http:
             ready = await http.get("/readyz")

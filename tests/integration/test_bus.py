@@ -51,3 +51,38 @@ async def test_unreachable_broker_raises_bus_unavailable() -> None:
     fake = MemoryPublisher(available=False)
     with pytest.raises(BusUnavailable):
         await fake.publish([Record("t", None, b"x")])
+
+
+async def test_kafka_batches_land_where_the_default_partitioner_puts_each_key(broker: Broker) -> None:
+    """One batch per partition must not move a key: murmur2 as aiokafka's `send` (and the
+    Java client) would place it, order kept within each key, headers kept, across batches
+    larger than aiokafka's default batch size."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    topic = f"contract.{uuid.uuid4().hex[:8]}"
+    pub = KafkaPublisher(broker.bootstrap)
+    try:
+        value = b"x" * 3000  # 40 records of 3 kB: more than aiokafka's default 16 kB batch
+        records = [
+            Record(topic, f"patient-{i % 7}".encode(), value + str(i).encode(), (("event_id", str(i).encode()),))
+            for i in range(40)
+        ]
+        await pub.publish(records[:20])
+        await pub.publish(records[20:])
+    finally:
+        await pub.close()
+    got = await read_topic(broker.bootstrap, topic, expect=40)
+    assert len(got) == 40
+    probe = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await probe.start()
+    try:
+        partitions = sorted(await probe.partitions_for(topic))
+    finally:
+        await probe.stop()
+    assert len(partitions) > 1
+    for r in got:
+        assert r.partition == DefaultPartitioner()(r.key, partitions, partitions)
+        assert dict(r.headers)["event_id"] == r.value[3000:]
+    for key in {r.key for r in records}:
+        assert [g.value for g in got if g.key == key] == [r.value for r in records if r.key == key]

@@ -1,4 +1,4 @@
-"""Ingestion: raw ADT messages, duplicates, the transactional outbox, feed conformance.
+"""Ingestion: raw ADT messages, duplicates, the transactional outbox, the event queue, feed conformance.
 
 Revision ID: 0001
 """
@@ -81,6 +81,17 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
 
+    # Accepted messages whose adt.events record is still to be published. The event is
+    # derived from the stored raw message after the commit (adt_listener/events.py), so
+    # the row is only a reference; the relay publishes in id order and deletes once the
+    # broker has acknowledged. No foreign key: the row is written in the same statement
+    # as its message, and a per-row check would cost the group commit an index probe.
+    op.create_table(
+        "adt_event_queue",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("message_id", pg.UUID(as_uuid=True), nullable=False),
+    )
+
     # hl7apy conformance findings, one row per (message, finding); aggregated into the
     # per-facility feed-quality report.
     op.create_table(
@@ -100,6 +111,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("conformance_finding")
+    op.drop_table("adt_event_queue")
     op.drop_table("outbox")
     op.drop_table("adt_duplicate")
     op.drop_table("adt_message")

@@ -148,6 +148,10 @@ def upgrade() -> None:
         "candidate_one_active_uq", "candidate", ["person_id"], unique=True, postgresql_where=sa.text(ACTIVE)
     )
     op.create_index("candidate_program_status_ix", "candidate", ["program", "status", "seq"])
+    # A person's candidates (the active one, "one episode per stay", merges): without it each
+    # ADT decision scans the whole table, since the partial index above cannot serve a prepared
+    # statement's `status = ANY($1)`.
+    op.create_index("candidate_person_ix", "candidate", ["person_id", "program"])
     op.create_index(
         "candidate_pending_expiry_ix", "candidate", ["expires_at"], postgresql_where=sa.text("status = 'pending'")
     )
