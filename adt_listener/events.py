@@ -37,6 +37,9 @@ import datetime as dt
 import logging
 import multiprocessing
 import os
+import signal
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -97,6 +100,23 @@ def derive_batch(
     return out
 
 
+def _worker_init(listener_pid: int) -> None:
+    """The deriving process: low priority, deaf to Ctrl-C (the listener drains on it, then
+    shuts the pool down), and gone when the listener is: a listener killed without its
+    drain (SIGKILL, out of memory) cannot shut the pool down, and the worker would idle
+    on forever. The listener's pid is passed in, not read here: if the listener died
+    while the worker was starting, the parent read here would already be init."""
+    os.nice(_WORKER_NICE)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == listener_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="listener-watch", daemon=True).start()
+
+
 class DerivedEvents:
     """`services.outbox.OutboxSource` of ``adt_event_queue``: derive, then publish to ``topic``.
 
@@ -117,8 +137,8 @@ class DerivedEvents:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=os.nice,
-                initargs=(_WORKER_NICE,),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
