@@ -73,7 +73,13 @@ SELECT q.id, m.id AS message_id, m.raw, m.received_at, m.event_id, m.patient_key
 FROM adt_event_queue q JOIN adt_message m ON m.id = q.message_id
 ORDER BY q.id LIMIT $1
 """
-_ORPHANS = "SELECT id FROM adt_event_queue ORDER BY id LIMIT $1"
+# Only rows whose message is missing: a plain "rest of the queue" would also take a valid row
+# committed between the two reads (read committed) and drop its event.
+_ORPHANS = """
+SELECT q.id FROM adt_event_queue q
+WHERE NOT EXISTS (SELECT 1 FROM adt_message m WHERE m.id = q.message_id)
+ORDER BY q.id LIMIT $1
+"""
 _DELETE = "DELETE FROM adt_event_queue WHERE id = ANY($1::bigint[])"
 _COUNT = "SELECT count(*) FROM adt_event_queue"
 
