@@ -110,6 +110,10 @@ async def load_county(dsn: str, persons: int, encounters: int, facility: str) ->
         # set, as autovacuum leaves them, rather than first touched by the live feed.
         await conn.execute("VACUUM (ANALYZE) person, identity, encounter")
         await conn.execute("ANALYZE")
+        # Nor is it in the middle of writing out a bulk load: without this, the checkpoints the
+        # load's WAL sets off run through the live feed and their page images inflate every commit.
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
         # What was loaded, for --reuse-db (a database comment: no table the schema does not know).
         name = await conn.fetchval("SELECT current_database()")
         size = json.dumps({"persons": persons, "encounters": encounters})

@@ -4,6 +4,10 @@ Records of one Kafka key (one hospital patient) are applied in offset order; rec
 of different keys are applied concurrently on ``lanes`` connections, a lane chosen by
 the key, so per-patient order holds and one slow patient does not hold up the rest.
 
+A lane holds one pooled connection and speaks to it through the asyncpg driver
+(`enrollment_svc.sql`), managing its transactions itself: the store's statements are
+short, and SQLAlchemy's per-statement work cost more than the statements did.
+
 Group commit: a lane applies its records in order in one transaction (at most
 ``group_max`` at a time), so a burst costs one BEGIN/COMMIT and one connection checkout
 instead of one per record (a group also ends at a record that made a candidate: see

@@ -10,6 +10,7 @@ candidate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -228,3 +229,29 @@ async def test_two_instances_grouping_events_of_one_person_make_one_candidate(en
         )
         persons = await conn.scalar(text("SELECT count(DISTINCT person_id) FROM encounter"))
     assert active == 1 and persons == 1
+
+
+async def test_a_lane_cancelled_mid_group_keeps_nothing_of_it_and_leaves_a_clean_pool(engine: AsyncEngine) -> None:
+    handler = AdtEventHandler(engine, EnrollmentStore(rules()), lanes=1, clock=lambda: NOW)
+    events = [ev for n in range(1, 31) for ev in stay(n, days_ago=n, mrn=f"CX-{n}")]
+
+    async def run() -> None:
+        async with handler.lane() as lane:
+            await lane.apply(events)
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.05)  # somewhere inside the group (or, on a very fast machine, done)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # All of the group or none of it: one transaction.
+    assert (await counts(engine))["processed"] in (0, len(events))
+    async with engine.connect() as conn:
+        stuck = await conn.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in%'"
+        ))
+    assert stuck == 0
+    # The pool's connections work; the events apply when they come again.
+    applied = [await handler.apply(ev) for ev in events]
+    assert (await counts(engine))["processed"] == len(events)
+    assert all(a.duplicate for a in applied) or not any(a.duplicate for a in applied)
