@@ -2,7 +2,10 @@
 
 1. Loads a synthetic county into a fresh database (default 1,000,000 persons, each with
    one hospital identity, and 5,000,000 past encounters spread over two years), with
-   SQL `generate_series`, so the load itself is quick and no PHI exists.
+   SQL `generate_series`, so the load itself is quick and no PHI exists (secondary
+   indexes built after the rows, foreign-key triggers skipped when the user may, then
+   VACUUM ANALYZE and a CHECKPOINT: the county is in the state of a live one, not of a
+   bulk load still being written out).
 2. Replays a live-rate feed of admissions (A01) for random persons at ``--rate``
    events/s for ``--duration`` seconds, open loop. Each event goes to the lane of its
    patient key, as the Kafka consumer routes records (`handler.lane_of`); each lane
@@ -10,7 +13,10 @@
    (`AdtEventHandler.lane`: dedupe, identity, encounter fold, window counts, decision,
    candidate and outbox, group-committed), the way the consumer applies a fetched batch.
 3. Prints decisions/s, p50/p99/max latency from the event's scheduled time to its
-   commit, candidates made, then one JSON line with the same figures.
+   commit, candidates made, mean group size, CPU per event of this process and of the
+   lanes' PostgreSQL backends, how busy the whole machine was, the longest garbage
+   collector pause, then one JSON line with the same figures. On a shared machine the
+   CPU figures say whether a slow run was this code or its neighbours.
 
 Kafka is left out on purpose: the broker's delivery latency is the same with 10 or
 10,000,000 encounters; what this measures is that deciding does not grow with history.
