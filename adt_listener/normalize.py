@@ -22,14 +22,13 @@ Where each value comes from is written in the schema; the HL7 v2 rules applied h
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 import uuid
 from typing import TYPE_CHECKING, Literal
 
 from adt_listener.ack import Finding
 from adt_listener.er7 import Message, Segment
-from schemas.adt_event import AdtEventV1, event_id_for
+from schemas.adt_event import AdtEventV1, event_id_for, patient_key
 
 if TYPE_CHECKING:
     from adt_listener.intake import IntakePolicy
@@ -118,9 +117,6 @@ def _v(seg: Segment | None, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -
     """Stripped value, None for empty or the HL7 null ``""``."""
     return None if seg is None else seg.value(n, rep, comp, sub)
 
-
-def patient_key(authority: str, value: str) -> str:
-    return hashlib.sha256(f"{authority}|{value}".encode()).hexdigest()[:32]
 
 
 # The event is assembled as plain dicts and validated against `AdtEventV1` in ONE call

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class Listener:
         )
         app = build_app(
             self.ingestor, self.senders,
-            checks={"database": self._db_ok, "broker": self.publisher.ping},
+            checks={"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping},
             max_body_bytes=settings.mllp_max_frame_bytes,
             extra_routers=(feed_quality_router(self.engine, self.senders),),
         )
@@ -123,10 +124,6 @@ class Listener:
         self._run_relay = run_relay
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-
-    async def _db_ok(self) -> bool:
-        await db.ping(self.engine)
-        return True
 
     @property
     def endpoints(self) -> Endpoints:

@@ -45,12 +45,11 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from adt_listener.normalize import patient_key
 from enrollment_svc.handler import AdtEventHandler, lane_of
 from enrollment_svc.rules import Rules
 from enrollment_svc.service import rules_of
 from enrollment_svc.store import EnrollmentStore
-from schemas.adt_event import AdtEventV1, Identifier, Patient, Visit, event_id_for
+from schemas.adt_event import AdtEventV1, Identifier, Patient, Visit, event_id_for, patient_key
 from services import db, lifecycle
 from services.embedded import EmbeddedPostgres
 from services.settings import Settings

@@ -40,13 +40,13 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc import metrics
 from enrollment_svc.sql import Sql, driver_connection
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
+from services.consumer import keep_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,7 @@ class AdtEventHandler:
     async def _keep_undecodable(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Keep a record that breaks the contract (table ``undecodable_event``), then skip it."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                text(
-                    'INSERT INTO undecodable_event (topic, partition, "offset", value) VALUES (:t, :p, :o, :v) '
-                    "ON CONFLICT ON CONSTRAINT undecodable_event_uq DO NOTHING"
-                ),
-                {"t": record.topic, "p": record.partition, "o": record.offset, "v": record.value or b""},
-            )
+            await keep_undecodable(conn, record.topic, record.partition, record.offset, record.value or b"")
         metrics.EVENTS.labels(outcome="undecodable").inc()
         log.error("adt.events record at %s/%d offset %d does not decode; kept in undecodable_event, skipped",
                   record.topic, record.partition, record.offset)

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +34,7 @@ from services import db, lifecycle
 from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
-from services.health import ops_router
+from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay
 from services.settings import Settings
@@ -77,7 +78,7 @@ class EnrollmentService:
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
-        checks = {"database": self._db_ok, "broker": self.publisher.ping}
+        checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping}
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(enrollment_router(self.engine, self.store))
         self.app = app
@@ -85,22 +86,12 @@ class EnrollmentService:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def _db_ok(self) -> bool:
-        await db.ping(self.engine)
-        return True
-
-    async def _expire_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                async with self.engine.begin() as conn:
-                    expired = await self.store.expire_due(conn, dt.datetime.now(dt.UTC))
-                if expired:
-                    log.info("expired %d pending candidates", expired)
-                    self.relay.wake()
-            except Exception as exc:  # database trouble: try again next round
-                log.warning("expiry sweep failed: %s", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.expiry_interval_s)
+    async def _expire_once(self) -> None:
+        async with self.engine.begin() as conn:
+            expired = await self.store.expire_due(conn, dt.datetime.now(dt.UTC))
+        if expired:
+            log.info("expired %d pending candidates", expired)
+            self.relay.wake()
 
     async def __aenter__(self) -> EnrollmentService:
         async with self.engine.begin() as conn:
@@ -108,7 +99,10 @@ class EnrollmentService:
         self._tasks = [
             asyncio.create_task(self.relay.run(self._stop), name="enrollment-relay"),
             asyncio.create_task(self.consumer.run(self._stop), name="enrollment-consumer"),
-            asyncio.create_task(self._expire_loop(), name="enrollment-expiry"),
+            asyncio.create_task(
+                lifecycle.every(self._stop, self.settings.expiry_interval_s, self._expire_once, "expiry sweep"),
+                name="enrollment-expiry",
+            ),
         ]
         await self.http.start()
         log.info("enrollment service up: http %s, rules %s", self.settings.enrollment_http_port,

@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adt_listener.normalize import patient_key
 from enrollment_svc import eligibility, history, metrics
 from enrollment_svc.model import (
     EncounterEvent,
@@ -48,7 +47,7 @@ from enrollment_svc.model import (
 from enrollment_svc.rules import Rules
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import ACTIVE, HOLDS_SLOT, next_status
-from schemas.adt_event import AdtEventV1, Identifier, Provider
+from schemas.adt_event import AdtEventV1, Identifier, Provider, patient_key
 from schemas.enrollment import (
     CriterionV1,
     EncounterRef,

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier import dispatcher, policy, store
 from notifier.config import NotifyConfig
+from schemas.adt_event import patient_key
 from services.auth import User, current_user
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -64,7 +65,7 @@ class MemberIn(_Body):
         if self.medi_cal_id:
             return policy.medi_cal_key(self.medi_cal_id)
         assert self.authority is not None and self.value is not None
-        return policy.identity_key(self.authority, self.value)
+        return patient_key(self.authority, self.value)
 
 
 class PanelIn(_Body):

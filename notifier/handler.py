@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from notifier import metrics, policy, store
 from notifier.config import NotifyConfig
 from notifier.store import ENDED, CandidateState
-from schemas.adt_event import AdtEventV1, Identifier
+from schemas.adt_event import AdtEventV1
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
+from services.consumer import keep_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class NotifierHandler:
             else:
                 event = AdtEventV1.model_validate_json(value)
         except ValidationError:
-            await store.keep_undecodable(conn, topic, partition, offset, value)
+            await keep_undecodable(conn, topic, partition, offset, value)
             log.error("%s record at partition %d offset %d does not decode; kept in undecodable_event",
                       topic, partition, offset)
             return "undecodable", 0
@@ -161,8 +162,7 @@ class NotifierHandler:
             return 0
         if policy.encounter_event_kind(event) is None:
             return 0
-        identifiers: list[Identifier] = list(event.patient.identifiers)
-        keys = policy.keys_of(identifiers, event.patient.medi_cal_id, event.sending_facility)
+        keys = policy.keys_of(event.patient.identifiers, event.patient.medi_cal_id, event.sending_facility)
         found = await store.watchers(conn, keys)
         if not found:
             return 0

@@ -32,14 +32,13 @@ program the county's determination was made for (the minimum necessary for it to
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from notifier.config import NotifyConfig, RecipientConfig
 from notifier.model import Content, Diagnosis, Encounter, EventKind, Notice, Patient, PatientId, Practitioner
-from schemas.adt_event import AdtEventV1, Identifier, Provider
+from schemas.adt_event import AdtEventV1, Identifier, Provider, patient_key
 from schemas.enrollment import EnrollmentCandidateV1
 
 NOTICE_NAMESPACE = uuid.UUID("3e0c6f8a-54d1-5b7e-9f0a-2c4d6b8e1a37")  # fixed forever: ids dedupe
@@ -50,18 +49,12 @@ def notice_id(source_event_id: uuid.UUID, recipient_id: str) -> uuid.UUID:
     return uuid.uuid5(NOTICE_NAMESPACE, f"{source_event_id}\x1f{recipient_id}")
 
 
-def identity_key(authority: str, value: str) -> str:
-    """Same key as the listener's ``patient_key`` (schemas.adt_event: Patient.patient_key),
-    so identities match across topics without storing MRNs in clear."""
-    return hashlib.sha256(f"{authority}|{value}".encode()).hexdigest()[:32]
-
-
 def medi_cal_key(member_id: str) -> str:
-    return identity_key(MEDI_CAL_AUTHORITY, member_id.strip().upper())
+    return patient_key(MEDI_CAL_AUTHORITY, member_id.strip().upper())
 
 
 def keys_of(identifiers: Iterable[Identifier], medi_cal_id: str | None, facility: str) -> list[str]:
-    keys = [identity_key(i.assigning_authority or facility, i.value) for i in identifiers]
+    keys = [patient_key(i.assigning_authority or facility, i.value) for i in identifiers]
     if medi_cal_id:
         keys.append(medi_cal_key(medi_cal_id))
     return list(dict.fromkeys(keys))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from services import db, lifecycle
 from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
-from services.health import ops_router
+from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay
 from services.settings import Settings
@@ -102,7 +103,7 @@ class NotifierService:
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
-        checks = {"database": self._db_ok, "broker": self.publisher.ping}
+        checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping}
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(notifier_router(self.engine, self.config, self.dispatcher.wake))
         self.app = app
@@ -110,26 +111,16 @@ class NotifierService:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def _db_ok(self) -> bool:
-        await db.ping(self.engine)
-        return True
-
-    async def _gauges(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.dispatcher.refresh_gauges()
-            except Exception as exc:  # a metrics refresh never takes the service down
-                log.warning("notifier gauges: %s", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), _GAUGE_INTERVAL_S)
-
     async def __aenter__(self) -> NotifierService:
         self._tasks = [
             asyncio.create_task(self.relay.run(self._stop), name="notifier-relay"),
             asyncio.create_task(self.consumer.run(self._stop), name="notifier-consumer"),
             asyncio.create_task(self.dispatcher.run_planner(self._stop), name="notifier-planner"),
             asyncio.create_task(self.dispatcher.run_sender(self._stop), name="notifier-sender"),
-            asyncio.create_task(self._gauges(), name="notifier-gauges"),
+            asyncio.create_task(
+                lifecycle.every(self._stop, _GAUGE_INTERVAL_S, self.dispatcher.refresh_gauges, "notifier gauges"),
+                name="notifier-gauges",
+            ),
         ]
         await self.http.start()
         log.info("notifier up: http %s, configuration %s+%s", self.settings.notifier_http_port,

@@ -67,14 +67,6 @@ async def mark_processed(conn: AsyncConnection, event_id: uuid.UUID, topic: str)
     return row.first() is not None
 
 
-async def keep_undecodable(conn: AsyncConnection, topic: str, partition: int, offset: int, value: bytes) -> None:
-    await conn.execute(
-        text('INSERT INTO undecodable_event (topic, partition, "offset", value) VALUES (:t, :p, :o, :v) '
-             "ON CONFLICT ON CONSTRAINT undecodable_event_uq DO NOTHING"),
-        {"t": topic, "p": partition, "o": offset, "v": value},
-    )
-
-
 def _candidate_state(row: Any) -> CandidateState:
     proposal = EnrollmentCandidateV1.model_validate(row.proposal) if row.proposal is not None else None
     return CandidateState(row.candidate_id, row.person_id, row.program, row.status, proposal, row.enrolled_at,

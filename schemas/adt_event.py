@@ -15,6 +15,7 @@ null ``""`` also becomes ``None`` (the sender said "delete", we hold no value).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import Literal
 
@@ -25,6 +26,12 @@ SCHEMA_VERSION: Literal[1] = 1
 
 # Namespace for uuid5 event ids; fixed forever, changing it would break dedupe.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2d0e-3b7a-5c1e-9a44-0c7e2b8f5d31")
+
+
+def patient_key(authority: str, value: str) -> str:
+    """`Patient.patient_key` of an identifier (authority: CX-4, or the sending facility when
+    absent). Every service computes identity keys with this one function, so they match."""
+    return hashlib.sha256(f"{authority}|{value}".encode()).hexdigest()[:32]
 
 
 def event_id_for(sending_facility: str, control_id: str) -> uuid.UUID:

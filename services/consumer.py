@@ -19,10 +19,23 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
+
+
+async def keep_undecodable(conn: AsyncConnection, topic: str, partition: int, offset: int, value: bytes) -> None:
+    """Keep a record that breaks its topic's contract (table ``undecodable_event``) so it can
+    be inspected; the caller then skips it, so one bad record cannot block the partition.
+    Unique on (topic, partition, offset): every consumer group of the topic keeps it once."""
+    await conn.execute(
+        text('INSERT INTO undecodable_event (topic, partition, "offset", value) VALUES (:t, :p, :o, :v) '
+             "ON CONFLICT ON CONSTRAINT undecodable_event_uq DO NOTHING"),
+        {"t": topic, "p": partition, "o": offset, "v": value},
+    )
 
 
 class ConsumerLoop:

@@ -62,9 +62,11 @@ async def migrate_url(url: str) -> None:
         await engine.dispose()
 
 
-async def ping(engine: AsyncEngine) -> None:
+async def ping(engine: AsyncEngine) -> bool:
+    """True when the database answers; raises otherwise (a readiness check counts that as failing)."""
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+    return True
 
 
 async def _admin(url: str, database: str, statement: str) -> None:

@@ -7,9 +7,10 @@ waits on `stop_on_signals()`, and leaving the contexts is the drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -21,6 +22,19 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+async def every(stop: asyncio.Event, interval_s: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run ``step`` every ``interval_s`` seconds until ``stop`` is set. A failing round (the
+    database away, say) is logged by its exception class only, never its text (it may quote
+    data), and tried again next round: a background chore never takes its service down."""
+    while not stop.is_set():
+        try:
+            await step()
+        except Exception as exc:
+            log.warning("%s failed: %s", what, type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
