@@ -1,7 +1,10 @@
 """One received message, from bytes to the ACK to send: shared by MLLP and HTTP.
 
-    decide (pure: intake.intake, without building the event) → check the sender may use
-    that MSH-4 → store (custody, group commit) → the ACK to send
+    decide (no I/O: intake.intake, without building the event; may the sender use that
+    MSH-4?) → custody (the store's group commit) → finish (the ACK to send, metrics)
+
+HTTP awaits each message (`receive`); the MLLP server hands a connection's frames over
+as a group with a callback (`submit`), so a busy connection costs no task or future.
 
 The `adt.events` record of an accepted message is derived from the stored message
 after the commit (`adt_listener.events`), off the ACK path.
@@ -16,12 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from adt_listener.conformance import sample_selected
 from adt_listener.intake import Finding, Intake, IntakePolicy, intake, internal_error_ack, with_rejection
 from adt_listener.senders import OPEN_SENDER, Sender, Senders
-from adt_listener.store import MessageStore, StoreUnavailable
+from adt_listener.store import Custody, MessageStore, Stored, StoreUnavailable
 from services import metrics
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,20 @@ log = logging.getLogger(__name__)
 UNREGISTERED = Sender(name="unregistered", validation="off")
 MSH4_UNKNOWN = Finding("E", 204, "MSH-4", "sending facility is not registered for this listener")
 MSH4_NOT_YOURS = Finding("E", 204, "MSH-4", "sending facility does not belong to the authenticated sender")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A message decided (`Ingestor.decide`), waiting for custody."""
+
+    intake: Intake
+    sender: Sender  # the sender acting: authenticated, owner of MSH-4, or UNREGISTERED
+    channel: str
+    facility: str  # metrics label
+    trigger: str  # metrics label
+    check_conformance: bool
+    received_at: dt.datetime
+    started: float  # perf_counter at the frame's arrival, for the ACK latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +64,11 @@ class Ingestor:
         self._policy = policy
         self._senders = senders
 
-    async def receive(
+    def decide(
         self, raw: bytes, *, channel: str, sender: Sender | None, oversized: int | None = None
-    ) -> Reply:
-        """Answer one message. `sender` is the authenticated one (TLS certificate, HTTP token).
+    ) -> Decision:
+        """Everything before custody, without I/O. `sender` is the authenticated one (TLS
+        certificate, HTTP token).
 
         `oversized`: the frame exceeded the size limit; `raw` is only its head, kept so
         the AR can echo MSH-10, and the message is rejected whatever it says.
@@ -66,28 +85,59 @@ class Ingestor:
             )
         decided, acting = self._authorize(decided, sender, now)
         facility = metrics.facility_label(decided.sending_facility)
-        trigger = decided.trigger_event or "unknown"
-        metrics.child(metrics.MESSAGES_RECEIVED, channel, facility, trigger[:8]).inc()
-        check = sample_selected(acting.validation, acting.sample_rate, decided.message_id)
-        try:
-            stored = await self._store.store(
-                decided, channel=channel, sender=acting.name, check_conformance=check, received_at=now
-            )
-        except StoreUnavailable:
-            ack = internal_error_ack(raw, now=now, policy=self._policy)
+        trigger = (decided.trigger_event or "unknown")[:8]
+        metrics.child(metrics.MESSAGES_RECEIVED, channel, facility, trigger).inc()
+        return Decision(
+            decided, acting, channel, facility, trigger,
+            sample_selected(acting.validation, acting.sample_rate, decided.message_id), now, started,
+        )
+
+    def custody(self, d: Decision) -> Custody:
+        return Custody(d.intake, d.channel, d.sender.name, d.check_conformance, d.received_at)
+
+    def finish(self, d: Decision, stored: Stored | None) -> Reply:
+        """The reply to a decided message, once the store has answered (None: not stored)."""
+        if stored is None:
+            ack = internal_error_ack(d.intake.raw, now=d.received_at, policy=self._policy)
             reply = Reply(ack, "AR", True, stored=False)
-            log.error("message %s from %s not stored: database unavailable", decided.control_id, acting.name)
+            log.error("message %s from %s not stored: database unavailable", d.intake.control_id, d.sender.name)
         else:
-            reply = Reply(stored.ack, decided.ack_code, decided.send_ack, stored=True, duplicate=stored.duplicate)
-        metrics.child(metrics.MESSAGES_ACKED, channel, facility, trigger[:8], reply.ack_code).inc()
-        metrics.child(metrics.ACK_LATENCY, channel).observe(time.perf_counter() - started)
+            reply = Reply(stored.ack, d.intake.ack_code, d.intake.send_ack, stored=True, duplicate=stored.duplicate)
+        metrics.child(metrics.MESSAGES_ACKED, d.channel, d.facility, d.trigger, reply.ack_code).inc()
+        metrics.child(metrics.ACK_LATENCY, d.channel).observe(time.perf_counter() - d.started)
         if reply.ack_code != "AA":
             log.info(
                 "message %s from %s answered %s: %s",
-                decided.control_id, acting.name, reply.ack_code,
-                "; ".join(f"{f.code} {f.location}" for f in decided.findings if f.severity == "E"),
+                d.intake.control_id, d.sender.name, reply.ack_code,
+                "; ".join(f"{f.code} {f.location}" for f in d.intake.findings if f.severity == "E"),
             )
         return reply
+
+    async def receive(
+        self, raw: bytes, *, channel: str, sender: Sender | None, oversized: int | None = None
+    ) -> Reply:
+        """Answer one message (the HTTP route; the MLLP server uses `submit`)."""
+        d = self.decide(raw, channel=channel, sender=sender, oversized=oversized)
+        try:
+            stored: Stored | None = await self._store.store(self.custody(d))
+        except StoreUnavailable:
+            stored = None
+        return self.finish(d, stored)
+
+    def submit(self, decisions: list[Decision], on_replies: Callable[[list[Reply]], None]) -> None:
+        """Hand decided messages to the store as one group (committed together, in this
+        order); `on_replies` gets their replies, in the same order, after the commit."""
+
+        def stored(results: list[Stored] | None) -> None:
+            if results is None:
+                on_replies([self.finish(d, None) for d in decisions])
+            else:
+                on_replies([self.finish(d, s) for d, s in zip(decisions, results, strict=True)])
+
+        try:
+            self._store.submit([self.custody(d) for d in decisions], stored)
+        except StoreUnavailable:
+            stored(None)
 
     def _authorize(self, decided: Intake, sender: Sender | None, now: dt.datetime) -> tuple[Intake, Sender]:
         if self._senders.open:

@@ -126,17 +126,28 @@ class Stored:
     duplicate: bool
 
 
-@dataclass(slots=True)
-class _Pending:
+@dataclass(frozen=True, slots=True)
+class Custody:
+    """A decided message and what its row records about how it came."""
+
     intake: Intake
     channel: str
     sender: str
     check_conformance: bool
-    received_at: dt.datetime
-    future: asyncio.Future[Stored] = field(repr=False)
+    received_at: dt.datetime  # the time intake decided with; the event derived later carries it
 
 
-def _dead_letter(item: _Pending, findings: list[dict[str, Any]]) -> tuple[str | None, bytes]:
+# What a writer calls once a group is committed: its results in order, or None (not stored).
+OnStored = Callable[[list[Stored] | None], None]
+
+
+@dataclass(slots=True)
+class _Group:
+    items: list[Custody]
+    on_stored: OnStored = field(repr=False)
+
+
+def _dead_letter(item: Custody, findings: list[dict[str, Any]]) -> tuple[str | None, bytes]:
     """(key, payload) of the `adt.deadletter` record of a rejected message."""
     intake = item.intake
     dead_letter = AdtDeadLetterV1(
@@ -212,7 +223,7 @@ class MessageStore:
         self._max_batch = max_batch
         self._on_events = on_events
         self._on_dead_letters = on_dead_letters
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Group | None] = asyncio.Queue()
         self._lanes = [_Lane(engine) for _ in range(writers)]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -232,22 +243,27 @@ class MessageStore:
         for lane in self._lanes:
             await lane.close()
 
-    async def store(
-        self,
-        intake: Intake,
-        *,
-        channel: str,
-        sender: str,
-        check_conformance: bool,
-        received_at: dt.datetime | None = None,
-    ) -> Stored:
-        """Commit the message; ``received_at`` (default now) is the time intake decided with,
-        kept in the row because the event derived later carries it."""
+    def submit(self, group: list[Custody], on_stored: OnStored) -> None:
+        """Queue messages for custody. They are committed in one statement, in this order,
+        and `on_stored` is then called with their results (None if the commit failed).
+        Raises `StoreUnavailable` at once when no writer runs."""
         if not self._tasks or any(t.done() for t in self._tasks):
             raise StoreUnavailable("store is not running")
+        self._queue.put_nowait(_Group(group, on_stored))
+
+    async def store(self, item: Custody) -> Stored:
+        """Commit one message and return its result."""
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        when = received_at if received_at is not None else dt.datetime.now(dt.UTC)
-        self._queue.put_nowait(_Pending(intake, channel, sender, check_conformance, when, future))
+
+        def stored(results: list[Stored] | None) -> None:
+            if future.done():
+                return
+            if results is None:
+                future.set_exception(StoreUnavailable("not stored"))
+            else:
+                future.set_result(results[0])
+
+        self.submit([item], stored)
         return await future
 
     async def _run(self, lane: _Lane) -> None:
@@ -256,33 +272,42 @@ class MessageStore:
             first = await self._queue.get()
             if first is None:
                 break
-            batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
+            groups = [first]
+            size = len(first.items)
+            while size < self._max_batch and not self._queue.empty():
+                group = self._queue.get_nowait()
+                if group is None:
                     stopping = True
                     break
-                batch.append(item)
-            await self._write(lane, batch)
+                groups.append(group)
+                size += len(group.items)
+            await self._write(lane, groups)
 
-    async def _write(self, lane: _Lane, batch: list[_Pending]) -> None:
+    async def _write(self, lane: _Lane, groups: list[_Group]) -> None:
+        batch = [item for group in groups for item in group.items]
         started = time.perf_counter()
         try:
             async with asyncio.timeout(_STATEMENT_TIMEOUT_S):  # no Task per batch, unlike wait_for
-                results = await self._write_batch(lane, batch)
+                results: list[Stored] | None = await self._write_batch(lane, batch)
         except Exception as exc:  # every database failure means the same to the sender: not stored
             log.error("store: batch of %d not stored: %s", len(batch), type(exc).__name__)
             metrics.STORE_FAILURES.inc()
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(StoreUnavailable(type(exc).__name__))
+            results = None
+        else:
+            metrics.STORE_BATCH_SIZE.observe(len(batch))
+            metrics.STORE_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        offset = 0
+        for group in groups:
+            n = len(group.items)
+            try:
+                group.on_stored(None if results is None else results[offset:offset + n])
+            except Exception:  # a caller's bug must not stop the writer
+                log.exception("store: result callback failed")
+            offset += n
+        if results is None:
             return
-        metrics.STORE_BATCH_SIZE.observe(len(batch))
-        metrics.STORE_COMMIT_SECONDS.observe(time.perf_counter() - started)
         events = dead = False
         for item, result in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
             if not result.duplicate:
                 if item.intake.ack_code == "AA":
                     events = True
@@ -293,7 +318,7 @@ class MessageStore:
         if dead and self._on_dead_letters is not None:
             self._on_dead_letters()
 
-    async def _write_batch(self, lane: _Lane, batch: list[_Pending]) -> list[Stored]:
+    async def _write_batch(self, lane: _Lane, batch: list[Custody]) -> list[Stored]:
         # One array per column (unnest ... WITH ORDINALITY numbers the rows in batch order).
         cols: list[list[object]] = [[] for _ in range(20)]
         (c_id, c_channel, c_sender, c_facility, c_control, c_type, c_trigger, c_version, c_code, c_errors,
@@ -348,7 +373,7 @@ class MessageStore:
         return [r for r in results if r is not None]
 
     async def _resolve_duplicates(
-        self, driver: Any, batch: list[_Pending], missing: list[int], results: list[Stored | None]
+        self, driver: Any, batch: list[Custody], missing: list[int], results: list[Stored | None]
     ) -> None:
         keys = [(batch[n].intake.sending_facility, batch[n].intake.control_id or "") for n in missing]
         originals = await driver.fetch(
