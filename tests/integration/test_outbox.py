@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adt_listener.events import DerivedEvents
+from adt_listener.intake import IntakePolicy, intake
+from adt_listener.synthetic import synthetic_feed
 from services import metrics
 from services.bus import KafkaPublisher, MemoryPublisher
 from services.db import create_engine
@@ -117,3 +122,52 @@ async def test_a_wake_publishes_without_waiting_for_the_poll(database_url: str) 
     stop.set()
     await task
     await engine.dispose()
+
+
+async def test_event_relay_orphan_sweep_keeps_a_row_committed_between_its_reads(database_url: str) -> None:
+    """The adt.events source drops queue rows whose message is missing. It looks for them
+    only after finding nothing to publish, so a valid row may commit between the two
+    reads: the sweep must not take (and so drop) that row."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    other = await asyncpg.connect(dsn)
+    try:
+        orphan = await conn.fetchval(
+            "INSERT INTO adt_event_queue (message_id) VALUES ($1) RETURNING id", uuid.uuid4()
+        )
+        decided = intake(synthetic_feed(1, seed=77)[0], received_at=dt.datetime.now(dt.UTC), policy=IntakePolicy())
+
+        class Racing:
+            """The real connection; a valid message and its queue row commit, from another
+            connection, right after the first read came back empty."""
+
+            def __init__(self) -> None:
+                self.reads = 0
+                self.valid: int | None = None
+
+            async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+                self.reads += 1
+                if self.reads == 1:
+                    await other.execute(
+                        "INSERT INTO adt_message (id, channel, sender, sending_facility, control_id, ack_code,"
+                        " ack, raw, received_at) VALUES ($1, 'mllp', 'test', 'F', $2, 'AA', $3, $4, now())",
+                        decided.message_id, decided.control_id, decided.ack, decided.raw,
+                    )
+                    self.valid = await other.fetchval(
+                        "INSERT INTO adt_event_queue (message_id) VALUES ($1) RETURNING id", decided.message_id
+                    )
+                return rows
+
+        racing = Racing()
+        source = DerivedEvents("adt.events", IntakePolicy(), in_process=True)
+        ids, records = await source.fetch(racing, 100)
+        assert racing.reads == 2  # the read (the orphan has no message to join), then the sweep
+        assert ids == [orphan] and records == []
+        assert racing.valid is not None and racing.valid not in ids
+        # ... and the next round publishes the valid row.
+        ids, records = await source.fetch(conn, 100)
+        assert ids == [racing.valid] and len(records) == 1
+    finally:
+        await conn.close()
+        await other.close()
