@@ -5,9 +5,11 @@ Per connection (HL7 v2 Transport Specification, MLLP release 2):
   before reading ACKs. A connection hands the store the frames it holds as one group
   (one commit, in order) and the next ones only after that group's ACKs are written,
   so a sender's messages are committed, and published, in the order it sent them;
-- a frame once started must be complete within `read_timeout_s`, and a connection
-  with nothing in hand is closed after `idle_timeout_s` of silence (a stalled sender
-  cannot pin a slot forever). One timer per server checks every connection;
+- a frame once started must be complete within `read_timeout_s`, and so must a TLS
+  handshake; a connection with nothing in hand is closed after `idle_timeout_s` of
+  silence, and one whose sender has not read its ACKs for `read_timeout_s` (our
+  writes are paused) is aborted: a stalled sender cannot pin a slot forever. One timer
+  per server checks every connection;
 - at most `max_connections` at once; more are closed on accept;
 - with TLS, an optional client-certificate requirement (mutual TLS) names the sender;
 - flow control both ways: a sender that pipelines faster than we commit is paused at
@@ -68,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         self.last_seen = self._loop.time()
         self.frame_since: float | None = None  # when the frame being read began
+        self.write_paused_since: float | None = None  # when the sender stopped reading our ACKs
 
     # -- asyncio callbacks
 
@@ -124,9 +127,11 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.write_paused_since = self._loop.time()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.write_paused_since = None
         self._pump()
 
     # -- the work
@@ -175,7 +180,11 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def abort(self) -> None:
+    def abort(self, reason: str | None = None) -> None:
+        """Close without flushing what we still have to write (a peer that does not read
+        would keep a plain close waiting forever)."""
+        if reason is not None:
+            metrics.FRAMING_ERRORS.labels(kind=reason).inc()
         if self._transport is not None:
             self._transport.abort()
 
@@ -218,7 +227,10 @@ class MllpServer:
         # full collection walks only what serving created, and stalls every ACK in flight
         # for a few milliseconds instead of tens.
         gc.freeze()
-        self._server = await self.loop.create_server(lambda: _Connection(self), host, port, ssl=self._ssl)
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, ssl=self._ssl,
+            ssl_handshake_timeout=self.limits.read_timeout_s if self._ssl is not None else None,
+        )
         self._sweeper = asyncio.create_task(self._sweep(), name="mllp-timeouts")
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -285,8 +297,12 @@ class MllpServer:
             await asyncio.sleep(tick)
             now = self.loop.time()
             for conn in list(self._connections):
+                paused = conn.write_paused_since
+                if paused is not None and now - paused > limits.read_timeout_s:
+                    conn.abort("write_timeout")  # a sender that sends but does not read its ACKs
+                    continue
                 if conn.busy:
-                    continue  # waiting for us, not for the sender
+                    continue  # waiting for us (the store), not for the sender
                 if conn.frame_since is not None and now - conn.frame_since > limits.read_timeout_s:
                     conn.close("read_timeout")
                 elif not conn.in_frame and now - conn.last_seen > limits.idle_timeout_s:

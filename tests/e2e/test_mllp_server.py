@@ -1,0 +1,512 @@
+"""The MLLP server (`adt_listener.server`) over real TCP and TLS sockets.
+
+Timeouts, the connection cap, pipelining with flow control, half-close, mutual TLS and
+the graceful stop, each against a real listener (PostgreSQL, broker). Where a test needs
+frames to be "in flight" (read by the server, not yet committed) it holds a lock on
+adt_message from another database session, so the store's group commit waits for the
+test instead of for luck.
+
+Metrics are process-global counters: tests compare deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from adt_listener import server as server_module
+from adt_listener.mllp import START, Frame, MllpFramer, encode
+from adt_listener.synthetic import synthetic_feed
+from services.db import normalize_url
+from tests.e2e.conftest import StartListener
+from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, msa_control_id
+
+ACCEPTED = ("AA", "CA")
+REJECTED = ("AR", "CR")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def framing_errors(kind: str) -> float:
+    return REGISTRY.get_sample_value("wpc_mllp_framing_errors_total", {"kind": kind}) or 0.0
+
+
+def refused(reason: str) -> float:
+    return REGISTRY.get_sample_value("wpc_mllp_refused_connections_total", {"reason": reason}) or 0.0
+
+
+def open_connections() -> float:
+    return REGISTRY.get_sample_value("wpc_mllp_open_connections") or 0.0
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 3.0, what: str = "condition") -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    assert check(), what
+
+
+class Peer:
+    """A raw MLLP connection: write frames, read ACK payloads, notice the server closing."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._framer = MllpFramer()
+        self._frames: list[bytes] = []
+
+    @classmethod
+    async def open(cls, port: int, *, tls: ssl.SSLContext | None = None) -> Peer:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 5)
+        return cls(reader, writer)
+
+    def send(self, *messages: bytes) -> None:
+        self.writer.write(b"".join(encode(m) for m in messages))
+
+    async def acks(self, n: int, timeout_s: float = 10.0) -> list[bytes]:
+        """The next ``n`` frames from the server; fails on EOF or after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while len(self._frames) < n:
+                data = await self.reader.read(65_536)
+                assert data, f"server closed the connection after {len(self._frames)} of {n} ACKs"
+                for event in self._framer.feed(data):
+                    assert isinstance(event, Frame), f"server broke MLLP framing: {event}"
+                    self._frames.append(event.payload)
+        out, self._frames = self._frames[:n], self._frames[n:]
+        return out
+
+    async def closed_by_server(self, timeout_s: float = 2.0, *, reset_ok: bool = False) -> None:
+        """Wait for the server to close (EOF), with no frame left unread."""
+        async with asyncio.timeout(timeout_s):
+            try:
+                data = await self.reader.read(65_536)
+            except ConnectionResetError:
+                if not reset_ok:
+                    raise
+                data = b""
+        assert data == b"", f"expected EOF, got {data[:80]!r}"
+        assert not self._frames
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):  # ssl.SSLError included: the server may have closed first
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+class TableLock:
+    """LOCK TABLE adt_message IN SHARE MODE from another session: the store's INSERT waits
+    until `release`, so frames handed to the store stay in flight meanwhile."""
+
+    def __init__(self, conn: asyncpg.Connection, tx: Any) -> None:
+        self._conn = conn
+        self._tx = tx
+
+    @classmethod
+    async def acquire(cls, database_url: str) -> TableLock:
+        dsn = normalize_url(database_url).replace("postgresql+asyncpg", "postgresql")
+        conn = await asyncpg.connect(dsn)
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE adt_message IN SHARE MODE")
+        return cls(conn, tx)
+
+    async def release(self) -> None:
+        if self._conn.is_closed():
+            return
+        try:
+            await self._tx.rollback()
+        finally:
+            await self._conn.close()
+
+
+async def stored_control_ids(database_url: str) -> list[str]:
+    rows = await db_fetch(database_url, "SELECT control_id FROM adt_message")
+    return [r["control_id"] for r in rows]
+
+
+# --- 1. idle timeout ----------------------------------------------------------------------------
+
+
+async def test_silent_connection_is_closed_after_idle_timeout_and_a_talking_one_is_not(
+    start_listener: StartListener,
+) -> None:
+    feed = synthetic_feed(12, seed=301)
+    async with start_listener(mllp_idle_timeout_s=0.3) as listener:
+        port = listener.endpoints.mllp_port
+        idle_before = framing_errors("idle_timeout")
+        silent = await Peer.open(port)
+        talker = await Peer.open(port)
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+
+        async def talk() -> list[bytes]:
+            acks: list[bytes] = []
+            for message in feed:  # one message every ~0.1 s for > 1.2 s: 4x the idle timeout
+                talker.send(message)
+                acks += await talker.acks(1, timeout_s=5)
+                await asyncio.sleep(0.1)
+            return acks
+
+        talking = asyncio.create_task(talk())
+        await silent.closed_by_server(timeout_s=2)
+        silent_for = loop.time() - opened
+        acks = await asyncio.wait_for(talking, 10)
+        talked_for = loop.time() - opened
+        # Only the silent one was closed, and not before its time.
+        assert framing_errors("idle_timeout") - idle_before == 1
+        assert 0.25 <= silent_for < 2
+        assert talked_for > 4 * 0.3
+        assert [msa_control_id(a) for a in acks] == [control_id(m) for m in feed]
+        assert all(ack_code(a) in ACCEPTED for a in acks)
+        await silent.close()
+        await talker.close()
+
+
+# --- 2. read timeout ----------------------------------------------------------------------------
+
+
+async def test_stalled_frame_is_closed_after_read_timeout_and_not_stored(
+    start_listener: StartListener, database_url: str
+) -> None:
+    complete, stalled, trickled = synthetic_feed(3, seed=302)
+    async with start_listener(mllp_read_timeout_s=0.3, mllp_idle_timeout_s=30) as listener:
+        port = listener.endpoints.mllp_port
+        read_before = framing_errors("read_timeout")
+        idle_before = framing_errors("idle_timeout")
+        loop = asyncio.get_running_loop()
+
+        # A complete frame (answered), then the start of another and silence.
+        peer = await Peer.open(port)
+        peer.writer.write(encode(complete) + START + stalled[: len(stalled) // 2])
+        [ack] = await peer.acks(1)
+        assert msa_control_id(ack) == control_id(complete) and ack_code(ack) in ACCEPTED
+        stalled_at = loop.time()
+        await peer.closed_by_server(timeout_s=2)
+        assert loop.time() - stalled_at >= 0.25
+        assert framing_errors("read_timeout") - read_before == 1
+
+        # A frame trickling in a byte every 0.05 s: bytes keep coming, but the frame does not
+        # complete within the read timeout, so it is closed all the same.
+        slow = await Peer.open(port)
+
+        async def trickle() -> None:
+            slow.writer.write(START)
+            for byte in trickled:
+                await asyncio.sleep(0.05)
+                slow.writer.write(bytes([byte]))
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            await slow.closed_by_server(timeout_s=2, reset_ok=True)
+        finally:
+            trickling.cancel()
+            await asyncio.gather(trickling, return_exceptions=True)
+        assert framing_errors("read_timeout") - read_before == 2
+        assert framing_errors("idle_timeout") == idle_before  # timed as a frame, not as silence
+        await peer.close()
+        await slow.close()
+
+    assert await stored_control_ids(database_url) == [control_id(complete)]
+
+
+# --- 3. connection cap --------------------------------------------------------------------------
+
+
+async def test_connection_over_the_cap_is_refused_until_a_slot_frees(start_listener: StartListener) -> None:
+    feed = synthetic_feed(8, seed=303)
+    async with start_listener(mllp_max_connections=2) as listener:
+        port = listener.endpoints.mllp_port
+        refused_before = refused("max_connections")
+        base = open_connections()
+        first, second = await Peer.open(port), await Peer.open(port)
+        # An ACK on each proves the server admitted both before the third arrives.
+        for peer, message in ((first, feed[0]), (second, feed[1])):
+            peer.send(message)
+            assert [msa_control_id(a) for a in await peer.acks(1)] == [control_id(message)]
+        assert open_connections() - base == 2
+
+        third = await Peer.open(port)
+        await third.closed_by_server(timeout_s=1)
+        assert refused("max_connections") - refused_before == 1
+        assert open_connections() - base == 2
+        await third.close()
+
+        # The two admitted ones still work.
+        for peer, message in ((first, feed[2]), (second, feed[3])):
+            peer.send(message)
+            assert [msa_control_id(a) for a in await peer.acks(1)] == [control_id(message)]
+
+        # One leaves: its slot is free for a newcomer.
+        await first.close()
+        await eventually(lambda: open_connections() - base == 1, what="server did not notice the close")
+        fourth = await Peer.open(port)
+        fourth.send(feed[4], feed[5])
+        assert [msa_control_id(a) for a in await fourth.acks(2)] == [control_id(m) for m in feed[4:6]]
+        assert refused("max_connections") - refused_before == 1
+        await second.close()
+        await fourth.close()
+
+
+# --- 4. pipelining and flow control -------------------------------------------------------------
+
+
+async def test_600_pipelined_frames_without_reading_acks_pause_reading_and_all_are_answered_in_order(
+    start_listener: StartListener, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 600
+    assert n > 2 * server_module._MAX_WAITING
+    feed = synthetic_feed(n, seed=304)
+    paused: list[int] = []  # frames waiting each time a read left the connection paused
+    real_data_received = server_module._Connection.data_received
+
+    def data_received(self: server_module._Connection, data: bytes) -> None:
+        real_data_received(self, data)
+        if self._read_paused:
+            paused.append(len(self._waiting))
+
+    monkeypatch.setattr(server_module._Connection, "data_received", data_received)
+    async with start_listener() as listener:
+        lock = await TableLock.acquire(database_url)
+        try:
+            peer = await Peer.open(listener.endpoints.mllp_port)
+            peer.send(*feed)  # all 600 at once; not a byte read back until all are answered
+            # The first group waits for the lock; the frames behind it pile up until the
+            # server stops reading the socket.
+            await eventually(lambda: bool(paused), what="server never paused reading")
+        finally:
+            await lock.release()
+        acks = await peer.acks(n, timeout_s=30)
+        await peer.close()
+    assert [msa_control_id(a) for a in acks] == [control_id(m) for m in feed]
+    assert all(ack_code(a) in ACCEPTED for a in acks)
+    assert sorted(await stored_control_ids(database_url)) == sorted(control_id(m) for m in feed)
+
+
+# --- 5. half-close ------------------------------------------------------------------------------
+
+
+async def test_half_closed_sender_still_gets_its_acks(start_listener: StartListener, database_url: str) -> None:
+    feed = synthetic_feed(5, seed=305)
+    async with start_listener() as listener:
+        eof_in_frame_before = framing_errors("eof_in_frame")
+        lock = await TableLock.acquire(database_url)
+        try:
+            peer = await Peer.open(listener.endpoints.mllp_port)
+            peer.send(*feed)
+            peer.writer.write_eof()  # done sending; still reading
+            await asyncio.sleep(0.3)  # the EOF reaches the server while the frames are at the store
+        finally:
+            await lock.release()
+        acks = await peer.acks(5)
+        await peer.closed_by_server()
+        await peer.close()
+        assert framing_errors("eof_in_frame") == eof_in_frame_before
+    assert [msa_control_id(a) for a in acks] == [control_id(m) for m in feed]
+    assert all(ack_code(a) in ACCEPTED for a in acks)
+    assert sorted(await stored_control_ids(database_url)) == sorted(control_id(m) for m in feed)
+
+
+# --- 6. mutual TLS ------------------------------------------------------------------------------
+
+KNOWN_CN = "county-general-mirth"
+UNKNOWN_CN = "somebody-else"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1/localhost and two client certificates signed
+    by the CA (one with a registered CN, one not), made with openssl as in
+    tests/integration/test_sender.py."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("mllp-pki")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "1", "-subj", "/CN=test-ca")
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, cn in (("server", "localhost"), ("known", KNOWN_CN), ("unknown", UNKNOWN_CN)):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={cn}")
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", *extra)
+    return d
+
+
+def client_tls(pki: Path, name: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=pki / "ca.pem")
+    if name is not None:
+        context.load_cert_chain(pki / f"{name}.pem", pki / f"{name}.key")
+    return context
+
+
+async def test_mutual_tls_names_the_sender_and_refuses_unknown_or_missing_certificates(
+    start_listener: StartListener, database_url: str, pki: Path, tmp_path: Path
+) -> None:
+    senders = tmp_path / "senders.yaml"
+    senders.write_text(
+        "senders:\n"
+        "  - name: county-general\n"
+        "    facilities: [COUNTYGEN]\n"
+        f"    tls_client_cn: {KNOWN_CN}\n"
+        "    validation: off\n"
+        "  - name: st-mary\n"
+        "    facilities: [STMARY]\n"
+    )
+    feed = synthetic_feed(40, seed=306)
+    mine = next(m for m in feed if b"|COUNTYGEN|" in m.split(b"\r")[0])
+    not_mine = next(m for m in feed if b"|STMARY|" in m.split(b"\r")[0])
+    settings = {
+        "tls_cert_file": pki / "server.pem",
+        "tls_key_file": pki / "server.key",
+        "tls_client_ca_file": pki / "ca.pem",
+        "senders_file": senders,
+    }
+    async with start_listener(**settings) as listener:
+        port = listener.endpoints.mllp_port
+        unknown_before = refused("unknown_certificate")
+        base = open_connections()
+
+        # The registered certificate: its own facility accepted, another sender's rejected.
+        known = await Peer.open(port, tls=client_tls(pki, "known"))
+        known.send(mine, not_mine)
+        ok, foreign = await known.acks(2)
+        assert msa_control_id(ok) == control_id(mine) and ack_code(ok) in ACCEPTED
+        assert msa_control_id(foreign) == control_id(not_mine) and ack_code(foreign) in REJECTED
+        assert any("MSH" in e for e in ack_fields(foreign)["ERR*"])
+        assert open_connections() - base == 1
+        await known.close()
+
+        # Signed by the CA but named by no sender: closed right after the handshake.
+        stranger = await Peer.open(port, tls=client_tls(pki, "unknown"))
+        await stranger.closed_by_server(timeout_s=2)
+        assert refused("unknown_certificate") - unknown_before == 1
+        await stranger.close()
+
+        # No certificate at all: the handshake fails. Under TLS 1.2 the client sees it in the
+        # handshake itself; under TLS 1.3 the server's verdict comes after the client's
+        # Finished, so the client only finds the connection ended, without an ACK.
+        tls12 = client_tls(pki, None)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # the alert, or the reset after it
+            await Peer.open(port, tls=tls12)
+        anonymous = await Peer.open(port, tls=client_tls(pki, None))
+        anonymous.send(mine)
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await anonymous.closed_by_server(timeout_s=2)  # EOF, or the alert as an error
+        await anonymous.close()
+        assert refused("unknown_certificate") - unknown_before == 1
+        await eventually(lambda: open_connections() == base, what="a connection was left open")
+
+    rows = await db_fetch(database_url, "SELECT control_id, sender, ack_code FROM adt_message ORDER BY control_id")
+    by_id = {r["control_id"]: (r["sender"], r["ack_code"]) for r in rows}
+    assert by_id == {control_id(mine): ("county-general", "AA"), control_id(not_mine): ("county-general", "AR")}
+
+
+# --- 7. graceful stop ---------------------------------------------------------------------------
+
+
+async def test_stop_answers_frames_already_read_and_closes_idle_connections(
+    start_listener: StartListener, database_url: str
+) -> None:
+    feed = synthetic_feed(20, seed=307)
+    lock = await TableLock.acquire(database_url)
+    try:
+        async with start_listener() as listener:
+            port = listener.endpoints.mllp_port
+            idle = await Peer.open(port)
+            busy = await Peer.open(port)
+            # Two bursts: the first is handed to the store (and waits for the lock), the second
+            # waits behind it at the server, to be handed over only after the first's ACKs.
+            busy.send(*feed[:10])
+            await asyncio.sleep(0.2)
+            busy.send(*feed[10:])
+            await asyncio.sleep(0.2)
+
+            async def answers() -> list[bytes]:
+                acks = await busy.acks(len(feed), timeout_s=15)
+                await busy.closed_by_server(timeout_s=5)
+                return acks
+
+            async def release_once_stopping() -> None:
+                await eventually(lambda: listener.mllp.closing, timeout_s=10, what="stop did not begin")
+                # Stopping, frames in flight: the idle connection goes at once, the busy one stays.
+                await idle.closed_by_server(timeout_s=2)
+                assert not busy.reader.at_eof()
+                await asyncio.sleep(0.2)
+                await lock.release()
+
+            reading = asyncio.create_task(answers())
+            releasing = asyncio.create_task(release_once_stopping())
+        # The listener has stopped: what it had read was answered before it closed.
+        await asyncio.wait_for(releasing, 5)
+        acks = await asyncio.wait_for(reading, 5)
+        await idle.close()
+        await busy.close()
+    finally:
+        await lock.release()
+    assert [msa_control_id(a) for a in acks] == [control_id(m) for m in feed]
+    assert all(ack_code(a) in ACCEPTED for a in acks)
+    assert sorted(await stored_control_ids(database_url)) == sorted(control_id(m) for m in feed)
+
+
+# --- a sender that stops reading its ACKs -------------------------------------------------------
+
+
+def with_long_header(message: bytes) -> bytes:
+    """The message with MSH-3..6 and MSH-10 at 199 characters, which its ACK echoes: ACKs of
+    ~1.1 kB, so a few thousand fill the socket buffers."""
+    fields = message.split(b"|", 10)
+    fields[2], fields[3], fields[4], fields[5] = b"A" * 199, b"F" * 199, b"W" * 199, b"L" * 199
+    fields[9] = fields[9].ljust(199, b"X")
+    return b"|".join(fields)
+
+
+async def test_sender_that_never_reads_its_acks_does_not_pin_a_slot_forever(start_listener: StartListener) -> None:
+    feed = [with_long_header(m) for m in synthetic_feed(15_000, seed=308)]
+    async with start_listener(mllp_idle_timeout_s=0.3, mllp_read_timeout_s=0.3, mllp_max_connections=1) as listener:
+        port = listener.endpoints.mllp_port
+        base, aborted = open_connections(), framing_errors("write_timeout")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fewer ACKs fill it
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        deaf = Peer(reader, writer)
+        try:
+            # Keep writing and never read: the unread ACKs fill the socket buffers, the
+            # server's writes pause, and read_timeout_s later it must drop us.
+            started = asyncio.get_running_loop().time()
+            sent = 0
+            while not writer.transport.is_closing() and asyncio.get_running_loop().time() - started < 20:
+                if writer.transport.get_write_buffer_size() < 1_000_000 and sent < len(feed):
+                    deaf.send(*feed[sent : sent + 500])
+                    sent += 500
+                await asyncio.sleep(0.1)
+                if reader.at_eof() or reader.exception() is not None:
+                    break
+            assert framing_errors("write_timeout") - aborted == 1, "the deaf sender was not dropped"
+            await eventually(lambda: open_connections() - base == 0, what="the deaf sender's slot is free")
+        finally:
+            writer.transport.abort()  # else the listener's stop waits its grace period for it
+        other = await Peer.open(port)
+        other.send(feed[-1])
+        [ack] = await other.acks(1, timeout_s=5)
+        assert msa_control_id(ack) == control_id(feed[-1])
+        await other.close()
