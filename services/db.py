@@ -53,6 +53,27 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
+def _revisions(connection: Connection) -> tuple[str | None, str | None]:
+    """(the database's Alembic revision or None, the newest revision of this code)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    current = MigrationContext.configure(connection).get_current_revision()
+    return current, ScriptDirectory.from_config(config).get_current_head()
+
+
+async def schema_revisions(url: str) -> tuple[str | None, str | None]:
+    """`_revisions` of the database at ``url`` (raises when it cannot be reached)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_revisions)
+    finally:
+        await engine.dispose()
+
+
 async def migrate_url(url: str) -> None:
     """`migrate` on a short-lived engine of its own (commands that only migrate, then go on)."""
     engine = create_engine(url, pool_size=1)

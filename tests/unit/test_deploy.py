@@ -36,7 +36,7 @@ from adt_listener.senders import load_senders
 from enrollment_svc.rules import load_rules
 from notifier.config import NotifyConfig, endpoints_of, load_config
 from services.auth import load_users
-from services.cli import COMMANDS
+from services.cli import COMMANDS, build_parser
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1133,3 +1133,20 @@ def test_compose_mounts_the_configuration_and_users_files_read_only(
 def test_compose_stop_grace_matches_k8s_termination_grace(svc: Service) -> None:
     grace = _pod(svc.name)["spec"]["terminationGracePeriodSeconds"]
     assert _services()[svc.name]["stop_grace_period"] == f"{grace}s"
+
+
+def test_every_deployment_waits_for_the_schema_before_starting() -> None:
+    """The init container runs `wpc migrate --wait` (a real option of the real parser), with
+    the main container's settings, and mounts only volumes the pod has."""
+    for s in SERVICES:
+        spec = _pod(s.name)["spec"]
+        (init,) = spec["initContainers"]
+        assert init["image"] == IMAGE, s.name
+        args = build_parser("migrate").parse_args(init["args"])
+        assert args.command == "migrate" and args.wait is True and args.timeout > 0, s.name
+        assert init["envFrom"] == _container(s.name)["envFrom"][: len(init["envFrom"])], s.name
+        refs = {next(iter(ref.values()))["name"] for ref in init["envFrom"]}
+        assert refs == {"wpc-config", "wpc-env"}, s.name  # WPC_DATABASE_URL is in wpc-env
+        volumes = {v["name"] for v in spec["volumes"]}
+        assert {m["name"] for m in init.get("volumeMounts", [])} <= volumes, s.name
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True, s.name
