@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import ssl
@@ -37,7 +36,7 @@ from adt_listener.store import MessageStore, Topics
 from services import db, lifecycle
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay
+from services.outbox import OutboxRelay, stop_with_last_publish
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,14 +146,7 @@ class Listener:
         await self.mllp.stop()
         await self.http.stop()
         await self.store.stop()
-        # The relays finish the round in hand before the last attempt: a last attempt
-        # beside a running round would read the same rows and publish them twice.
-        leading = [relay for relay in (self.events, self.relay) if relay.is_leader]
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for relay in leading:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.publish_once(), 5.0)
+        await stop_with_last_publish(self._stop, self._tasks, (self.events, self.relay))
         self.event_source.close()
         if self.conformance is not None:
             self.conformance.close()

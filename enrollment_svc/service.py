@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -36,7 +35,7 @@ from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay
+from services.outbox import OutboxRelay, stop_with_last_publish
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,11 +112,7 @@ class EnrollmentService:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.http.stop()
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.relay.is_leader or not self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.relay.publish_once(), 5.0)
+        await stop_with_last_publish(self._stop, self._tasks, (self.relay,))
         await self.publisher.close()
         await self.engine.dispose()
         log.info("enrollment service stopped")

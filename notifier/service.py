@@ -35,7 +35,7 @@ from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay
+from services.outbox import OutboxRelay, stop_with_last_publish
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,7 @@ class NotifierService:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.http.stop()
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.relay.is_leader or not self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.relay.publish_once(), 5.0)
+        await stop_with_last_publish(self._stop, self._tasks, (self.relay,))
         for channel in self.channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()

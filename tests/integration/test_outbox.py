@@ -16,7 +16,7 @@ from adt_listener.synthetic import synthetic_feed
 from services import metrics
 from services.bus import KafkaPublisher, MemoryPublisher
 from services.db import create_engine
-from services.outbox import OutboxRelay
+from services.outbox import OutboxRelay, stop_with_last_publish
 from tests.conftest import Broker
 from tests.kafka_util import read_topic
 
@@ -73,6 +73,32 @@ async def test_broker_outage_keeps_rows_until_it_returns(database_url: str) -> N
     assert [r.value for r in publisher.records] == [f"event-{i}".encode() for i in range(10)]
     stop.set()
     await task
+    await engine.dispose()
+
+
+async def test_shutdown_publishes_rows_committed_after_the_last_round(database_url: str) -> None:
+    """A service's stop (services.outbox.stop_with_last_publish): rows committed during the
+    drain, with nobody waking the relay, are published before the service exits, by the
+    relay that was leading (which a stopped relay no longer is)."""
+    engine = create_engine(database_url)
+    publisher = MemoryPublisher()
+    relay = OutboxRelay(engine, publisher, poll_interval_s=30.0)
+    idle = OutboxRelay(engine, MemoryPublisher(), poll_interval_s=30.0)  # never leads: no last attempt
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(relay.run(stop))]
+    for _ in range(60):
+        if relay.is_leader:
+            break
+        await asyncio.sleep(0.05)
+    tasks.append(asyncio.create_task(idle.run(stop)))  # started second: it finds the lock taken
+    await asyncio.sleep(0.1)
+    assert relay.is_leader and not idle.is_leader
+    await asyncio.sleep(0.2)  # the leader's first round found nothing; its next poll is 30 s away
+    await add_rows(engine, "t", 5)
+    await stop_with_last_publish(stop, tasks, (relay, idle))
+    assert all(t.done() for t in tasks) and not relay.is_leader
+    assert [r.value for r in publisher.records] == [f"event-{i}".encode() for i in range(5)]
+    assert await outbox_count(engine) == 0
     await engine.dispose()
 
 
