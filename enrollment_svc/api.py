@@ -22,6 +22,7 @@ from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
 from services.auth import User, current_user
+from services.httpserver import utc_time
 
 CurrentUser = Annotated[User, Depends(current_user)]
 
@@ -62,12 +63,6 @@ class LinkIn(_Body):
 class UnlinkIn(_Body):
     identifier: IdentifierIn
     reason: str = Field(min_length=3)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        raise HTTPException(422, "times must carry a UTC offset")
-    return value.astimezone(dt.UTC)
 
 
 async def _audit(
@@ -193,7 +188,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             row = await _one(conn, user, candidate_id, write=True)
             await conn.execute(
                 text("INSERT INTO service_record (candidate_id, kind, at, actor) VALUES (:c, :k, :at, :a)"),
-                {"c": candidate_id, "k": body.kind, "at": _aware(body.at), "a": user.name},
+                {"c": candidate_id, "k": body.kind, "at": utc_time(body.at), "a": user.name},
             )
             await _audit(conn, user, "record_service", person=row.person_id, candidate=row.id, detail=body.kind)
         return {"id": str(candidate_id), "kind": body.kind}
@@ -247,8 +242,8 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             id=str(uuid.uuid4()),
             kind=body.kind,
             source=body.source,
-            effective=_aware(body.effective),
-            until=_aware(body.until) if body.until else None,
+            effective=utc_time(body.effective),
+            until=utc_time(body.until) if body.until else None,
             detail=body.detail,
         )
         key = identity_key(body.identifier.authority, body.identifier.value)

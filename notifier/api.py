@@ -24,6 +24,7 @@ from notifier import dispatcher, policy, store
 from notifier.config import NotifyConfig
 from schemas.adt_event import patient_key
 from services.auth import User, current_user
+from services.httpserver import utc_time
 
 CurrentUser = Annotated[User, Depends(current_user)]
 
@@ -85,12 +86,6 @@ class ConsentIn(_Body):
 def _require(user: User, *roles: str) -> None:
     if not any(user.has(r) for r in roles):
         raise HTTPException(403, f"this needs one of the roles: {', '.join(roles)}")
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        raise HTTPException(422, "times must carry a UTC offset")
-    return value.astimezone(dt.UTC)
 
 
 def parse_roster_csv(body: str) -> list[RosterEntry]:
@@ -201,8 +196,8 @@ def notifier_router(
     async def add_consent(body: ConsentIn, user: CurrentUser) -> dict[str, int]:
         if not user.programs(write=True):
             raise HTTPException(403, "recording a consent needs a care team role")
-        granted = _aware(body.granted_at)
-        expires = _aware(body.expires_at) if body.expires_at else None
+        granted = utc_time(body.granted_at)
+        expires = utc_time(body.expires_at) if body.expires_at else None
         async with engine.begin() as conn:
             consent_id = (
                 await conn.execute(

@@ -3,16 +3,26 @@
 uvicorn's `Server.serve()` installs its own SIGINT/SIGTERM handlers; our services own
 signal handling (one lifespan per service: stop taking work, drain, commit, close), so
 this subclass leaves signals alone and is stopped by setting `should_exit`.
+
+Also what the services' HTTP APIs share in reading requests (`utc_time`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+
+
+def utc_time(value: dt.datetime) -> dt.datetime:
+    """A time from a request body, in UTC; 422 when it has no offset (whose local time?)."""
+    if value.tzinfo is None:
+        raise HTTPException(422, "times must carry a UTC offset")
+    return value.astimezone(dt.UTC)
 
 
 class _QuietServer(uvicorn.Server):
