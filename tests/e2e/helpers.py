@@ -1,12 +1,31 @@
-"""Reading ACKs and the database back in end-to-end tests."""
+"""Reading ACKs and the database back in end-to-end tests, and waiting for a condition."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
+from collections.abc import Callable
 
 import asyncpg
 
 from services.db import normalize_url
+
+
+async def eventually(
+    check: Callable[[], object], timeout_s: float = 3.0, what: str = "condition", interval_s: float = 0.01
+) -> None:
+    """Poll ``check`` (a plain or an async predicate) until it is true; fail with ``what``
+    once ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(interval_s)
 
 
 def ack_fields(ack: bytes) -> dict[str, list[str]]:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from adt_listener.mllp import START, Frame, MllpFramer, encode
 from adt_listener.synthetic import synthetic_feed
 from services.db import normalize_url
 from tests.e2e.conftest import StartListener
-from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, msa_control_id
+from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, eventually, msa_control_id
 
 ACCEPTED = ("AA", "CA")
 REJECTED = ("AR", "CR")
@@ -49,14 +48,6 @@ def refused(reason: str) -> float:
 
 def open_connections() -> float:
     return REGISTRY.get_sample_value("wpc_mllp_open_connections") or 0.0
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 3.0, what: str = "condition") -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    assert check(), what
 
 
 class Peer:

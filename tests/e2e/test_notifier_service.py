@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 import uuid
 from typing import Any
 
@@ -23,7 +22,7 @@ from services.bus import KafkaPublisher, Record
 from services.embedded import free_port
 from services.settings import Settings
 from tests.conftest import Broker
-from tests.e2e.helpers import db_fetch
+from tests.e2e.helpers import db_fetch, eventually
 from tests.integration.test_notifier_flow import SECRET, candidate, config_text, status
 from tests.kafka_util import read_topic
 from tests.receivers import HttpReceiver, SmtpReceiver
@@ -57,13 +56,6 @@ async def publish(broker: Broker, topic: str, models: list[Any]) -> None:
         await publisher.close()
 
 
-async def until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
-
-
 async def test_every_notification_arrives_exactly_once_through_outages(database_url: str, broker: Broker) -> None:
     suffix = uuid.uuid4().hex[:8]
     s = settings(database_url, broker, suffix)
@@ -78,8 +70,8 @@ async def test_every_notification_arrives_exactly_once_through_outages(database_
                                                                                               frozenset({"ops"})))
         async with service:
             await publish(broker, s.topic_enrollment_candidates, candidates[:3])
-            await until(lambda: _count(database_url, "SELECT count(*) AS n FROM delivery WHERE attempts > 0"),
-                        30, "no attempt while the receiver was down")
+            await eventually(lambda: _count(database_url, "SELECT count(*) AS n FROM delivery WHERE attempts > 0"),
+                             30, "no attempt while the receiver was down", interval_s=0.1)
             await hooks.start()
             hooks.mode = "500"
             await publish(broker, s.topic_enrollment_candidates, candidates[3:] + candidates[:2])  # 2 redelivered
@@ -87,7 +79,7 @@ async def test_every_notification_arrives_exactly_once_through_outages(database_
             hooks.mode = "ok"
             await hooks.wait_for(6, timeout=30)
             # The receiver has them; the sender records a round's outcomes right after.
-            await until(lambda: _all_delivered(database_url, 6), 10, "outcomes not recorded")
+            await eventually(lambda: _all_delivered(database_url, 6), 10, "outcomes not recorded", interval_s=0.1)
             # The ops API sees them all delivered.
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.notifier_http_port}") as client:
                 listed = (await client.get("/v1/deliveries", headers={"authorization": f"Bearer {TOKEN}"})).json()
@@ -100,8 +92,9 @@ async def test_every_notification_arrives_exactly_once_through_outages(database_
         # A restart re-reads nothing it committed and sends nothing twice.
         async with NotifierService(s, config=cfg, secrets={"S": SECRET}, users=Users({})):
             await publish(broker, s.topic_enrollment_events, [status(candidates[0], "enrolled")])
-            await until(lambda: _count(database_url, "SELECT count(*) AS n FROM delivery WHERE recipient_id = "
-                                                     "'clinic' AND status = 'delivered'"), 30, "no PCP notice")
+            await eventually(lambda: _count(database_url, "SELECT count(*) AS n FROM delivery WHERE recipient_id = "
+                                                          "'clinic' AND status = 'delivered'"),
+                             30, "no PCP notice", interval_s=0.1)
             await asyncio.sleep(0.5)
     requests = [r for r in hooks.requests if r.path == "/hooks/toc"]
     assert len({r.headers["idempotency-key"] for r in requests}) == 6
