@@ -77,13 +77,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         self._transport = transport
-        refusal = self._server.admit(self, transport)
+        refusal, self._sender = self._server.admit(self, transport)
         if refusal is not None:
             metrics.REFUSED_CONNECTIONS.labels(reason=refusal).inc()
             self._transport = None
             transport.close()
-            return
-        self._sender = self._server.identify(transport)[1]
 
     def data_received(self, data: bytes) -> None:
         now = self.last_seen = self._loop.time()
@@ -257,18 +255,20 @@ class MllpServer:
 
     # -- called by connections
 
-    def admit(self, conn: _Connection, transport: asyncio.Transport) -> str | None:
-        """None if the connection may stay, else the reason it is refused."""
+    def admit(self, conn: _Connection, transport: asyncio.Transport) -> tuple[str | None, Sender | None]:
+        """(None if the connection may stay, else the reason it is refused; the sender its
+        client certificate names, None without mutual TLS)."""
         if self.closing:
-            return "closing"
+            return "closing", None
         if len(self._connections) >= self.limits.max_connections:
-            return "max_connections"
-        if not self.identify(transport)[0]:
-            return "unknown_certificate"
+            return "max_connections", None
+        known, sender = self.identify(transport)
+        if not known:
+            return "unknown_certificate", None
         self._connections.add(conn)
         self._all_gone.clear()
         metrics.OPEN_CONNECTIONS.inc()
-        return None
+        return None, sender
 
     def forget(self, conn: _Connection) -> None:
         if conn in self._connections:
