@@ -33,8 +33,9 @@ while the other error would lose a patient's admission.
 MSH-7 is found by splitting the MSH line's bytes on the field separator, as the reader
 finds MSH-18 before decoding. In the two double-byte charsets of HL7 table 0211 whose
 second bytes include ASCII (``BIG-5``, ``GB 18030-2000``), a byte split can land inside
-a character; when such a message has non-ASCII bytes before MSH-7, MSH-7 is kept in the
-digest (such a message is the same only as its copies that differ in 1-3 alone).
+a character and empty another field than MSH-7. So when the MSH line names one of them
+anywhere and has non-ASCII bytes before MSH-7, MSH-7 is kept in the digest: such a
+message is the same only as its copies that differ in steps 1-3 alone.
 
 The definition is stored data: ``adt_message.content_digest`` holds it and the event
 id of a message is derived from it (`schemas.adt_event.event_id_for`), so changing
@@ -52,7 +53,7 @@ DIGEST_SIZE = 16  # 128 bits: a chance collision between two messages is out of 
 
 _BOM = b"\xef\xbb\xbf"
 _LEADING_WS = b" \t\r\n\x0b\x0c"
-_DOUBLE_BYTE_CHARSETS = frozenset({b"BIG-5", b"GB 18030-2000"})
+_DOUBLE_BYTE_CHARSETS = (b"BIG-5", b"GB 18030-2000")  # MSH-18 labels the reader decodes as big5 / gb18030
 
 
 def _blank_msh7(first: bytes) -> bytes:
@@ -64,18 +65,14 @@ def _blank_msh7(first: bytes) -> bytes:
     parts = first.split(fs, 7)
     if len(parts) < 7 or not parts[6]:
         return first
-    if not b"".join(parts[:6]).isascii() and _double_byte(first, fs):
-        return first
+    if not b"".join(parts[:6]).isascii():
+        # Looked for in the whole line, not at MSH-18: the split that would find MSH-18 is
+        # the very one a double-byte character can shift.
+        upper = first.upper()
+        if any(label in upper for label in _DOUBLE_BYTE_CHARSETS):
+            return first
     parts[6] = b""
     return fs.join(parts)
-
-
-def _double_byte(first: bytes, fs: bytes) -> bool:
-    fields = first.split(fs)
-    if len(fields) <= 17 or len(fields[1]) < 2:
-        return False
-    declared = fields[17].split(fields[1][:1])[0].strip().upper()
-    return declared in _DOUBLE_BYTE_CHARSETS
 
 
 def normalized(raw: bytes) -> bytes:

@@ -78,10 +78,13 @@ def test_msh7_is_found_with_the_message_own_field_separator() -> None:
 
 
 def test_a_double_byte_charset_keeps_msh7_when_the_header_before_it_is_not_ascii() -> None:
-    # In Big5 the second byte of a character may be "|" (0x7C): a byte split before MSH-7
-    # could land inside a character, so MSH-7 is left in the digest there.
+    # In Big5 the second byte of a character may be "|" (院 is B0 7C): a byte split before
+    # MSH-7 could land inside a character, so MSH-7 is left in the digest there. Split
+    # anyway, the field emptied would be MSH-6, and a change there would go unseen.
     big5 = "醫院".encode("big5")
+    assert b"|" in big5
     header = b"MSH|^~\\&|APP|" + big5 + b"|WPC|WPC|20240102030405||ADT^A01|C1|P|2.5||||||BIG-5\rPID|1||X\r"
+    assert content_digest(header) != content_digest(header.replace(b"|WPC|WPC|", b"|WPC|OTHER|"))
     assert content_digest(header) != content_digest(header.replace(b"20240102030405", b"20240102031500"))
     # An ASCII header before MSH-7 splits exactly, whatever the charset; so does UTF-8.
     ascii_head = header.replace(big5, b"HOSP")
