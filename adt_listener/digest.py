@@ -40,7 +40,9 @@ message is the same only as its copies that differ in steps 1-3 alone.
 The definition is stored data: ``adt_message.content_digest`` holds it and the event
 id of a message is derived from it (`schemas.adt_event.event_id_for`), so changing
 this function would turn every later resend of a stored message into a new message.
-Pure and never raises, whatever the bytes (hypothesis fuzzes it).
+Pure and never raises, whatever the bytes (hypothesis fuzzes it). It runs on the ACK
+path, in `intake`: about 2 to 3.5 us per message here (the 92 public samples and the
+synthetic feed, 650 to 1,200 bytes), some 5 % of deciding a message.
 """
 
 from __future__ import annotations
