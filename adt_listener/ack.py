@@ -22,6 +22,10 @@ ERR segment definitions):
   would read them as errors.
 * The bytes are encoded in the charset the message was decoded with, and MSH-18 is
   echoed, because the echoed MSH-3..6 may hold non-ASCII characters.
+* A retransmission (the same message again, `adt_listener.digest`) gets the ACK stored
+  for the original, byte for byte but for MSA-3 (text message), which begins with
+  "retransmission" (`mark_retransmission`): the sender's engine reads the same code
+  and MSA-2, and a person reading the log can tell the answer was not a new decision.
 
 Finding texts are ours and never contain field values (PHI); they name locations.
 """
@@ -37,7 +41,10 @@ from typing import Literal
 from adt_listener.er7 import DEFAULT_DELIMITERS, Delimiters, Message, decode, delimiters_from, encode, escape
 from adt_listener.errors import Er7Error
 
-__all__ = ["AckHeader", "Finding", "build_ack", "commit_code", "salvage_header", "should_send"]
+__all__ = [
+    "RETRANSMISSION_TEXT", "AckHeader", "Finding", "build_ack", "commit_code", "mark_retransmission",
+    "salvage_header", "should_send",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,3 +285,37 @@ def build_ack(
     for f in findings if modern else errors:
         lines.append(_err_segment(f, d, modern))
     return encode("\r".join(lines) + "\r", header.charset)
+
+
+RETRANSMISSION_TEXT = "retransmission: stored acknowledgement"
+
+
+def mark_retransmission(ack: bytes) -> bytes:
+    """A stored ACK with MSA-3 (text message) set to `RETRANSMISSION_TEXT`.
+
+    MSA-3 is withdrawn from v2.4 on but kept "for backward compatibility" (chapter 2,
+    MSA segment), and it is the one place of an ACK meant for a human-readable note that
+    every version has. Any text already there follows after "; ". Every other byte stays
+    as stored: same MSH (MSH-7 and MSH-10 of the original answer), same MSA-1 and MSA-2,
+    same ERR segments. Input that is not an ACK with an MSA segment comes back unchanged.
+    """
+    try:
+        msg = Message.parse(ack)
+    except Er7Error:
+        return ack
+    d = msg.delimiters
+    lines: list[str] = []
+    marked = False
+    for seg in msg.segments:
+        fields = list(seg.fields)
+        if seg.name == "MSA" and not marked:
+            fields += [""] * (4 - len(fields))
+            note = escape(RETRANSMISSION_TEXT, d)
+            fields[3] = f"{note}; {fields[3]}" if fields[3] else note
+            marked = True
+        # MSH keeps MSH-1 in fields[1]: the separator itself, not a field between two.
+        lines.append(fields[0] + d.field + d.field.join(fields[2:]) if seg.name == "MSH" and len(fields) > 1
+                     else d.field.join(fields))
+    if not marked:
+        return ack
+    return encode("\r".join(lines) + "\r", msg.charset)

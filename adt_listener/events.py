@@ -10,8 +10,8 @@ What stays the same for consumers: the event of a message is a function of what 
 stored — the raw bytes, the row id (``message_id``), the receive time (the row's
 ``received_at``, the same instant the ACK path used) and the intake policy — so it is
 byte for byte the event `intake(..., with_event=True)` builds, whenever and however
-often it is derived, and ``event_id`` (MSH-4 + MSH-10) still lets consumers dedupe a
-re-publication. Order per patient key: the queue is written by the group commit in
+often it is derived, and ``event_id`` (MSH-4 + MSH-10 + content digest) still lets
+consumers dedupe a re-publication. Order per patient key: the queue is written by the group commit in
 arrival order and published in id order, by one leader (`services.outbox.OutboxRelay`
 under a lock key of its own).
 
@@ -49,6 +49,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter
 
+from adt_listener.digest import content_digest
 from adt_listener.er7 import Message
 from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize
@@ -86,7 +87,10 @@ _COUNT = "SELECT count(*) FROM adt_event_queue"
 
 def derive_event(raw: bytes, *, message_id: uuid.UUID, received_at: dt.datetime, policy: IntakePolicy) -> bytes:
     """The `AdtEventV1` JSON of a stored, accepted message. Raises if it has none."""
-    event, _warnings = normalize(Message.parse(raw), message_id=message_id, received_at=received_at, policy=policy)
+    event, _warnings = normalize(
+        Message.parse(raw), message_id=message_id, received_at=received_at, policy=policy,
+        content_digest=content_digest(raw),
+    )
     return _EVENT_JSON.dump_json(event)
 
 

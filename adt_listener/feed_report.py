@@ -6,6 +6,13 @@ Findings name locations and kinds only, never values, so the report carries no P
 
 A message the sender's mode never selected has ``conformance_checked = true`` but no
 ``conformance_checked_at``; only the latter counts as *checked*.
+
+Control id reuse: an accepted message whose MSH-10 the facility had already used for a
+*different* accepted message (`adt_listener.digest`; a retransmission is not a reuse).
+The listener stores and processes it as the new message it is, but the sender's
+interface engine is at fault (HL7 v2 chapter 2: MSH-10 identifies one message), and a
+receiver that deduplicates on MSH-10 alone would drop it. Reported per facility as
+counts and the first and last time seen, never the control ids or the messages.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ class FindingCount:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlIdReuse:
+    control_ids: int  # control ids that hold more than one different accepted message
+    messages: int  # accepted messages that came under a control id already used (all but the first of each)
+    first_seen: datetime  # received_at of the first such message (in the window)
+    last_seen: datetime  # ... and of the last
+
+
+@dataclass(frozen=True, slots=True)
 class FacilityQuality:
     sending_facility: str  # MSH-4 as received ('' when absent)
     received: int
@@ -46,6 +61,7 @@ class FacilityQuality:
     checked: int  # checked by hl7apy (conformance_checked_at set)
     with_findings: int  # checked, with at least one finding
     top_findings: list[FindingCount]  # most frequent first, at most TOP_FINDINGS
+    control_id_reuse: ControlIdReuse | None = None  # None: no control id reused (in the window)
 
 
 _MESSAGES_SQL = """
@@ -74,6 +90,33 @@ _FINDINGS_SQL = """
 """
 
 
+# The reused keys first (the unique index on MSH-4, MSH-10, digest serves the grouping),
+# then every accepted message under them in arrival order: all but the first of each key
+# came under a control id already used. The window applies to those later messages only,
+# since the first use may lie before it.
+_REUSE_SQL = """
+    WITH reused AS (
+        SELECT sending_facility, control_id
+        FROM adt_message
+        WHERE ack_code = 'AA'
+        GROUP BY sending_facility, control_id
+        HAVING count(*) > 1
+    ), ranked AS (
+        SELECT m.sending_facility, m.control_id, m.received_at,
+               row_number() OVER (PARTITION BY m.sending_facility, m.control_id
+                                  ORDER BY m.received_at, m.id) AS nth
+        FROM adt_message m
+        JOIN reused r ON r.sending_facility = m.sending_facility AND r.control_id = m.control_id
+        WHERE m.ack_code = 'AA'
+    )
+    SELECT m.sending_facility, count(DISTINCT m.control_id) AS control_ids, count(*) AS messages,
+           min(m.received_at) AS first_seen, max(m.received_at) AS last_seen
+    FROM ranked m
+    WHERE m.nth > 1 {and_since}
+    GROUP BY m.sending_facility
+"""
+
+
 async def feed_quality(engine: AsyncEngine, *, since: datetime | None = None) -> list[FacilityQuality]:
     """One entry per sending facility, for messages received at or after ``since`` (all if None).
 
@@ -87,6 +130,13 @@ async def feed_quality(engine: AsyncEngine, *, since: datetime | None = None) ->
     async with engine.connect() as conn:
         message_rows = (await conn.execute(text(_MESSAGES_SQL.format(where=where)), params)).all()
         finding_rows = (await conn.execute(text(_FINDINGS_SQL.format(where=where)), params)).all()
+        and_since = "AND m.received_at >= :since" if since is not None else ""
+        reuse_rows = (await conn.execute(text(_REUSE_SQL.format(and_since=and_since)), params)).all()
+
+    reuse = {
+        r.sending_facility: ControlIdReuse(int(r.control_ids), int(r.messages), r.first_seen, r.last_seen)
+        for r in reuse_rows
+    }
 
     top: dict[str, list[FindingCount]] = {}
     for r in finding_rows:
@@ -103,6 +153,7 @@ async def feed_quality(engine: AsyncEngine, *, since: datetime | None = None) ->
             checked=int(r.checked),
             with_findings=int(r.with_findings),
             top_findings=top.get(r.sending_facility, []),
+            control_id_reuse=reuse.get(r.sending_facility),
         )
         for r in message_rows
     ]
@@ -165,6 +216,12 @@ def format_table(report: list[FacilityQuality]) -> str:
         )
         for f in q.top_findings:
             lines.append(f"    {f.messages:>7} x {f.kind} at {f.location or '-'}")
+        if (reuse := q.control_id_reuse) is not None:
+            lines.append(
+                f"    {reuse.messages:>7} x new message under a control id already used"
+                f" ({reuse.control_ids} control ids; first {reuse.first_seen.isoformat(timespec='seconds')},"
+                f" last {reuse.last_seen.isoformat(timespec='seconds')})"
+            )
     if not report:
         lines.append("(no messages)")
     return "\n".join(lines)

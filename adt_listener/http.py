@@ -52,8 +52,10 @@ def adt_router(ingestor: Ingestor, senders: Senders, *, max_body_bytes: int) -> 
             status = 503
         else:
             status = {"AA": 200, "AE": 422}.get(reply.ack_code, 400)
-        return Response(reply.ack, status_code=status, media_type=ACK_MEDIA_TYPE,
-                        headers={"X-HL7-Ack-Code": reply.ack_code})
+        headers = {"X-HL7-Ack-Code": reply.ack_code}
+        if reply.duplicate:
+            headers["X-WPC-Duplicate"] = "1"
+        return Response(reply.ack, status_code=status, media_type=ACK_MEDIA_TYPE, headers=headers)
 
     return router
 

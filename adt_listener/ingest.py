@@ -10,8 +10,10 @@ The `adt.events` record of an accepted message is derived from the stored messag
 after the commit (`adt_listener.events`), off the ACK path.
 
 The ACK is the stored one: an AA is released only after the commit, a retransmission
-gets the original's ACK, and when the database cannot take the message the sender gets
-AR 207 (application internal error) and nothing is kept, so it must resend.
+(the same message again: `adt_listener.digest`) gets the original's ACK marked as a
+retransmission in MSA-3, and when the database cannot take the message the sender gets
+AR 207 (application internal error) and nothing is kept, so it must resend. A different
+message under a control id already used is no retransmission: it gets its own ACK.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Reply:
     ack_code: str  # AA / AE / AR as decided (AR for "not stored")
     send_ack: bool
     stored: bool
-    duplicate: bool = False
+    duplicate: bool = False  # a retransmission, answered with the stored ACK
 
 
 class Ingestor:
@@ -103,6 +105,9 @@ class Ingestor:
             log.error("message %s from %s not stored: database unavailable", d.intake.control_id, d.sender.name)
         else:
             reply = Reply(stored.ack, d.intake.ack_code, d.intake.send_ack, stored=True, duplicate=stored.duplicate)
+        if reply.duplicate:
+            log.info("message %s from %s is a retransmission: answered with the stored ACK",
+                     d.intake.control_id, d.sender.name)
         metrics.child(metrics.MESSAGES_ACKED, d.channel, d.facility, d.trigger, reply.ack_code).inc()
         metrics.child(metrics.ACK_LATENCY, d.channel).observe(time.perf_counter() - d.started)
         if reply.ack_code != "AA":

@@ -2,7 +2,9 @@
 
 Pure (no I/O, no clock, no randomness except the uuid4 ids): the MLLP and HTTP
 drivers store ``Intake.raw`` under ``message_id``, publish ``event`` and send ``ack``
-when ``send_ack``. `intake` never raises, whatever the bytes.
+when ``send_ack``. `intake` never raises, whatever the bytes. ``content_digest``
+(`adt_listener.digest`) is what tells a retransmission from a different message under
+a reused control id; the store deduplicates on it.
 
 Decision table (HL7 v2 chapter 2.9: AR "rejected" for what the envelope makes
 unprocessable, AE "error" for a readable message whose content we cannot use; codes
@@ -48,6 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from adt_listener.ack import AckHeader, Finding, build_ack, salvage_header, should_send
+from adt_listener.digest import content_digest
 from adt_listener.er7 import Message, Segment
 from adt_listener.errors import Er7Error
 from adt_listener.normalize import normalize, patient_key, sending_facility, timestamp_findings
@@ -93,6 +96,9 @@ class Intake:
     event: AdtEventV1 | None
     ack: bytes
     send_ack: bool
+    # `adt_listener.digest`: equal for a message and its retransmissions (MSH-7 aside);
+    # with MSH-4 and MSH-10 it is what the store deduplicates accepted messages on.
+    content_digest: bytes
 
 
 def _new_control_id() -> str:
@@ -191,21 +197,22 @@ def intake(raw: bytes, *, received_at: dt.datetime, policy: IntakePolicy, with_e
     ``event_id`` and ``patient_key`` are the same either way (tests/unit/test_intake.py).
     """
     message_id = uuid.uuid4()
+    digest = content_digest(raw)
     try:
         msg = Message.parse(raw)
     except Er7Error as exc:
-        return _unparseable(raw, exc, received_at, policy, message_id)
+        return _unparseable(raw, exc, received_at, policy, message_id, digest)
     except Exception:  # a reader bug must still produce an answer; "our fault": 207
-        return _unparseable(raw, None, received_at, policy, message_id)
+        return _unparseable(raw, None, received_at, policy, message_id, digest)
     try:
-        return _decide(raw, msg, received_at, policy, message_id, with_event)
+        return _decide(raw, msg, received_at, policy, message_id, digest, with_event)
     except Exception:
-        return _unparseable(raw, None, received_at, policy, message_id)
+        return _unparseable(raw, None, received_at, policy, message_id, digest)
 
 
 def _decide(
     raw: bytes, msg: Message, received_at: dt.datetime, policy: IntakePolicy, message_id: uuid.UUID,
-    with_event: bool = True,
+    digest: bytes, with_event: bool = True,
 ) -> Intake:
     msh = msg.segments[0]
     facility = sending_facility(msg)
@@ -218,7 +225,9 @@ def _decide(
         code = "AE" if any(f.severity == "E" for f in findings) else "AA"
     if code == "AA":
         if with_event:
-            event, warnings = normalize(msg, message_id=message_id, received_at=received_at, policy=policy)
+            event, warnings = normalize(
+                msg, message_id=message_id, received_at=received_at, policy=policy, content_digest=digest
+            )
         else:
             # The ACK carries normalize's warnings (unreadable times), so those few fields
             # are read now; building and validating the whole event waits.
@@ -238,16 +247,21 @@ def _decide(
         hl7_version=_value(msh, 12) or None,
         charset=msg.charset,
         message_id=message_id,
-        event_id=event.event_id if event is not None else event_id_for(facility, control_id) if control_id else None,
+        event_id=(
+            event.event_id if event is not None
+            else event_id_for(facility, control_id, digest) if control_id else None
+        ),
         patient_key=event.patient.patient_key if event is not None else _first_patient_key(msg, facility),
         event=event,
         ack=ack,
         send_ack=should_send(code, header),
+        content_digest=digest,
     )
 
 
 def _unparseable(
-    raw: bytes, exc: Er7Error | None, received_at: dt.datetime, policy: IntakePolicy, message_id: uuid.UUID
+    raw: bytes, exc: Er7Error | None, received_at: dt.datetime, policy: IntakePolicy, message_id: uuid.UUID,
+    digest: bytes,
 ) -> Intake:
     if exc is not None:
         finding = Finding("E", exc.code, exc.location, exc.text)
@@ -272,6 +286,7 @@ def _unparseable(
         event=None,
         ack=ack,
         send_ack=should_send("AR", header),
+        content_digest=digest,
     )
 
 

@@ -316,11 +316,13 @@ def sending_facility(msg: Message) -> str:
 
 
 def normalize(
-    msg: Message, *, message_id: uuid.UUID, received_at: dt.datetime, policy: IntakePolicy
+    msg: Message, *, message_id: uuid.UUID, received_at: dt.datetime, policy: IntakePolicy, content_digest: bytes
 ) -> tuple[AdtEventV1, list[Finding]]:
     """Build the event of an accepted message, plus warnings (code 102) on bad times.
 
     The caller (intake) has checked that MSH-9/10/11/12 and PID-3 are present.
+    ``content_digest`` is `adt_listener.digest.content_digest` of the raw message (the
+    parsed message no longer has its bytes); it goes into the event id.
     """
     b = _Builder(msg, policy)
     msh = msg.segments[0]
@@ -351,7 +353,7 @@ def normalize(
     message_time = b.time(msh, 7)
     event_time = b.time(evn, 2)
     event: _Obj = {
-        "event_id": event_id_for(facility, control_id),
+        "event_id": event_id_for(facility, control_id, content_digest),
         "message_id": message_id,
         "message_type": m(9, 1, 1) or "",
         "trigger_event": m(9, 1, 2) or "",

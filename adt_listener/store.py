@@ -26,10 +26,16 @@ next frames to the store only after the ACKs of the previous ones, so a connecti
 messages always commit in the order it sent them: `adt.events` keeps each sender's
 order per patient.
 
-Retransmissions: the accepted-message unique index on (MSH-4, MSH-10) turns a resend
-into ``ON CONFLICT DO NOTHING``; the resend gets the stored ACK of the original and a
-row in adt_duplicate (kept for inspection; `same_bytes` tells a true resend from a
-sender reusing a control id).
+Retransmissions: a retransmission is the same message again, and the same message is
+the same MSH-4, MSH-10 *and content digest* (`adt_listener.digest`: the bytes, but for
+MSH-7 and segment terminators). The accepted-message unique index on those three turns
+a resend into ``ON CONFLICT DO NOTHING``; the resend gets the ACK stored for the
+original, marked in MSA-3 as a retransmission (`ack.mark_retransmission`), and a row in
+adt_duplicate (kept for inspection; ``same_bytes`` tells a byte-identical resend from
+one with a new MSH-7). A *different* message under a control id already used (counters
+reset, ids built from timestamps) has another digest: it is stored, answered and
+published as the new message it is, also when both arrive in one batch, and the reuse
+is reported per facility by `adt_listener.feed_report`.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adt_listener.ack import mark_retransmission
 from adt_listener.intake import Intake
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_deadletter import Finding as DeadLetterFinding
@@ -62,22 +69,23 @@ WITH incoming AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
         $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::text[], $14::uuid[], $15::text[],
-        $16::bool[], $17::timestamptz[], $18::text[], $19::text[], $20::bytea[]
+        $16::bool[], $17::timestamptz[], $18::text[], $19::text[], $20::bytea[], $21::bytea[]
     ) WITH ORDINALITY AS t(id, channel, sender, sending_facility, control_id, message_type, trigger_event,
                            hl7_version, ack_code, errors, ack, raw, charset, event_id, patient_key,
-                           conformance_checked, received_at, topic, key, payload, ord)
+                           conformance_checked, received_at, topic, key, payload, content_digest, ord)
 ), stored AS (
     INSERT INTO adt_message (id, channel, sender, sending_facility, control_id, message_type,
                              trigger_event, hl7_version, ack_code, errors, ack, raw, charset,
-                             event_id, patient_key, conformance_checked, received_at)
+                             event_id, patient_key, conformance_checked, received_at, content_digest)
     SELECT id, channel, sender, sending_facility, control_id, message_type, trigger_event,
            hl7_version, ack_code, errors::jsonb, ack, raw, charset, event_id, patient_key,
-           conformance_checked, received_at
+           conformance_checked, received_at, content_digest
     -- Key order, not arrival order: concurrent writers then take the unique index's
     -- locks in the same order and two crossing retransmissions cannot deadlock; within
-    -- a key, the first to arrive is the one kept.
-    FROM incoming ORDER BY sending_facility, control_id, ord
-    ON CONFLICT (sending_facility, control_id) WHERE ack_code = 'AA' DO NOTHING
+    -- a key, the first to arrive is the one kept. (adt_message has no order of its own:
+    -- the queue and outbox rows below are written in arrival order.)
+    FROM incoming ORDER BY sending_facility, control_id, content_digest, ord
+    ON CONFLICT (sending_facility, control_id, content_digest) WHERE ack_code = 'AA' DO NOTHING
     RETURNING id
 ), queued AS (
     INSERT INTO adt_event_queue (message_id)
@@ -95,10 +103,11 @@ SELECT id FROM stored
 """
 
 _ORIGINALS = """
-SELECT m.id, m.sending_facility, m.control_id, m.ack, m.raw
+SELECT m.id, m.sending_facility, m.control_id, m.content_digest, m.ack, m.raw
 FROM adt_message m
-JOIN unnest($1::text[], $2::text[]) AS d(sending_facility, control_id)
+JOIN unnest($1::text[], $2::text[], $3::bytea[]) AS d(sending_facility, control_id, content_digest)
   ON m.sending_facility = d.sending_facility AND m.control_id = d.control_id
+ AND m.content_digest = d.content_digest
 WHERE m.ack_code = 'AA'
 """
 
@@ -124,8 +133,8 @@ class Topics:
 @dataclass(frozen=True, slots=True)
 class Stored:
     message_id: uuid.UUID  # the row that holds the message (the original's, for a duplicate)
-    ack: bytes  # the ACK to send: the stored one for a retransmission
-    duplicate: bool
+    ack: bytes  # the ACK to send: for a retransmission, the stored one marked as such in MSA-3
+    duplicate: bool  # a retransmission of a message already stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,9 +331,10 @@ class MessageStore:
 
     async def _write_batch(self, lane: _Lane, batch: list[Custody]) -> list[Stored]:
         # One array per column (unnest ... WITH ORDINALITY numbers the rows in batch order).
-        cols: list[list[object]] = [[] for _ in range(20)]
+        cols: list[list[object]] = [[] for _ in range(21)]
         (c_id, c_channel, c_sender, c_facility, c_control, c_type, c_trigger, c_version, c_code, c_errors,
-         c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_received, c_topic, c_key, c_payload) = cols
+         c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_received, c_topic, c_key, c_payload,
+         c_digest) = cols
         dead_letter_topic = self._topics.adt_deadletter
         for item in batch:
             i = item.intake
@@ -356,6 +366,7 @@ class MessageStore:
             c_topic.append(topic)
             c_key.append(key)
             c_payload.append(payload)
+            c_digest.append(i.content_digest)
 
         driver = await lane.driver()
         try:
@@ -377,16 +388,19 @@ class MessageStore:
     async def _resolve_duplicates(
         self, driver: Any, batch: list[Custody], missing: list[int], results: list[Stored | None]
     ) -> None:
-        keys = [(batch[n].intake.sending_facility, batch[n].intake.control_id or "") for n in missing]
+        keys = [
+            (batch[n].intake.sending_facility, batch[n].intake.control_id or "", batch[n].intake.content_digest)
+            for n in missing
+        ]
         originals = await driver.fetch(
-            _ORIGINALS, [k[0] for k in keys], [k[1] for k in keys]
+            _ORIGINALS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
         )
-        by_key = {(r["sending_facility"], r["control_id"]): r for r in originals}
+        by_key = {(r["sending_facility"], r["control_id"], bytes(r["content_digest"])): r for r in originals}
         dup_cols: list[list[object]] = [[], [], [], []]
         for n, key in zip(missing, keys, strict=True):
             original = by_key[key]
             item = batch[n]
-            results[n] = Stored(original["id"], bytes(original["ack"]), True)
+            results[n] = Stored(original["id"], mark_retransmission(bytes(original["ack"])), True)
             same = bytes(original["raw"]) == item.intake.raw
             for col, value in zip(dup_cols, (original["id"], item.sender, same, item.intake.raw), strict=True):
                 col.append(value)

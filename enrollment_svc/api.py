@@ -3,7 +3,8 @@
 Every endpoint needs a bearer token (`services.auth`); every read or change of a
 patient's data writes an ``audit`` row (who, what, which person or candidate), in the
 same transaction as a change. Errors name what is wrong with the request, never
-patient data.
+patient data. Identity links and unlinks are ops work (role ``ops`` only): a wrong link
+merges two people's histories and decisions, across every program.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from services.auth import User, current_user
 from services.httpserver import utc_time
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+_LINKS_ARE_OPS_WORK = "identity links and unlinks are ops work: they need the ops role"
 
 
 class _Body(BaseModel):
@@ -263,8 +266,8 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
 
     @router.post("/identity-links", status_code=201)
     async def link(body: LinkIn, user: CurrentUser) -> dict[str, Any]:
-        if not (user.has("ops") or user.programs(write=True)):
-            raise HTTPException(403, "ops or care team role required")
+        if not user.has("ops"):
+            raise HTTPException(403, _LINKS_ARE_OPS_WORK)
         async with engine.begin() as conn:
             try:
                 person = await store.link(
@@ -281,8 +284,8 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
 
     @router.post("/identity-unlinks", status_code=201)
     async def unlink(body: UnlinkIn, user: CurrentUser) -> dict[str, Any]:
-        if not (user.has("ops") or user.programs(write=True)):
-            raise HTTPException(403, "ops or care team role required")
+        if not user.has("ops"):
+            raise HTTPException(403, _LINKS_ARE_OPS_WORK)
         async with engine.begin() as conn:
             try:
                 person = await store.unlink(

@@ -4,6 +4,13 @@ Part 2 consents, the PCP-notified measure.
 Bearer tokens and roles are the same as the enrollment service's (`services.auth`). A
 delivery listing shows ids, recipients, endpoints, states and PHI-free error reasons,
 never bodies. Recording or revoking a consent writes an ``audit`` row in its transaction.
+
+Who records or revokes a Part 2 consent (`services.auth.may_handle_consent`): ops, or
+the care team of a program the person is a candidate or enrollee of *now*, as the
+notifier knows it from ``notifier_candidate`` (a proposal not yet given a status
+counts; a declined, expired, withdrawn or disenrolled candidate does not). A refusal
+never says which programs the person is in: that the person is a SUD-ENS candidate is
+itself Part 2 information.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier import dispatcher, policy, store
 from notifier.config import NotifyConfig
 from schemas.adt_event import patient_key
-from services.auth import User, current_user
+from services.auth import User, current_user, may_handle_consent
 from services.httpserver import utc_time
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -86,6 +93,28 @@ class ConsentIn(_Body):
 def _require(user: User, *roles: str) -> None:
     if not any(user.has(r) for r in roles):
         raise HTTPException(403, f"this needs one of the roles: {', '.join(roles)}")
+
+
+_CONSENT_ROLES = "a Part 2 consent is recorded or revoked by ops or by a care team"
+_NOT_YOUR_PERSON = (
+    "a Part 2 consent is recorded or revoked by ops or by the care team of a program the person is "
+    "a candidate or enrollee of; none of your care team roles is such a program"
+)
+
+
+async def _person_programs(conn: AsyncConnection, person_id: uuid.UUID) -> set[str]:
+    """Programs the person is a candidate or enrollee of now (module docstring)."""
+    rows = await conn.execute(
+        text("SELECT DISTINCT program FROM notifier_candidate WHERE person_id = :p "
+             "AND (status IS NULL OR status <> ALL(CAST(:ended AS text[])))"),
+        {"p": person_id, "ended": list(store.ENDED)},
+    )
+    return {str(r[0]) for r in rows}
+
+
+async def _check_consent_role(conn: AsyncConnection, user: User, person_id: uuid.UUID) -> None:
+    if not may_handle_consent(user, await _person_programs(conn, person_id)):
+        raise HTTPException(403, _NOT_YOUR_PERSON)
 
 
 def parse_roster_csv(body: str) -> list[RosterEntry]:
@@ -194,11 +223,12 @@ def notifier_router(
 
     @router.post("/consents", status_code=201)
     async def add_consent(body: ConsentIn, user: CurrentUser) -> dict[str, int]:
-        if not user.programs(write=True):
-            raise HTTPException(403, "recording a consent needs a care team role")
+        if not (user.has("ops") or user.programs(write=True)):
+            raise HTTPException(403, _CONSENT_ROLES)
         granted = utc_time(body.granted_at)
         expires = utc_time(body.expires_at) if body.expires_at else None
         async with engine.begin() as conn:
+            await _check_consent_role(conn, user, body.person_id)
             consent_id = (
                 await conn.execute(
                     text("INSERT INTO consent (person_id, scope, granted_at, expires_at, recorded_by, source) "
@@ -215,18 +245,19 @@ def notifier_router(
 
     @router.post("/consents/{consent_id}/revoke")
     async def revoke_consent(consent_id: int, user: CurrentUser) -> dict[str, str]:
-        if not user.programs(write=True):
-            raise HTTPException(403, "revoking a consent needs a care team role")
+        if not (user.has("ops") or user.programs(write=True)):
+            raise HTTPException(403, _CONSENT_ROLES)
         async with engine.begin() as conn:
             person = (
                 await conn.execute(
-                    text("UPDATE consent SET revoked_at = now() WHERE id = :i AND revoked_at IS NULL "
-                         "RETURNING person_id"),
+                    text("SELECT person_id FROM consent WHERE id = :i AND revoked_at IS NULL FOR UPDATE"),
                     {"i": consent_id},
                 )
             ).scalar_one_or_none()
             if person is None:
                 raise HTTPException(404, "no such active consent")
+            await _check_consent_role(conn, user, person)
+            await conn.execute(text("UPDATE consent SET revoked_at = now() WHERE id = :i"), {"i": consent_id})
             await conn.execute(
                 text("INSERT INTO audit (actor, action, person_id, detail) VALUES (:a, 'consent_revoked', :p, :d)"),
                 {"a": user.name, "p": person, "d": f"consent={consent_id}"},

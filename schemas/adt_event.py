@@ -1,8 +1,10 @@
 """`adt.events` v1: one normalized HL7 v2 ADT message, as the listener publishes it.
 
-Consumers dedupe on ``event_id``: it is derived from the sending facility and the
-message control id (MSH-4 + MSH-10), so a retransmission, a relay retry or a replay
-of the stored raw message always carries the same id.
+Consumers dedupe on ``event_id``: it is derived from the sending facility, the
+message control id and the message's content digest (MSH-4 + MSH-10 + digest, see
+`event_id_for`), so a retransmission, a relay retry or a replay of the stored raw
+message always carries the same id, and two different messages under a reused control
+id carry two.
 
 Field names say where each value comes from in HL7 v2 (chapter 2 for MSH/EVN,
 chapter 3 for PID/PD1/PV1/DG1/MRG/ROL, chapter 6 for IN1). Times keep the sender's
@@ -34,9 +36,18 @@ def patient_key(authority: str, value: str) -> str:
     return hashlib.sha256(f"{authority}|{value}".encode()).hexdigest()[:32]
 
 
-def event_id_for(sending_facility: str, control_id: str) -> uuid.UUID:
-    """The stable id of the event carried by message (MSH-4, MSH-10)."""
-    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{sending_facility}\x1f{control_id}")
+def event_id_for(sending_facility: str, control_id: str, content_digest: bytes | None = None) -> uuid.UUID:
+    """The stable id of the event carried by message (MSH-4, MSH-10, content digest).
+
+    The listener passes the message's content digest (`adt_listener.digest`: equal for a
+    message and its resends), because control ids get reused for different messages.
+    Without one, the id is that of (MSH-4, MSH-10) alone: what events published before
+    migration 0006 carry, and what synthetic events (benchmarks) use.
+    """
+    name = f"{sending_facility}\x1f{control_id}"
+    if content_digest is not None:
+        name += f"\x1f{content_digest.hex()}"
+    return uuid.uuid5(EVENT_ID_NAMESPACE, name)
 
 
 class _Model(BaseModel):

@@ -6,18 +6,27 @@
       token_sha256: 5e88...        # sha256 of the bearer token, hex
       roles: [care_team:TOC, care_team:SUD-ENS]
 
-Roles: ``care_team:<PROGRAM>`` (read and act on that program's candidates, record a
-patient's consents; ``care_team:*`` for all programs), ``partner`` (post flags from a
-partner system: housing, probation, children and family services; load a health plan's
-PCP roster or a practice's panel), ``ops`` (measures and identity links, every program's
-candidates read-only, notification failures and re-sends, rosters and panels).
-A request without a valid token gets 401, a role it lacks 403.
+Roles:
+
+* ``care_team:<PROGRAM>`` (``care_team:*`` for all programs): read and act on that
+  program's candidates; record and revoke a person's 42 CFR Part 2 consent when the
+  person is a candidate or enrollee of that program (`may_handle_consent`): a TOC team
+  has no say over the consent of someone who is only a SUD-ENS candidate.
+* ``partner``: post flags from a partner system (housing, probation, children and
+  family services); load a health plan's PCP roster or a practice's panel.
+* ``ops``: identity links and unlinks (ops only: a wrong link merges two people's
+  histories, so it is not a care team's call), measures, every program's candidates
+  read-only, Part 2 consents of anyone, notification failures and re-sends, rosters and
+  panels.
+
+A request without a valid token gets 401, a role it lacks 403 with the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +49,21 @@ class User:
 
     def has(self, role: str) -> bool:
         return role in self.roles
+
+    def on_team_of(self, programs: Collection[str]) -> bool:
+        """Whether the user is on the care team of one of ``programs``."""
+        return not self.programs(write=True).isdisjoint(programs)
+
+
+def may_handle_consent(user: User, person_programs: Collection[str]) -> bool:
+    """Whether ``user`` may record or revoke a Part 2 consent of a person who is a
+    candidate or enrollee of ``person_programs`` now: ops, or the care team of one of them.
+
+    Why not any care team: a consent lifts the Part 2 redaction of the person's SUD
+    information, so it is the business of the team that works with the person (and
+    knows of the signed form), not of a program that has never seen them.
+    """
+    return user.has("ops") or user.on_team_of(person_programs)
 
 
 class Users:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from adt_listener.ack import mark_retransmission
 from adt_listener.mllp import encode
 from adt_listener.sender import MllpClient
 from adt_listener.synthetic import synthetic_feed
@@ -81,7 +82,9 @@ async def test_retransmission_gets_the_same_ack_and_no_duplicate(
         port = listener.endpoints.mllp_port
         first = (await send_over(port, [message]))[0]
         again = (await send_over(port, [message, message]))
-        assert again == [first, first]
+        # The stored ACK, marked in MSA-3 so that a person can tell it is no new decision.
+        assert again == [mark_retransmission(first)] * 2
+        assert ack_fields(again[0])["MSA"][3].startswith("retransmission")
         await wait_outbox_empty(database_url)
     assert len(await db_fetch(database_url, "SELECT id FROM adt_message")) == 1
     dups = await db_fetch(database_url, "SELECT same_bytes FROM adt_duplicate")
@@ -174,11 +177,13 @@ async def test_sample_corpus_over_mllp(
             assert ack_code(frame.strip(b"\x0b\x1c\r")) in {expected, commit_mode}, key
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.endpoints.http_port}") as http:
             assert (await http.get("/healthz")).status_code == 200
-    # Every input is kept: as a message, or (several samples reuse MSH-4 + MSH-10, the way a
-    # sender resetting its counter would) as a duplicate of the first one, for inspection.
-    kept = {bytes(r["raw"]) for r in await db_fetch(database_url, "SELECT raw FROM adt_message")}
-    kept |= {bytes(r["raw"]) for r in await db_fetch(database_url, "SELECT raw FROM adt_duplicate")}
-    assert {p.read_bytes() for p in files if b"\x0b" not in p.read_bytes() and b"\x1c" not in p.read_bytes()} <= kept
+    # Every input is kept as a message of its own: several samples reuse MSH-4 + MSH-10 (the
+    # way a sender resetting its counter would), but each is a different message, none a
+    # retransmission (tests/e2e/test_control_id_reuse.py).
+    kept = [bytes(r["raw"]) for r in await db_fetch(database_url, "SELECT raw FROM adt_message")]
+    sent = {p.read_bytes() for p in files if b"\x0b" not in p.read_bytes() and b"\x1c" not in p.read_bytes()}
+    assert sorted(kept) == sorted(sent)
+    assert await db_fetch(database_url, "SELECT id FROM adt_duplicate") == []
     stored_ids = {r["control_id"] for r in await db_fetch(database_url, "SELECT control_id FROM adt_message")}
     assert set(no_ack) <= stored_ids
 

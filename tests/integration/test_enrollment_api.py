@@ -465,7 +465,7 @@ async def test_flag_errors_unknown_identifier_naive_time_and_missing_role(
 # --- identity links ------------------------------------------------------------------------
 
 
-async def test_link_makes_one_person_and_unlink_splits_it_again(
+async def test_link_makes_one_person_and_unlink_splits_it_again_and_both_are_ops_work(
     engine: AsyncEngine, store: EnrollmentStore, client: httpx.AsyncClient
 ) -> None:
     # The same patient at two hospitals, without a Medi-Cal id to match on: two persons.
@@ -484,20 +484,28 @@ async def test_link_makes_one_person_and_unlink_splits_it_again(
 
     link = {"a": {"authority": "COUNTYGEN", "value": "C-1"}, "b": {"authority": "STMARY", "value": "S-9"},
             "reason": "same name, birth date and address"}
-    assert (await client.post("/v1/identity-links", headers=PARTNER, json=link)).status_code == 403
-    r = await client.post("/v1/identity-links", headers=TOC, json=link | {"b": {"authority": "STMARY", "value": "X"}})
+    # Ops work only: a care team (even of every program) or a partner may not link.
+    for headers in (PARTNER, TOC, ISR):
+        r = await client.post("/v1/identity-links", headers=headers, json=link)
+        assert r.status_code == 403 and "ops" in r.json()["detail"], r.text
+    assert await persons() == before
+    r = await client.post("/v1/identity-links", headers=OPS, json=link | {"b": {"authority": "STMARY", "value": "X"}})
     assert r.status_code == 404
-    r = await client.post("/v1/identity-links", headers=TOC, json=link | {"reason": "x"})
+    r = await client.post("/v1/identity-links", headers=OPS, json=link | {"reason": "x"})
     assert r.status_code == 422
-    r = await client.post("/v1/identity-links", headers=TOC, json=link)
+    r = await client.post("/v1/identity-links", headers=OPS, json=link)
     assert r.status_code == 201, r.text
     linked = await persons()
     assert linked["COUNTYGEN"] == linked["STMARY"] == uuid.UUID(r.json()["person_id"])
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(DISTINCT person_id) FROM identity")) == 1
 
-    r = await client.post("/v1/identity-unlinks", headers=OPS,
-                          json={"identifier": {"authority": "STMARY", "value": "S-9"}, "reason": "different people"})
+    unlink = {"identifier": {"authority": "STMARY", "value": "S-9"}, "reason": "different people"}
+    for headers in (PARTNER, TOC):
+        r = await client.post("/v1/identity-unlinks", headers=headers, json=unlink)
+        assert r.status_code == 403 and "ops" in r.json()["detail"], r.text
+    assert await persons() == linked
+    r = await client.post("/v1/identity-unlinks", headers=OPS, json=unlink)
     assert r.status_code == 201, r.text
     split = await persons()
     assert split["STMARY"] == uuid.UUID(r.json()["person_id"])
@@ -507,11 +515,11 @@ async def test_link_makes_one_person_and_unlink_splits_it_again(
             .all()
     c1, s9 = identity_key("COUNTYGEN", "C-1"), identity_key("STMARY", "S-9")
     assert [tuple(x) for x in links] == [
-        ("link", c1, s9, "maria.lopez", "same name, birth date and address"),
+        ("link", c1, s9, "olga.ops", "same name, birth date and address"),
         ("unlink", s9, s9, "olga.ops", "different people"),
     ]
     assert [(a.actor, a.action, a.person_id, a.detail) for a in await audit_rows(engine)] == [
-        ("maria.lopez", "link", linked["COUNTYGEN"], "same name, birth date and address"),
+        ("olga.ops", "link", linked["COUNTYGEN"], "same name, birth date and address"),
         ("olga.ops", "unlink", split["STMARY"], "different people"),
     ]
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener import feed_report
-from adt_listener.feed_report import FacilityQuality, FindingCount, feed_quality, router
+from adt_listener.feed_report import ControlIdReuse, FacilityQuality, FindingCount, feed_quality, router
 from services.db import create_engine
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -36,18 +36,19 @@ async def message(
     inspected: bool = False,
     findings: Sequence[tuple[str, str | None]] = (),
     at: datetime = T0,
+    control_id: str | None = None,
 ) -> uuid.UUID:
     mid = uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(
             text(
                 "INSERT INTO adt_message (id, received_at, channel, sender, sending_facility, control_id,"
-                " ack_code, ack, raw, conformance_checked, conformance_checked_at)"
+                " ack_code, ack, raw, conformance_checked, conformance_checked_at, content_digest)"
                 " VALUES (:id, :at, 'mllp', 's', :f, :c, :ack, 'x', 'MSH|', :checked,"
-                " CASE WHEN :inspected THEN now() END)"
+                " CASE WHEN :inspected THEN now() END, :digest)"
             ),
-            {"id": mid, "at": at, "f": facility, "c": mid.hex, "ack": ack, "checked": checked,
-             "inspected": inspected or bool(findings)},
+            {"id": mid, "at": at, "f": facility, "c": control_id or mid.hex, "ack": ack, "checked": checked,
+             "inspected": inspected or bool(findings), "digest": mid.bytes},
         )
         for kind, location in findings:
             await conn.execute(
@@ -160,3 +161,38 @@ def test_format_table() -> None:
     lines = table.splitlines()
     assert lines[2].split() == ["NORTH", "6", "4", "2", "2", "5", "3"]
     assert lines[3].split() == ["3", "x", "table", "at", "PID-8"]
+
+
+async def test_control_ids_reused_for_different_messages_are_a_finding_of_their_facility(
+    engine: AsyncEngine,
+) -> None:
+    hour = timedelta(hours=1)
+    for n in range(3):  # one control id, three different accepted messages
+        await message(engine, "NORTH", "AA", control_id="MSG00001", at=T0 + n * hour)
+    await message(engine, "NORTH", "AE", control_id="MSG00001", at=T0 + 5 * hour)  # rejected: not a reuse
+    await message(engine, "NORTH", "AA", control_id="123456", at=T0 - 24 * hour)
+    await message(engine, "NORTH", "AA", control_id="123456", at=T0 + 4 * hour)
+    await message(engine, "NORTH", "AA", control_id="ONCE", at=T0)
+    await message(engine, "SOUTH", "AA", control_id="MSG00001", at=T0)  # the same id elsewhere is no reuse
+
+    report = {q.sending_facility: q for q in await feed_quality(engine)}
+    assert report["NORTH"].control_id_reuse == ControlIdReuse(
+        control_ids=2, messages=3, first_seen=T0 + hour, last_seen=T0 + 4 * hour
+    )
+    assert report["SOUTH"].control_id_reuse is None
+
+    # A window counts the later messages received in it, whenever the first use was.
+    window = {q.sending_facility: q for q in await feed_quality(engine, since=T0 + timedelta(minutes=90))}
+    assert window["NORTH"].control_id_reuse == ControlIdReuse(2, 2, T0 + 2 * hour, T0 + 4 * hour)
+
+    app = FastAPI()
+    app.include_router(router(engine))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        body = (await client.get("/v1/feed-quality")).json()
+    north = next(q for q in body if q["sending_facility"] == "NORTH")
+    assert north["control_id_reuse"]["messages"] == 3 and north["control_id_reuse"]["control_ids"] == 2
+    assert datetime.fromisoformat(north["control_id_reuse"]["first_seen"]) == T0 + hour
+    assert "MSG00001" not in str(body)  # counts and times, not the ids
+
+    table = feed_report.format_table(list(report.values()))
+    assert "3 x new message under a control id already used (2 control ids;" in table

@@ -26,17 +26,22 @@ from tests.integration.test_notifier_flow import (
     enroll,
     feed_adt,
     rig_factory,
+    status,
 )
 
 TOKENS = {
     "tok-ops": User("olga.ops", frozenset({"ops"})),
     "tok-plan": User("plan-feed", frozenset({"partner"})),
     "tok-toc": User("maria.lopez", frozenset({"care_team:TOC"})),
+    "tok-sud": User("sam.reyes", frozenset({"care_team:SUD-ENS"})),
+    "tok-all": User("ana.lead", frozenset({"care_team:*"})),
 }
 _ = rig_factory  # a fixture, imported for pytest
 OPS = {"Authorization": "Bearer tok-ops"}
 PLAN = {"Authorization": "Bearer tok-plan"}
 TOC = {"Authorization": "Bearer tok-toc"}
+SUD = {"Authorization": "Bearer tok-sud"}
+ALL_TEAMS = {"Authorization": "Bearer tok-all"}
 
 
 @pytest.fixture
@@ -60,7 +65,8 @@ async def test_roles_are_checked_on_every_endpoint(client: httpx.AsyncClient) ->
     assert (await client.get("/v1/measures/pcp-notified", headers=PLAN)).status_code == 403
     assert (await client.put("/v1/panels/clinic", json={"members": []}, headers=TOC)).status_code == 403
     consent = {"person_id": str(uuid.uuid4()), "scope": "pcp", "granted_at": NOW.isoformat(), "source": "f"}
-    assert (await client.post("/v1/consents", json=consent, headers=OPS)).status_code == 403
+    assert (await client.post("/v1/consents", json=consent, headers=PLAN)).status_code == 403
+    assert (await client.post("/v1/consents/1/revoke", headers=PLAN)).status_code == 403
 
 
 async def test_a_roster_loads_as_json_or_csv_and_rejects_unknown_practices(
@@ -114,20 +120,76 @@ async def test_a_recorded_consent_lifts_the_redaction_and_a_revoked_one_restores
     consent = {"person_id": str(cand.person_id), "scope": "pcp", "granted_at": "2026-11-17T10:00:00-08:00",
                "source": "signed form in the county EHR"}
     naive = {**consent, "granted_at": "2026-11-17T10:00:00"}
-    assert (await client.post("/v1/consents", json=naive, headers=TOC)).status_code == 422
-    answer = await client.post("/v1/consents", json=consent, headers=TOC)
+    assert (await client.post("/v1/consents", json=naive, headers=SUD)).status_code == 422
+    answer = await client.post("/v1/consents", json=consent, headers=SUD)
     assert answer.status_code == 201
     consent_id = answer.json()["consent_id"]
     await feed_adt(rig, admission("A01", facility="STMARY", visit="C1", dx=("F11.20",)))
     await rig.deliver()
     assert _fhir_codes(rig) == [["F11.20"]]
-    assert (await client.post(f"/v1/consents/{consent_id}/revoke", headers=TOC)).json() == {"status": "revoked"}
-    assert (await client.post(f"/v1/consents/{consent_id}/revoke", headers=TOC)).status_code == 404
+    assert (await client.post(f"/v1/consents/{consent_id}/revoke", headers=SUD)).json() == {"status": "revoked"}
+    assert (await client.post(f"/v1/consents/{consent_id}/revoke", headers=SUD)).status_code == 404
     await feed_adt(rig, admission("A01", facility="STMARY", visit="C2", dx=("F11.20",)))
     await rig.deliver()
     assert _fhir_codes(rig) == [["F11.20"], []]
-    actions = [r["action"] for r in await rig.rows("SELECT action FROM audit WHERE actor = 'maria.lopez' ORDER BY id")]
+    actions = [r["action"] for r in await rig.rows("SELECT action FROM audit WHERE actor = 'sam.reyes' ORDER BY id")]
     assert actions == ["consent", "consent_revoked"]
+
+
+async def test_a_part2_consent_is_the_business_of_the_persons_program_team_or_ops(
+    client: httpx.AsyncClient, rig: Rig
+) -> None:
+    sud = candidate("SUD-ENS")  # only a SUD-ENS candidate: proposed, no status yet
+    await rig.feed(TOPICS.candidates, sud)
+
+    def consent(person: uuid.UUID) -> dict[str, str]:
+        return {"person_id": str(person), "scope": "care_team", "granted_at": "2026-11-17T10:00:00-08:00",
+                "source": "signed form in the county EHR"}
+
+    async def active_consents() -> int:
+        return len(await rig.rows("SELECT id FROM consent WHERE revoked_at IS NULL"))
+
+    refused = await client.post("/v1/consents", json=consent(sud.person_id), headers=TOC)
+    assert refused.status_code == 403
+    detail = refused.json()["detail"]
+    assert "ops" in detail and "care team" in detail and "SUD" not in detail  # no word of the person's program
+    unknown = await client.post("/v1/consents", json=consent(uuid.uuid4()), headers=TOC)
+    assert unknown.status_code == 403 and unknown.json()["detail"] == detail  # nor whether the notifier knows them
+    assert (await client.post("/v1/consents", json=consent(sud.person_id), headers=PLAN)).status_code == 403
+    assert await active_consents() == 0
+
+    by_team = await client.post("/v1/consents", json=consent(sud.person_id), headers=SUD)
+    assert by_team.status_code == 201, by_team.text
+    assert (await client.post("/v1/consents", json=consent(sud.person_id), headers=ALL_TEAMS)).status_code == 201
+    assert (await client.post("/v1/consents", json=consent(sud.person_id), headers=OPS)).status_code == 201
+    assert await active_consents() == 3
+
+    # Revoking: the same rule. The TOC team cannot withdraw what it could not record.
+    consent_id = by_team.json()["consent_id"]
+    revoke = f"/v1/consents/{consent_id}/revoke"
+    assert (await client.post(revoke, headers=TOC)).status_code == 403
+    assert await active_consents() == 3
+    assert (await client.post(revoke, headers=SUD)).json() == {"status": "revoked"}
+
+    # A TOC enrollee: the TOC team records the consent.
+    toc = candidate("TOC")
+    await enroll(rig, toc)
+    assert (await client.post("/v1/consents", json=consent(toc.person_id), headers=TOC)).status_code == 201
+    assert (await client.post("/v1/consents", json=consent(toc.person_id), headers=SUD)).status_code == 403
+
+    # A candidacy that ended (declined) is no longer the team's: ops then.
+    declined = candidate("SUD-ENS")
+    await rig.feed(TOPICS.candidates, declined)
+    await rig.feed(TOPICS.enrollment_events, status(declined, "declined"))
+    assert (await client.post("/v1/consents", json=consent(declined.person_id), headers=SUD)).status_code == 403
+    assert (await client.post("/v1/consents", json=consent(declined.person_id), headers=OPS)).status_code == 201
+
+    recorded = [(r["actor"], r["action"]) for r in await rig.rows(
+        "SELECT actor, action FROM audit WHERE action LIKE 'consent%' ORDER BY id")]
+    assert recorded == [
+        ("sam.reyes", "consent"), ("ana.lead", "consent"), ("olga.ops", "consent"),
+        ("sam.reyes", "consent_revoked"), ("maria.lopez", "consent"), ("olga.ops", "consent"),
+    ]
 
 
 def _fhir_codes(rig: Rig) -> list[list[str]]:

@@ -6,7 +6,15 @@ import datetime as dt
 
 import pytest
 
-from adt_listener.ack import AckHeader, Finding, build_ack, salvage_header, should_send
+from adt_listener.ack import (
+    RETRANSMISSION_TEXT,
+    AckHeader,
+    Finding,
+    build_ack,
+    mark_retransmission,
+    salvage_header,
+    should_send,
+)
 from adt_listener.er7 import Message
 
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone(dt.timedelta(hours=-7)))
@@ -163,3 +171,45 @@ def test_salvage_of_garbage_still_builds_a_parseable_ar(raw: bytes) -> None:
     ack = Message.parse(data)
     assert ack.get("MSA-1") == "AR"
     assert ack.all("ERR")
+
+
+# --- the stored ACK of a retransmission ------------------------------------------------------
+
+
+def _build(msg: Message, code: str = "AA", findings: list[Finding] | None = None) -> bytes:
+    return build_ack(AckHeader.from_message(msg), code, findings or [], control_id="ACK1", now=NOW)  # type: ignore[arg-type]
+
+
+def test_a_retransmission_ack_differs_from_the_stored_one_in_msa3_alone() -> None:
+    stored = _build(message("2.5"), findings=[BAD_SEX])
+    marked = mark_retransmission(stored)
+    assert marked != stored
+    before, after = stored.split(b"\r"), marked.split(b"\r")
+    assert [n for n, (a, b) in enumerate(zip(before, after, strict=True)) if a != b] == [1]  # the MSA line
+    assert after[1] == b"MSA|AA|CTRL-1|retransmission: stored acknowledgement"
+    ack = Message.parse(marked)
+    assert ack.get("MSA-3").startswith("retransmission")
+
+
+def test_existing_msa3_text_is_kept_after_the_note() -> None:
+    stored = _build(message("2.3"), code="AE", findings=[MISSING_PID3])  # before v2.4 MSA-3 holds the error
+    assert Message.parse(stored).get("MSA-3") == "PID-3 holds no patient identifier"
+    marked = Message.parse(mark_retransmission(stored))
+    assert marked.get("MSA-3") == f"{RETRANSMISSION_TEXT}; PID-3 holds no patient identifier"
+    assert marked.get("MSA-1") == "AE" and marked.get("MSA-2") == "CTRL-1"
+
+
+def test_the_note_is_escaped_for_the_senders_delimiters_and_charset_is_kept() -> None:
+    # ":" as component separator: the note's colon must be escaped (\S\), not split the field.
+    odd = message("2.5", enc=b":~\\&")
+    marked = Message.parse(mark_retransmission(_build(odd)))
+    assert marked.delimiters.component == ":" and marked.get("MSA-3") == RETRANSMISSION_TEXT
+    raw = "MSH|^~\\&|A|B|KLINIK|BLÖH|20240101||ADT^A01|C1|P|2.5||||||8859/1\r".encode("latin-1")
+    stored = _build(Message.parse(raw))
+    data = mark_retransmission(stored)
+    assert data.split(b"\r")[0] == stored.split(b"\r")[0] and "BLÖH".encode("latin-1") in data
+
+
+def test_input_without_an_msa_comes_back_unchanged() -> None:
+    for data in (b"", b"not hl7", b"MSH|^~\\&|A|B|C|D|20240101||ACK|1|P|2.5\r"):
+        assert mark_retransmission(data) == data

@@ -19,6 +19,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adt_listener.digest import content_digest
 from adt_listener.er7 import Message
 from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize
@@ -992,7 +993,10 @@ def test_synthetic_feed_person_facts() -> None:
     """The example rules read the synthetic feed's coverage and addresses as intended."""
     seen: set[bool | None] = set()
     for raw in synthetic_feed(400, seed=5):
-        event, _ = normalize(Message.parse(raw), message_id=uuid.uuid4(), received_at=AT, policy=IntakePolicy())
+        event, _ = normalize(
+            Message.parse(raw), message_id=uuid.uuid4(), received_at=AT, policy=IntakePolicy(),
+            content_digest=content_digest(raw),
+        )
         assert county_resident(event, RULES) is True
         plans = {i.plan_id for i in event.insurance}
         medi_cal = is_medi_cal(event, RULES)

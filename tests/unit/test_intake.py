@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adt_listener.digest import content_digest
 from adt_listener.er7 import Message
 from adt_listener.intake import Finding, IntakePolicy, intake, internal_error_ack, with_rejection
 from adt_listener.normalize import patient_key
@@ -44,7 +45,8 @@ def test_accepted_message() -> None:
     assert (r.ack_code, r.findings, r.send_ack) == ("AA", (), True)
     assert (r.sending_facility, r.sending_application, r.control_id) == ("FAC", "APP", "C1")
     assert (r.message_type, r.trigger_event, r.hl7_version, r.charset) == ("ADT", "A01", "2.5", "utf-8")
-    assert r.event_id == event_id_for("FAC", "C1")
+    assert r.event_id == event_id_for("FAC", "C1", content_digest(msg()))
+    assert r.content_digest == content_digest(msg())
     assert r.patient_key == patient_key("HOSP", "MRN-1")
     assert r.event is not None and r.event.message_id == r.message_id and r.event.event_id == r.event_id
     assert r.message_id.version == 4

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adt_listener.digest import content_digest
 from adt_listener.er7 import Message
 from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize, parse_dtm
@@ -24,8 +25,11 @@ MSH = "MSH|^~\\&|APP^1.2^ISO|FAC|WPC|WPC|20240102030405-0800||ADT^A01^ADT_A01| C
 
 
 def run(*segments: str, msh: str = MSH) -> tuple[AdtEventV1, list[tuple[str, int, str]]]:
-    msg = Message.parse("\r".join((msh, *segments)).encode())
-    event, findings = normalize(msg, message_id=uuid.uuid4(), received_at=RECEIVED, policy=POLICY)
+    raw = "\r".join((msh, *segments)).encode()
+    event, findings = normalize(
+        Message.parse(raw), message_id=uuid.uuid4(), received_at=RECEIVED, policy=POLICY,
+        content_digest=content_digest(raw),
+    )
     return event, [(f.severity, f.code, f.location) for f in findings]
 
 
@@ -80,6 +84,17 @@ def test_parse_dtm_rejects(text: str) -> None:
 # --- header, patient, visit ------------------------------------------------------------------
 
 
+def test_event_id_names_the_facility_the_control_id_and_the_content() -> None:
+    pid = "PID|1||111^^^HOSP^MR"
+    event, _ = run(pid)
+    resent, _ = run(pid, msh=MSH.replace("20240102030405-0800", "20240102041500-0800"))  # new MSH-7 only
+    other, _ = run("PID|1||222^^^HOSP^MR")  # a different message under the same MSH-10
+    assert event.event_id == event_id_for("FAC", "CTRL-7", content_digest("\r".join((MSH, pid)).encode()))
+    assert resent.event_id == event.event_id
+    assert other.event_id != event.event_id
+    assert event.event_id != event_id_for("FAC", "CTRL-7")  # the id of (MSH-4, MSH-10) alone, before 0006
+
+
 def test_full_message() -> None:
     event, findings = run(
         "EVN|A01|20240102030000||||20240102025900",
@@ -111,7 +126,6 @@ def test_full_message() -> None:
         "ZFA|1|x",
         "AIL|1",
     )
-    assert event.event_id == event_id_for("FAC", "CTRL-7")
     assert (event.message_type, event.trigger_event, event.message_structure) == ("ADT", "A01", "ADT_A01")
     assert (event.hl7_version, event.processing_id, event.control_id) == ("2.5.1", "P", "CTRL-7")
     assert (event.sending_application, event.sending_facility) == ("APP", "FAC")
@@ -260,8 +274,11 @@ def test_merge_prior_identifiers() -> None:
 
 
 def corpus(name: str) -> AdtEventV1:
-    msg = Message.parse((SAMPLES / "messages" / name).read_bytes())
-    event, _ = normalize(msg, message_id=uuid.uuid4(), received_at=RECEIVED, policy=POLICY)
+    raw = (SAMPLES / "messages" / name).read_bytes()
+    event, _ = normalize(
+        Message.parse(raw), message_id=uuid.uuid4(), received_at=RECEIVED, policy=POLICY,
+        content_digest=content_digest(raw),
+    )
     return event
 
 

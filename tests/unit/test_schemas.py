@@ -22,4 +22,4 @@ def test_event_round_trips_through_json_and_its_schema_names_every_field() -> No
     assert again == decided.event
     schema = json.loads((JSON_DIR / "adt_event.v1.json").read_text())
     assert set(schema["properties"]) == set(json.loads(decided.event.model_dump_json()))
-    assert again.event_id == event_id_for(again.sending_facility, again.control_id)
+    assert again.event_id == event_id_for(again.sending_facility, again.control_id, decided.content_digest)
