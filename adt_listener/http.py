@@ -15,7 +15,10 @@ The body limit protects the listener's memory from a sender (or anyone holding a
 token): a declared Content-Length over the limit is refused before a byte of the body
 is read, and a streamed (chunked) body is refused as soon as it passes the limit, so
 a request never costs more than the limit. Both answers close the connection: the
-rest of the body is not read to keep the connection usable.
+rest of the body is not read to keep the connection usable. (A client still sending
+when the connection closes may see it reset before it reads the 413; one that sends
+`Expect: 100-continue`, as curl does for large bodies, gets the 413 instead of the
+go-ahead and never sends the body.)
 
 With a senders file, a bearer token names the sender (`Authorization: Bearer ...`).
 """

@@ -127,7 +127,7 @@ def from_getpeercert(cert: dict[str, Any] | None) -> PeerCertificate | None:
 
 def describe(cert: PeerCertificate | None) -> str:
     if cert is None:
-        return "no certificate"
+        return "no client certificate seen"
     expiry = cert.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if cert.not_after else "?"
     return f"subject {cert.subject!r}, expires {expiry}"
 

@@ -6,7 +6,8 @@ frames to be "in flight" (read by the server, not yet committed) it holds a lock
 adt_message from another database session, so the store's group commit waits for the
 test instead of for luck.
 
-Metrics are process-global counters: tests compare deltas.
+Metrics are process-global counters: tests compare deltas. Who gets a slot when the
+server is full or flooded, and TLS refusals: test_mllp_lockout.py, test_mllp_tls_refusals.py.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 
 from adt_listener import server as server_module
-from adt_listener.mllp import END, START, Frame, MllpFramer, encode
+from adt_listener.mllp import END, START, encode
 from adt_listener.synthetic import synthetic_feed
-from services.db import normalize_url
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, eventually, msa_control_id
+from tests.e2e.mllp_client import (
+    Peer,
+    TableLock,
+    evicted,
+    framing_errors,
+    open_connections,
+    refused,
+    tls_refused,
+)
 from tests.e2e.pki import KNOWN_CN, client_tls, make_pki
 
 ACCEPTED = ("AA", "CA")
@@ -35,99 +42,6 @@ REJECTED = ("AR", "CR")
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def framing_errors(kind: str) -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_framing_errors_total", {"kind": kind}) or 0.0
-
-
-def refused(reason: str) -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_refused_connections_total", {"reason": reason}) or 0.0
-
-
-def tls_refused(reason: str) -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_tls_refused_total", {"reason": reason}) or 0.0
-
-
-def evicted(reason: str) -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_evicted_connections_total", {"reason": reason}) or 0.0
-
-
-def open_connections() -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_open_connections") or 0.0
-
-
-class Peer:
-    """A raw MLLP connection: write frames, read ACK payloads, notice the server closing."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self._framer = MllpFramer()
-        self._frames: list[bytes] = []
-
-    @classmethod
-    async def open(cls, port: int, *, tls: ssl.SSLContext | None = None) -> Peer:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 5)
-        return cls(reader, writer)
-
-    def send(self, *messages: bytes) -> None:
-        self.writer.write(b"".join(encode(m) for m in messages))
-
-    async def acks(self, n: int, timeout_s: float = 10.0) -> list[bytes]:
-        """The next ``n`` frames from the server; fails on EOF or after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            while len(self._frames) < n:
-                data = await self.reader.read(65_536)
-                assert data, f"server closed the connection after {len(self._frames)} of {n} ACKs"
-                for event in self._framer.feed(data):
-                    assert isinstance(event, Frame), f"server broke MLLP framing: {event}"
-                    self._frames.append(event.payload)
-        out, self._frames = self._frames[:n], self._frames[n:]
-        return out
-
-    async def closed_by_server(self, timeout_s: float = 2.0, *, reset_ok: bool = False) -> None:
-        """Wait for the server to close (EOF), with no frame left unread."""
-        async with asyncio.timeout(timeout_s):
-            try:
-                data = await self.reader.read(65_536)
-            except ConnectionResetError:
-                if not reset_ok:
-                    raise
-                data = b""
-        assert data == b"", f"expected EOF, got {data[:80]!r}"
-        assert not self._frames
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):  # ssl.SSLError included: the server may have closed first
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-
-
-class TableLock:
-    """LOCK TABLE adt_message IN SHARE MODE from another session: the store's INSERT waits
-    until `release`, so frames handed to the store stay in flight meanwhile."""
-
-    def __init__(self, conn: asyncpg.Connection, tx: Any) -> None:
-        self._conn = conn
-        self._tx = tx
-
-    @classmethod
-    async def acquire(cls, database_url: str) -> TableLock:
-        dsn = normalize_url(database_url).replace("postgresql+asyncpg", "postgresql")
-        conn = await asyncpg.connect(dsn)
-        tx = conn.transaction()
-        await tx.start()
-        await conn.execute("LOCK TABLE adt_message IN SHARE MODE")
-        return cls(conn, tx)
-
-    async def release(self) -> None:
-        if self._conn.is_closed():
-            return
-        try:
-            await self._tx.rollback()
-        finally:
-            await self._conn.close()
 
 
 async def stored_control_ids(database_url: str) -> list[str]:
