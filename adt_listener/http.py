@@ -14,11 +14,14 @@ read as ER7 too (the body says what it is: it starts with MSH).
 The body limit protects the listener's memory from a sender (or anyone holding a
 token): a declared Content-Length over the limit is refused before a byte of the body
 is read, and a streamed (chunked) body is refused as soon as it passes the limit, so
-a request never costs more than the limit. Both answers close the connection: the
-rest of the body is not read to keep the connection usable. (A client still sending
-when the connection closes may see it reset before it reads the 413; one that sends
-`Expect: 100-continue`, as curl does for large bodies, gets the 413 instead of the
-go-ahead and never sends the body.)
+a request never costs more than the limit. What the client still sends after the
+answer is discarded by the HTTP server as it arrives (uvicorn drops body bytes of a
+request already answered), not kept: the connection stays usable and, above all, the
+client gets to read the 413 and its reason. Closing at once would save the bandwidth
+but reset the connection under a client still sending, which then sees a bare
+"connection reset" (a 2 MB message to a 1 MiB limit would be refused without a word).
+A client that sends `Expect: 100-continue`, as curl does for large bodies, gets the
+413 instead of the go-ahead and never sends the body.
 
 With a senders file, a bearer token names the sender (`Authorization: Bearer ...`).
 """
@@ -36,7 +39,6 @@ from services.health import Check, ops_router
 
 ACK_MEDIA_TYPE = "x-application/hl7-v2+er7"
 HL7_MEDIA_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7", "text/plain")
-_CLOSE = {"Connection": "close"}
 
 
 def media_type_refusal(content_type: str | None) -> str | None:
@@ -62,7 +64,7 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         if len(body) + len(chunk) > max_body_bytes:
-            raise HTTPException(413, f"body exceeds the limit of {max_body_bytes} bytes (one HL7 v2 message)", _CLOSE)
+            raise HTTPException(413, f"body exceeds the limit of {max_body_bytes} bytes (one HL7 v2 message)")
         body += chunk
     return bytes(body)
 
@@ -83,13 +85,13 @@ def adt_router(ingestor: Ingestor, senders: Senders, *, max_body_bytes: int) -> 
             token = _bearer(request)
             sender = senders.by_token(token) if token else None
             if sender is None:
-                raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer", **_CLOSE})
+                raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
         unsupported = media_type_refusal(request.headers.get("content-type"))
         if unsupported is not None:
-            raise HTTPException(415, unsupported, _CLOSE)
+            raise HTTPException(415, unsupported)
         too_long = length_refusal(request.headers.get("content-length"), max_body_bytes)
         if too_long is not None:
-            raise HTTPException(413, too_long, _CLOSE)
+            raise HTTPException(413, too_long)
         body = await read_body(request, max_body_bytes)
         if not body.strip():
             raise HTTPException(400, "empty body: expected one HL7 v2 message in ER7 encoding")

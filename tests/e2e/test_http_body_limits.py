@@ -1,7 +1,8 @@
 """POST /v1/adt refuses what is too big before reading it, and what is not HL7 v2 text.
 
 A real listener; oversize requests go over a raw socket so the test controls when (and
-whether) the body is sent: the 413 must come back while the client still holds the body.
+whether) the body is sent: the 413 must come back while the client still holds the body
+(or its end).
 """
 
 from __future__ import annotations
@@ -19,20 +20,14 @@ from tests.e2e.helpers import control_id, msa_control_id
 LIMIT = 100_000
 
 
-async def http_exchange(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """Write ``head`` (and ``body``), then read the response until the server closes:
-    (status, headers, body). Fails if the server keeps the connection open."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head + body)
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 5)  # up to EOF: the refusal closes the connection
-    finally:
-        writer.close()
-    head_part, _, rest = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head_part.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
-    return int(status_line.split()[1]), headers, rest
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: (status, headers, body)."""
+    async with asyncio.timeout(5):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *header_lines = head.strip().split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+        body = await reader.readexactly(int(headers["content-length"]))
+    return int(status_line.split()[1]), headers, body
 
 
 def request_head(content_type: str, framing: str) -> bytes:
@@ -40,28 +35,41 @@ def request_head(content_type: str, framing: str) -> bytes:
 
 
 async def test_declared_oversize_body_is_refused_before_it_is_sent(start_listener: StartListener) -> None:
+    message = synthetic_feed(1, seed=604)[0]
     async with start_listener(http_max_body_bytes=LIMIT) as listener:
-        # 50 MB announced, not a byte of it sent: the answer can only come from the header.
-        head = request_head("x-application/hl7-v2+er7", f"Content-Length: {50 * 1024 * 1024}")
-        status, headers, body = await http_exchange(listener.endpoints.http_port, head)
-        assert status == 413
-        assert headers["connection"] == "close"
-        assert f"limit of {LIMIT} bytes" in json.loads(body)["detail"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.endpoints.http_port)
+        try:
+            # 50 MB announced, not a byte of it sent: the answer can only come from the header.
+            size = 50 * 1024 * 1024
+            writer.write(request_head("x-application/hl7-v2+er7", f"Content-Length: {size}"))
+            status, _, body = await read_response(reader)
+            assert status == 413
+            assert json.loads(body)["detail"] == (
+                f"body of {size} bytes exceeds the limit of {LIMIT} bytes (one HL7 v2 message)"
+            )
+            # What is sent after the answer is dropped, not kept: the connection goes on.
+            writer.write(b"A" * size)
+            writer.write(request_head("x-application/hl7-v2+er7", f"Content-Length: {len(message)}") + message)
+            status, _, ack = await read_response(reader)
+            assert status == 200 and msa_control_id(ack) == control_id(message)
+        finally:
+            writer.close()
 
 
 async def test_streamed_body_is_refused_once_past_the_limit(start_listener: StartListener) -> None:
-    limit = 1_000
-    async with start_listener(http_max_body_bytes=limit) as listener:
-        # Chunked, no length announced: a chunk of exactly the limit, then one byte more,
-        # and the body's last chunk never comes: only a server that counts while reading
-        # can answer. (Small, so the server has read every byte sent when it closes: a
-        # close with unread bytes resets the connection and the client may lose the 413.)
-        body = f"{limit:x}\r\n".encode() + b"A" * limit + b"\r\n" + b"1\r\nA\r\n"
-        head = request_head("application/hl7-v2", "Transfer-Encoding: chunked")
-        status, headers, answer = await http_exchange(listener.endpoints.http_port, head, body)
-        assert status == 413
-        assert headers["connection"] == "close"
-        assert f"limit of {limit} bytes" in json.loads(answer)["detail"]
+    async with start_listener(http_max_body_bytes=LIMIT) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.endpoints.http_port)
+        try:
+            # Chunked, no length announced: two chunks of 64 KiB pass the limit, and the
+            # body's last chunk never comes: only a server that counts while reading answers.
+            writer.write(request_head("application/hl7-v2", "Transfer-Encoding: chunked"))
+            for _ in range(2):
+                writer.write(b"10000\r\n" + b"A" * 65_536 + b"\r\n")
+            status, _, answer = await read_response(reader)
+            assert status == 413
+            assert json.loads(answer)["detail"] == f"body exceeds the limit of {LIMIT} bytes (one HL7 v2 message)"
+        finally:
+            writer.close()
 
 
 async def test_content_types_that_are_not_hl7_v2_text_get_415_and_the_hl7_ones_are_taken(
