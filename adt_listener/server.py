@@ -146,8 +146,8 @@ class _Connection(asyncio.Protocol):
             self.known = True
 
     def data_received(self, data: bytes) -> None:
-        if self._transport is None:
-            return  # evicted, and what was already buffered came in after the close
+        if self._gone:
+            return  # evicted: its slot is someone else's, and it never had a frame in hand
         now = self.last_seen = self._loop.time()
         framed = False
         for event in self._framer.feed(data):
@@ -298,8 +298,9 @@ class _Tally:
     """Refusals or evictions, logged one line per reason at most every `_LOG_EVERY_S`: a
     flood of connections must not become a flood of log lines (the metrics count each)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, level: int = logging.WARNING) -> None:
         self._what = what
+        self._level = level
         self._counts: Counter[str] = Counter()
         self._logged_at: dict[str, float] = {}
 
@@ -307,8 +308,8 @@ class _Tally:
         self._counts[reason] += 1
         last = self._logged_at.get(reason)
         if last is None or now - last >= _LOG_EVERY_S:
-            log.warning("mllp %s %d connection(s) (%s) since the last report; latest from %s",
-                        self._what, self._counts[reason], reason, peer)
+            log.log(self._level, "mllp %s %d connection(s) (%s) since the last report; latest from %s",
+                    self._what, self._counts[reason], reason, peer)
             self._counts[reason] = 0
             self._logged_at[reason] = now
 
@@ -365,6 +366,7 @@ class MllpServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._refusals = _Tally("refused")
         self._evictions = _Tally("evicted")
+        self._hangups = _Tally("tls: the peer closed during the handshake on", logging.INFO)
         self.closing = False
         self.loop: asyncio.AbstractEventLoop
 
@@ -473,10 +475,13 @@ class MllpServer:
 
     def tls_refused(self, conn: _Connection, reason: str, detail: str, cert: tls.PeerCertificate | None) -> None:
         metrics.TLS_REFUSED.labels(reason=reason).inc()
-        # A peer that hangs up mid-handshake (a TCP health check, a port scan) is not news.
-        level = logging.INFO if detail == tls.PEER_CLOSED else logging.WARNING
-        log.log(level, "mllp tls handshake refused: peer %s, reason %s (%s), %s",
-                conn.peer, reason, detail, tls.describe(cert))
+        if detail == tls.PEER_CLOSED:
+            # A peer that hangs up mid-handshake (a TCP health check, a port scan, a flood
+            # going away) is not something to act on: summarized, not a line each.
+            self._hangups.note("other", conn.peer, self.loop.time())
+            return
+        log.warning("mllp tls handshake refused: peer %s, reason %s (%s), %s",
+                    conn.peer, reason, detail, tls.describe(cert))
 
     # -- called by connections
 
