@@ -38,6 +38,23 @@ class Settings(BaseSettings):
     mllp_idle_timeout_s: float = 300.0  # interface engines keep connections open between messages
     mllp_read_timeout_s: float = 30.0  # a frame once started must complete within this time
     mllp_max_connections: int = 256
+    # --- ADT listener: no one can lock the hospitals out (adt_listener/admission.py) ----------
+    mllp_first_frame_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="A new connection from an unknown sender must complete its first frame (TLS handshake "
+        "included) within this time; interface engines send at once after connecting",
+    )
+    mllp_max_connections_per_address: int = Field(
+        default=32, ge=0, description="Connections per source IP of unknown senders (0: no limit); known ones exempt"
+    )
+    mllp_reserved_slots: int = Field(
+        default=32, ge=0,
+        description="Of WPC_MLLP_MAX_CONNECTIONS, slots only senders known by address or client certificate may use",
+    )
+    http_max_body_bytes: int | None = Field(
+        default=None, gt=0,
+        description="POST /v1/adt body limit, refused (413) before reading it; empty: WPC_MLLP_MAX_FRAME_BYTES",
+    )
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(
