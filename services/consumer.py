@@ -9,9 +9,11 @@ Two kinds of failure, told apart by `is_transient`:
 
 - Transient trouble (the database or the broker unreachable, a connection lost, a
   timeout, SQLSTATE classes 08/53/57, a serialization failure or deadlock that kept
-  coming back): the handler raises, the loop drops its consumer without committing and
-  starts afresh after a backoff, so the same records come again. Nothing is lost and
-  nothing is set aside: the records are not at fault.
+  coming back): the handler raises, the loop commits nothing, seeks back to the records
+  not handled and reads them again after a backoff (doubling up to ``max_backoff_s``),
+  as the same group member: a new consumer would have to wait for the group to
+  rebalance. Broker trouble restarts the consumer itself. Nothing is lost and nothing
+  is set aside: the records are not at fault.
 - A record that fails on its own (anything else): the handler sets it aside
   (`services.parking`) after a few tries and goes on, so one record never holds up its
   partition. The loop never sees that failure.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 import time
@@ -46,7 +49,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
 LAG = Gauge("wpc_consumer_lag", "Records behind the end offsets of the assigned partitions", ["group", "topic"])
-RESTARTS = Counter("wpc_consumer_restarts_total", "Consumer restarts after a failed batch or broker error", ["group"])
+RESTARTS = Counter(
+    "wpc_consumer_restarts_total", "Failed rounds: a batch to read again (handler) or a consumer restarted (broker)",
+    ["group"],
+)
 
 # SQLSTATE classes of trouble that is not the record's (PostgreSQL appendix A): connection
 # exception, insufficient resources, operator intervention (shutdown, statement timeout).
@@ -54,6 +60,7 @@ _TRANSIENT_CLASSES = frozenset({"08", "53", "57"})
 # Conflicts with other transactions: retried where they happen, and if they keep coming the
 # batch is read again. 55P03: a lock_timeout, another transaction's lock, not the record.
 _TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03"})
+_FIRST_BACKOFF_S = 0.2
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -150,6 +157,7 @@ class ConsumerLoop:
         self._restart_window = restart_window_s
         self._lag_interval = lag_interval_s
         self._lag_at = -float("inf")
+        self._backoff = _FIRST_BACKOFF_S
         # Monotonic times of the restarts since the last committed batch (or caught-up lag).
         self._restarts: collections.deque[float] = collections.deque(maxlen=max(16, max_restarts + 1))
         self._last_error = ""
@@ -178,32 +186,29 @@ class ConsumerLoop:
         return self.health()
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.2
         while not stop.is_set():
             try:
                 await self._consume(stop)
-                backoff = 0.2
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # broker or handler trouble: start afresh, never die
-                self._restarted(exc, backoff)
-                try:
-                    await asyncio.wait_for(stop.wait(), backoff + random.uniform(0, backoff / 2))
-                except TimeoutError:
-                    pass
-                backoff = min(self._max_backoff, backoff * 2)
+            except Exception as exc:  # broker trouble: start afresh, never die
+                await self._failed(exc, stop, "restarting")
 
-    def _restarted(self, exc: Exception, backoff: float) -> None:
+    async def _failed(self, exc: Exception, stop: asyncio.Event, what: str) -> None:
+        """Count and log a failed round, then wait out the backoff (doubling, with jitter)."""
         RESTARTS.labels(self._group).inc()
         name = type(exc).__name__
         if not self._restarts or name != self._last_error:
             # The first failure of a run (or a new kind): where it came from, in code locations.
-            log.warning("consumer %s: %s; restarting in %.1fs\n%s", self._group, name, backoff, code_trace(exc))
+            log.warning("consumer %s: %s; %s in %.1fs\n%s", self._group, name, what, self._backoff, code_trace(exc))
         else:
-            log.warning("consumer %s: %s again (%d restarts without a committed batch); restarting in %.1fs",
-                        self._group, name, len(self._restarts) + 1, backoff)
+            log.warning("consumer %s: %s again (%d failures without a committed batch); %s in %.1fs",
+                        self._group, name, len(self._restarts) + 1, what, self._backoff)
         self._restarts.append(time.monotonic())
         self._last_error = name
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), self._backoff + random.uniform(0, self._backoff / 2))
+        self._backoff = min(self._max_backoff, self._backoff * 2)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -224,12 +229,24 @@ class ConsumerLoop:
                 self.assigned = frozenset(consumer.assignment())
                 if time.monotonic() - self._lag_at >= self._lag_interval:
                     await self._measure_lag(consumer, batch)
-                for tp, records in batch.items():
-                    if not records:
-                        continue
-                    await self._handler(records)
+                pending = [(tp, records) for tp, records in batch.items() if records]
+                while pending:
+                    tp, records = pending[0]
+                    try:
+                        await self._handler(records)
+                    except Exception as exc:
+                        # The handler's trouble (the database away): the records not handled are
+                        # read again after the backoff by this same member, which keeps its
+                        # partitions (a new consumer would wait for the group to rebalance).
+                        for again, unhandled in pending:
+                            if again in consumer.assignment():  # else revoked meanwhile: its new owner reads it
+                                consumer.seek(again, unhandled[0].offset)
+                        await self._failed(exc, stop, "reading the batch again")
+                        break
                     await consumer.commit({tp: records[-1].offset + 1})
+                    pending.pop(0)
                     self._restarts.clear()
+                    self._backoff = _FIRST_BACKOFF_S
         finally:
             self.running = False
             try:
@@ -252,7 +269,11 @@ class ConsumerLoop:
             for tp in assigned:
                 in_hand = batch.get(tp)
                 position = in_hand[0].offset if in_hand else await asyncio.wait_for(consumer.position(tp), 5.0)
-                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, ends[tp] - position)
+                # Both ends are lower bounds, the larger one is taken: the fetch's high watermark
+                # lags by a fetch, and Tansu answers ListOffsets with the base offset of the last
+                # record batch + 1, short by the other records of that batch.
+                end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, end - position)
         except (KafkaError, OSError, TimeoutError) as exc:  # a measurement missed is not a failure
             log.info("consumer %s: lag not measured (%s)", self._group, type(exc).__name__)
             return

@@ -54,7 +54,7 @@ ATTEMPTS = 3  # tries of one record, each in its own transaction, before it is p
 _DEADLETTER_NAMESPACE = uuid.UUID("6a1d2c5e-52a8-4d7e-9b8a-0f3c7e5d9a41")
 
 PARKED = Counter("wpc_consumer_parked_total", "Records a consumer set aside (parked)", ["group", "topic"])
-WAITING = Gauge("wpc_consumer_parked", "Parked records not yet re-driven", ["group", "topic"])
+WAITING = Gauge("wpc_consumer_parked_waiting", "Parked records not yet re-driven", ["group", "topic"])
 REDRIVES = Counter("wpc_consumer_redrives_total", "Re-drives of parked records, by outcome", ["group", "outcome"])
 
 
@@ -178,7 +178,8 @@ class Parking:
                     {"t": self.deadletter_topic, "k": record.key.decode("utf-8", "replace") if record.key else None,
                      "p": letter.model_dump_json().encode(), "e": letter.event_id},
                 )
-        PARKED.labels(self.group, record.topic).inc()
+        if row.inserted:
+            PARKED.labels(self.group, record.topic).inc()
         log.error("consumer %s: parked %s/%d offset %d (event %s) after %d attempts: %s; parked_event %d\n%s",
                   self.group, record.topic, record.partition, record.offset, source_event_id or "-", attempts,
                   type(exc).__name__, row.id, trace)
@@ -189,7 +190,7 @@ class Parking:
     # --- reading and re-driving -----------------------------------------------------------
 
     async def refresh_gauge(self) -> None:
-        """``wpc_consumer_parked`` from the table (at start, after each change, periodically)."""
+        """``wpc_consumer_parked_waiting`` from the table (at start, after each change, periodically)."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(
                 text("SELECT topic, count(*) AS n FROM parked_event WHERE consumer_group = :g AND status = 'parked' "
@@ -305,6 +306,15 @@ class RedriveOut(BaseModel):
     error_class: str | None
 
 
+def _ops(user: Annotated[User, Depends(current_user)]) -> User:
+    if not user.has("ops"):
+        raise HTTPException(403, "this needs the role ops")
+    return user
+
+
+Ops = Annotated[User, Depends(_ops)]
+
+
 def _out(row: dict[str, Any]) -> ParkedOut:
     key = row["key"]
     return ParkedOut.model_validate({**row, "key": bytes(key).decode("utf-8", "replace") if key is not None else None})
@@ -313,13 +323,6 @@ def _out(row: dict[str, Any]) -> ParkedOut:
 def parking_router(parking: Parking, reapply: Reapply) -> APIRouter:
     """``GET /v1/parked``, ``GET /v1/parked/{id}``, ``POST /v1/parked/{id}/redrive``: role ``ops``."""
     router = APIRouter(prefix="/v1/parked", tags=["parked"])
-
-    def ops(user: Annotated[User, Depends(current_user)]) -> User:
-        if not user.has("ops"):
-            raise HTTPException(403, "this needs the role ops")
-        return user
-
-    Ops = Annotated[User, Depends(ops)]
 
     @router.get("", response_model=list[ParkedOut])
     async def list_parked(
