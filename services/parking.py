@@ -140,19 +140,20 @@ class Parking:
     ) -> T | None:
         """``apply()`` (one transaction of the caller's), tried up to ``attempts`` times; None
         when the record was parked. Transient trouble is raised at once (see the module)."""
-        for attempt in range(1, self._attempts + 1):
+        attempt = 1
+        while True:
             try:
                 return await apply()
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                if attempt == self._attempts:
+                if attempt >= self._attempts:
                     await self.park(record, exc, attempts=attempt, event_id=event_id)
                     return None
                 log.info("consumer %s: %s/%d offset %d failed (%s), try %d of %d", self.group, record.topic,
                          record.partition, record.offset, type(exc).__name__, attempt, self._attempts)
-                await asyncio.sleep(self._delay * attempt)
-        raise AssertionError("unreachable")  # pragma: no cover  # the loop returns or raises
+            await asyncio.sleep(self._delay * attempt)
+            attempt += 1
 
     async def park(self, record: RecordRef, exc: BaseException, *, attempts: int, event_id: object = None) -> int:
         """Keep the record and publish its dead letter (one transaction); returns its id."""
