@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "notifier": ("notifier.service", "run the notifier (care teams and PCPs: candidates, enrollments, encounters)"),
     "load-roster": ("notifier.roster_cmd", "load a health plan's PCP attribution roster (CSV) into the database"),
     "replay": ("enrollment_svc.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
+    "redrive": ("services.redrive_cmd", "list parked consumer records, or apply them again after a fix"),
     "migrate": ("services.migrate_cmd", "apply database migrations and exit"),
     "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
     "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),

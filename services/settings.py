@@ -102,6 +102,25 @@ class Settings(BaseSettings):
     demo_inbox_port: int = Field(default=8083, description="`wpc up` without WPC_NOTIFY_FILE: the demo inbox")
     notifier_poll_interval_s: float = Field(default=1.0, description="How often due notices and retries are checked")
 
+    # --- consumers: parking and readiness (services/consumer.py, services/parking.py) ----------
+    topic_enrollment_deadletter: str = Field(
+        default="enrollment.deadletter",
+        description="adt.events records the enrollment service could not apply (parked), for inspection",
+    )
+    topic_notifier_deadletter: str = Field(
+        default="notifier.deadletter",
+        description="Records the notifier could not apply (parked); not notifications.deadletter (failed deliveries)",
+    )
+    consumer_max_lag: int = Field(
+        default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"
+    )
+    consumer_max_restarts: int = Field(
+        default=3, description="/readyz fails when a consumer restarts more often than this within the window"
+    )
+    consumer_restart_window_s: float = Field(
+        default=300.0, description="The window of consumer_max_restarts (restarts without a committed batch)"
+    )
+
     conformance_max_per_s: float = Field(
         default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"
     )
