@@ -44,7 +44,9 @@ EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "rules" / "wpc-
 
 
 def rules_of(settings: Settings) -> Rules:
-    return load_rules(settings.rules_file or EXAMPLE_RULES)
+    if settings.rules_file is None:
+        return load_rules(EXAMPLE_RULES)
+    return load_rules(settings.rules_file, setting="WPC_RULES_FILE")
 
 
 class EnrollmentService:
