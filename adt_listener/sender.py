@@ -365,8 +365,9 @@ def _describe_ack(ack: bytes, control_id: bytes) -> _Outcome:
         return _Outcome("unreadable ACK (no MSA-1)", "unreadable")
     text = _show(code)
     kind = _KIND.get(code.strip().upper(), "unreadable")
-    acked_id = _field(msa, 2)
-    if control_id and acked_id != control_id:
+    acked_id = _field(msa, 2).strip()
+    # Compared without blanks around them: a receiver may trim MSH-10 when it copies it.
+    if control_id and acked_id != control_id.strip():
         text += f"  (MSA-2 is {_show(acked_id) or 'empty'}, not this message's MSH-10)"
         kind = "unreadable"
     msa_text = _field(msa, 3)
@@ -506,7 +507,7 @@ def _load(paths: Sequence[Path]) -> list[_Item]:
             msh, _ = _msh(message)
             component = msh[2][:1] if len(msh) > 2 and msh[2] else b"^"  # MSH-2: ^ by default
             accept_ack = _field(msh, 15).split(component, 1)[0].strip().upper()
-            items.append(_Item(label, message, _field(msh, 10), accept_ack))
+            items.append(_Item(label, message, _field(msh, 10).strip(), accept_ack))
     return items
 
 
@@ -617,5 +618,5 @@ def _msa_2(ack: bytes) -> bytes:
     _, separator = _msh(ack)
     for segment in _LINE_BREAK.split(ack):
         if segment.startswith(b"MSA"):
-            return _field(_fields(segment, separator), 2)
+            return _field(_fields(segment, separator), 2).strip()
     return b""
