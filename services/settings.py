@@ -1,8 +1,10 @@
 """Settings of every service, from environment variables prefixed ``WPC_``.
 
-Built once in `services.cli` (the composition root) and passed down; nothing reads
-the environment anywhere else. A setting left empty means "start the embedded one"
-for the database and the broker (see `services.embedded`).
+Built once per command with `load_settings` and passed down; nothing reads the
+environment anywhere else. `load_settings` turns pydantic's report into one line per
+wrong value that names the variable ("WPC_MLLP_PORT='abc': not an integer (e.g.
+WPC_MLLP_PORT=2575)"); `wpc` prints it and exits with status 2. A setting left empty
+means "start the embedded one" for the database and the broker (see `services.embedded`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ PORT_SETTINGS = ("mllp_port", "listener_http_port", "enrollment_http_port", "not
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WPC_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     # --- infrastructure -------------------------------------------------------------------
     database_url: str = Field(
