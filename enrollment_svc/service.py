@@ -47,7 +47,9 @@ _GAUGE_INTERVAL_S = 60.0
 
 
 def rules_of(settings: Settings) -> Rules:
-    return load_rules(settings.rules_file or EXAMPLE_RULES)
+    if settings.rules_file is None:
+        return load_rules(EXAMPLE_RULES)
+    return load_rules(settings.rules_file, setting="WPC_RULES_FILE")
 
 
 def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:

@@ -33,6 +33,7 @@ from notifier.handler import NotifierHandler, Topics
 from services import db, lifecycle
 from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
+from services.configfile import ConfigError
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
@@ -47,9 +48,9 @@ _GAUGE_INTERVAL_S = 30.0
 
 def config_of(settings: Settings) -> NotifyConfig:
     if settings.notify_file is None:
-        raise SystemExit("wpc notifier: set WPC_NOTIFY_FILE to a notification configuration "
-                         "(example: deploy/notify/wpc-notify.yaml)")
-    return load_config(settings.notify_file)
+        raise ConfigError("WPC_NOTIFY_FILE is not set: the notifier needs its configuration "
+                          "(example: deploy/notify/wpc-notify.yaml)")
+    return load_config(settings.notify_file, setting="WPC_NOTIFY_FILE")
 
 
 def topics_of(settings: Settings) -> Topics:
