@@ -18,7 +18,6 @@ values are dropped, only element names survive (``PID.PID_8`` becomes location `
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import codecs
 import contextlib
@@ -33,12 +32,10 @@ import signal
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import text
@@ -574,60 +571,3 @@ class ConformanceWorker:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-# --- `wpc validate FILE...` ----------------------------------------------------------------
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """Split a file into messages at every segment that starts with ``MSH``."""
-    normalised = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    messages: list[bytes] = []
-    current: list[bytes] = []
-    for segment in normalised.split(b"\r"):
-        if segment.startswith(b"MSH") and current:
-            messages.append(b"\r".join(current))
-            current = []
-        if segment.strip() or current:
-            current.append(segment)
-    if current:
-        messages.append(b"\r".join(current))
-    return [m.strip(b"\r") for m in messages if m.strip()]
-
-
-def _msh_summary(raw: bytes) -> tuple[str, str]:
-    """(MSH-12 version, MSH-9 type^trigger), read without hl7apy; '?' when absent."""
-    msh = decode(raw).split("\r", 1)[0]
-    if len(msh) < 8 or not msh.startswith("MSH"):
-        return "?", "?"
-    fields = msh.split(msh[3])
-    component = msh[4] if len(msh) > 4 else "^"
-    version = fields[11].split(component)[0] if len(fields) > 11 and fields[11] else "?"
-    kind = "^".join(fields[8].split(component)[:2]) if len(fields) > 8 and fields[8] else "?"
-    return version, kind
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files of ER7 messages")
-    parser.add_argument(
-        "--charset", default=None, help="decode with this charset (default: UTF-8, then cp1252)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    kinds: Counter[str] = Counter()
-    total = with_findings = 0
-    for path in args.files:
-        for index, raw in enumerate(split_messages(path.read_bytes()), start=1):
-            total += 1
-            version, kind = _msh_summary(raw)
-            findings = check_message(raw, charset=args.charset)
-            print(f"{path}#{index}: {kind} v{version}: {len(findings)} finding(s)")
-            for f in findings:
-                print(f"  {f.kind:<20} {f.location or '-':<12} {f.detail}")
-            if findings:
-                with_findings += 1
-                kinds.update(f.kind for f in findings)
-    summary = ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"
-    print(f"{total} message(s), {with_findings} with findings; findings by kind: {summary}")
-    return 1 if with_findings else 0

@@ -1,4 +1,4 @@
-"""Composition root of the ADT listener, and the `wpc listener` command.
+"""Composition root of the ADT listener.
 
 `Listener` builds everything from `Settings` (engine, Kafka publisher, store, the two
 relays, conformance worker, MLLP and HTTP servers) and owns their lifecycle as one
@@ -14,7 +14,6 @@ letters here, and every other service's rows when they share the database).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import logging
@@ -34,7 +33,7 @@ from adt_listener.intake import IntakePolicy
 from adt_listener.senders import Senders, load_senders
 from adt_listener.server import MllpLimits, MllpServer
 from adt_listener.store import MessageStore, Topics
-from services import db, lifecycle
+from services import db
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
@@ -151,11 +150,3 @@ class Listener:
         await self.publisher.close()
         await self.engine.dispose()
         log.info("listener stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-
-
-def run(args: argparse.Namespace) -> int:
-    return lifecycle.serve_one("listener", Listener, migrate=args.migrate)

@@ -1,4 +1,4 @@
-"""Composition root of the enrollment service, and the `wpc enrollment` command.
+"""Composition root of the enrollment service.
 
 `EnrollmentService` builds everything from `Settings` (engine, rules, store, the
 `adt.events` consumer and its parking, the outbox relay, the expiry sweeper, the care
@@ -14,7 +14,6 @@ service's relay publishes its own.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import functools
@@ -142,11 +141,3 @@ class EnrollmentService:
         await self.publisher.close()
         await self.engine.dispose()
         log.info("enrollment service stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-
-
-def run(args: argparse.Namespace) -> int:
-    return lifecycle.serve_one("enrollment", EnrollmentService, migrate=args.migrate)

@@ -1,4 +1,4 @@
-"""Composition root of the notifier, and the `wpc notifier` command.
+"""Composition root of the notifier.
 
 `NotifierService` builds everything from `Settings` and the notification configuration
 (engine, channels, the consumer of the three topics and its parking, the dispatcher, the
@@ -10,7 +10,6 @@ sender finish the attempts in hand and record them, last relay publish, close.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -165,11 +164,3 @@ class NotifierService:
         await self.publisher.close()
         await self.engine.dispose()
         log.info("notifier stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-
-
-def run(args: argparse.Namespace) -> int:
-    return lifecycle.serve_one("notifier", NotifierService, migrate=args.migrate)

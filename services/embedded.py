@@ -7,13 +7,18 @@ servers (deploy/) and nothing here runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.settings import Settings
 
 
 class EmbeddedError(RuntimeError):
@@ -113,3 +118,27 @@ class EmbeddedPostgres:
             if callable(cleanup):
                 cleanup()
             self._server = None
+
+
+@contextlib.asynccontextmanager
+async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
+    """Yield settings pointing at a database and a broker, starting embedded ones if needed."""
+    pg: EmbeddedPostgres | None = None
+    broker: EmbeddedBroker | None = None
+    try:
+        updates: dict[str, object] = {}
+        if not settings.database_url:
+            pg = EmbeddedPostgres(settings.data_dir)
+            updates["database_url"] = await asyncio.to_thread(pg.start)
+            print(f"embedded PostgreSQL: data in {pg.pgdata}", flush=True)
+        if not settings.kafka_bootstrap_servers:
+            broker = EmbeddedBroker()
+            await asyncio.to_thread(broker.start, settings.data_dir / "tansu.log")
+            updates["kafka_bootstrap_servers"] = broker.bootstrap_servers
+            print(f"embedded Kafka-protocol broker (Tansu): {broker.bootstrap_servers}", flush=True)
+        yield settings.model_copy(update=updates)
+    finally:
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)

@@ -11,13 +11,9 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import uvloop
-
-from services import db, logs, preflight
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +45,3 @@ def stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
-
-
-def serve_one(
-    command: str, service: Callable[[Settings], AbstractAsyncContextManager[object]], *, migrate: bool
-) -> int:
-    """`wpc listener` / `wpc enrollment` / `wpc notifier`: one service against configured PostgreSQL and Kafka,
-    until SIGINT/SIGTERM (then the service's own drain). Exit status 2 when unconfigured."""
-    settings = preflight.checked_settings(command)  # one line per mistake, before anything starts
-    logs.configure(settings.log_level, settings.log_json)
-    if not settings.database_url or not settings.kafka_bootstrap_servers:
-        print(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
-        return 2
-
-    async def main() -> None:
-        stop = stop_on_signals()
-        if migrate:
-            await db.migrate_url(settings.database_url)
-        async with service(settings):
-            await stop.wait()
-            log.info("signal received: draining")
-
-    run(main())
-    return 0

@@ -13,7 +13,6 @@ import datetime as dt
 import time
 import uuid
 
-from adt_listener.sender import MllpClient
 from enrollment_svc.service import EnrollmentService
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
 from services.auth import Users
@@ -24,6 +23,7 @@ from tests.e2e.conftest import StartListener, listener_settings
 from tests.e2e.helpers import ack_code, db_fetch
 from tests.integration.test_enrollment_store import rules
 from tests.kafka_util import read_topic
+from wpc.tools.send import MllpClient
 
 PT = dt.timezone(dt.timedelta(hours=-8))
 

@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from adt_listener.ack import salvage_header
-from adt_listener.sender import MllpClient
 from adt_listener.service import Listener
 from enrollment_svc.service import EnrollmentService
 from notifier.config import config_from_text
@@ -35,6 +34,7 @@ from tests.e2e.test_enrollment_flow import PT, _feed
 from tests.integration.test_enrollment_store import rules
 from tests.integration.test_notifier_flow import SECRET, config_text
 from tests.receivers import HttpReceiver, SmtpReceiver
+from wpc.tools.send import MllpClient
 
 TOKEN = "ops-token"
 PUBLISHED = "SELECT count(DISTINCT event_id) AS n FROM adt_message WHERE ack_code = 'AA' AND event_id IS NOT NULL"

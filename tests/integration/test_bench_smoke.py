@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from adt_listener.bench import IngestOptions, ingest
+from bench.ingest import IngestOptions, ingest
 from services.settings import Settings
 from tests.conftest import ADMIN_DSN, Broker
 

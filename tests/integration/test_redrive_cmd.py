@@ -27,7 +27,7 @@ async def wpc(database_url: str, *args: str) -> tuple[int, str]:
     env = {**os.environ, "WPC_DATABASE_URL": database_url, "WPC_ENROLLMENT_GROUP_ID": GROUP,
            "WPC_LOG_JSON": "false"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", *args, cwd=ROOT, env=env,
+        sys.executable, "-m", "wpc.cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()

@@ -12,9 +12,9 @@ from enrollment_svc.rules import load_rules, rules_from_text
 from notifier.config import config_from_text
 from services import icd10
 from services.auth import load_users
-from services.check_config import misspelt_settings
 from services.configfile import ConfigError, parse_yaml, read_yaml, validate
 from services.settings import load_settings
+from wpc.check_config import misspelt_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_TEXT = (ROOT / "deploy" / "rules" / "wpc-rules.yaml").read_text(encoding="utf-8")

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from adt_listener import conformance
-from adt_listener.conformance import ConformanceFinding, check_message, decode, split_messages
+from adt_listener.conformance import ConformanceFinding, check_message, decode
+from wpc.tools import validate
+from wpc.tools.validate import split_messages
 
 
 def read(samples_dir: Path, name: str) -> bytes:
@@ -140,14 +142,14 @@ def test_validate_command(samples_dir: Path, tmp_path: Path, capsys: pytest.Capt
         + read(samples_dir, "messages/079_rusthl7_A08.hl7")
     )
     parser = argparse.ArgumentParser()
-    conformance.add_arguments(parser)
+    validate.add_arguments(parser)
 
-    assert conformance.run(parser.parse_args([str(clean)])) == 0
+    assert validate.run(parser.parse_args([str(clean)])) == 0
     out = capsys.readouterr().out
     assert "ADT^A01 v2.6: 0 finding(s)" in out
     assert "1 message(s), 0 with findings" in out
 
-    assert conformance.run(parser.parse_args([str(both)])) == 1
+    assert validate.run(parser.parse_args([str(both)])) == 1
     out = capsys.readouterr().out
     assert f"{both}#2: ADT^A08 v2.3: 2 finding(s)" in out
     assert "structure" in out and " PV1 " in out

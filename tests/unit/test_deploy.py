@@ -3,7 +3,7 @@ notification configuration they deploy) checked against the code.
 
 There is no container engine on the build machines, so these files are never run in CI;
 instead every fact they share with the code is checked here against the code itself:
-setting names against `Settings.model_fields`, sub-commands against `services.cli.COMMANDS`,
+setting names against `Settings.model_fields`, sub-commands against `wpc.cli.COMMANDS`,
 ports against the `Settings` defaults (or the env value set beside them), probe paths against
 the routes of the service that serves them, the image tag against `pyproject.toml`.
 
@@ -36,8 +36,8 @@ from adt_listener.senders import load_senders
 from enrollment_svc.rules import load_rules
 from notifier.config import NotifyConfig, endpoints_of, load_config
 from services.auth import load_users
-from services.cli import COMMANDS, build_parser
 from services.settings import Settings
+from wpc.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -476,7 +476,7 @@ def test_k8s_commands_are_wpc_subcommands() -> None:
 
 def test_dockerfile_entrypoint_is_the_wpc_console_script_and_cmd_a_subcommand() -> None:
     stage = dict(_final_stage())
-    assert PYPROJECT["project"]["scripts"]["wpc"] == "services.cli:main"
+    assert PYPROJECT["project"]["scripts"]["wpc"] == "wpc.cli:main"
     # Exec form (a JSON array): `wpc` is PID 1 and receives SIGTERM itself.
     assert json.loads(stage["ENTRYPOINT"]) == ["wpc"]
     assert json.loads(stage["CMD"])[0] in COMMANDS

@@ -19,8 +19,8 @@ import os
 import sys
 
 from services.configfile import ConfigError
-from services.preflight import ALL_FILES, check_files
 from services.settings import PREFIX, Settings, load_settings
+from wpc.preflight import ALL_FILES, check_files
 
 _SIMILAR = 0.85  # difflib ratio above which an unknown WPC_ name is taken for a typo
 

@@ -40,8 +40,8 @@ def _enrollment(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapp
 
 def _notifier(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
     from notifier.config import load_config
-    from notifier.demo_inbox import demo_config
     from notifier.service import redrive_handler
+    from wpc.demo_inbox import demo_config
 
     config = (load_config(settings.notify_file) if settings.notify_file is not None
               else demo_config(f"http://127.0.0.1:{settings.demo_inbox_port}"))

@@ -12,7 +12,7 @@ and runs until Ctrl-C / SIGTERM, which drains and stops everything in order.
 Services run: the ADT listener (with the outbox relay and conformance worker), the
 enrollment service (adt.events consumer, program rules, care team API) and the notifier
 (care teams and PCPs). With no ``WPC_NOTIFY_FILE``, the notifier delivers to a demo inbox
-run here (`notifier.demo_inbox`), which plays every care team and practice.
+run here (`wpc.demo_inbox`), which plays every care team and practice.
 
 With no ``WPC_USERS_FILE``, the care team API gets one demo user with every role and a
 token made up at start and printed: a newcomer can try the API at once, and no fixed
@@ -23,22 +23,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterator
 
 from adt_listener.service import Listener
 from enrollment_svc.service import EnrollmentService
 from notifier.config import NotifyConfig, load_config
-from notifier.demo_inbox import SECRET_ENV, demo_config, inbox_app
 from notifier.service import NotifierService
-from services import db, lifecycle, logs, preflight
+from services import db, lifecycle, logs
 from services.auth import Users, load_users
-from services.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.embedded import infrastructure
 from services.httpserver import HttpServer
 from services.settings import Settings
+from wpc import preflight
+from wpc.demo_inbox import SECRET_ENV, demo_config, inbox_app
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enrollment-port", type=int, help="overrides WPC_ENROLLMENT_HTTP_PORT")
     parser.add_argument("--notifier-port", type=int, help="overrides WPC_NOTIFIER_HTTP_PORT")
     parser.add_argument("--inbox-port", type=int, help="overrides WPC_DEMO_INBOX_PORT")
-
-
-@contextlib.asynccontextmanager
-async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
-    """Yield settings pointing at a database and a broker, starting embedded ones if needed."""
-    pg: EmbeddedPostgres | None = None
-    broker: EmbeddedBroker | None = None
-    try:
-        updates: dict[str, object] = {}
-        if not settings.database_url:
-            pg = EmbeddedPostgres(settings.data_dir)
-            updates["database_url"] = await asyncio.to_thread(pg.start)
-            print(f"embedded PostgreSQL: data in {pg.pgdata}", flush=True)
-        if not settings.kafka_bootstrap_servers:
-            broker = EmbeddedBroker()
-            await asyncio.to_thread(broker.start, settings.data_dir / "tansu.log")
-            updates["kafka_bootstrap_servers"] = broker.bootstrap_servers
-            print(f"embedded Kafka-protocol broker (Tansu): {broker.bootstrap_servers}", flush=True)
-        yield settings.model_copy(update=updates)
-    finally:
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            await asyncio.to_thread(pg.stop)
 
 
 async def serve(settings: Settings) -> None:

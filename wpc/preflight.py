@@ -42,7 +42,7 @@ __all__ = ["StartupError", "check_database", "check_files", "check_ports", "chec
 DB_TIMEOUT_S = 3.0
 NOTIFY_EXAMPLE = "deploy/notify/wpc-notify.yaml"
 
-# `wpc up`'s options that override a setting (services.up.add_arguments), for messages.
+# `wpc up`'s options that override a setting (wpc.up.add_arguments), for messages.
 UP_FLAGS: Mapping[str, str] = {
     "data_dir": "--data-dir",
     "mllp_port": "--mllp-port",
@@ -317,9 +317,9 @@ def _short(argv: list[str]) -> str:
 
 
 def _is_wpc_up(argv: list[str]) -> bool:
-    """A `wpc up` process: the console script, or `python -m services.cli up`."""
+    """A `wpc up` process: the console script, or `python -m wpc.cli up`."""
     for i, arg in enumerate(argv):
-        if (os.path.basename(arg) == "wpc" or arg == "services.cli") and "up" in argv[i + 1:]:
+        if (os.path.basename(arg) == "wpc" or arg == "wpc.cli") and "up" in argv[i + 1:]:
             return True
     return False
 
