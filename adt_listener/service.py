@@ -1,6 +1,6 @@
 """Composition root of the ADT listener.
 
-`Listener` builds everything from `Settings` (engine, Kafka publisher, store, the two
+`Listener` builds everything from `ListenerSettings` (engine, Kafka publisher, store, the two
 relays, conformance worker, MLLP and HTTP servers) and owns their lifecycle as one
 async context: entering starts them, leaving is the SIGTERM drain, in this order:
 
@@ -32,19 +32,19 @@ from adt_listener.ingest import Ingestor
 from adt_listener.intake import IntakePolicy
 from adt_listener.senders import Senders, load_senders
 from adt_listener.server import MllpLimits, MllpServer
+from adt_listener.settings import ListenerSettings
 from adt_listener.store import MessageStore, Topics
 from services import db
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EVENTS_LOCK_KEY = 2  # the shared outbox relay holds key 1 (services.outbox)
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
     if settings.tls_cert_file is None:
         return None
     return tls.server_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
@@ -59,7 +59,7 @@ class Endpoints:
 class Listener:
     def __init__(
         self,
-        settings: Settings,
+        settings: ListenerSettings,
         *,
         engine: AsyncEngine | None = None,
         publisher: Publisher | None = None,

@@ -56,7 +56,7 @@ from adt_listener.mllp import Frame, MllpFramer, encode
 from bench.synthetic import DEFAULT_FACILITIES, synthetic_feed
 
 if TYPE_CHECKING:
-    from services.settings import Settings
+    from adt_listener.settings import ListenerSettings
 
 GOAL_RATIO_TO_BARE = 0.25  # issue goal: ours >= 0.25 x the bare asyncio server
 GOAL_P99_MS = 20.0  # issue goal: p99 ACK latency below 20 ms ...
@@ -562,7 +562,7 @@ def _senders_file(path: Path, validation: str) -> Path:
 
 async def ingest(
     options: IngestOptions,
-    settings: Settings,
+    settings: ListenerSettings,
     *,
     fresh_database: bool = True,
     out: Callable[[str], None] = print,
@@ -601,7 +601,7 @@ async def ingest(
 
 
 async def _phases(
-    options: IngestOptions, ready: Settings, database_url: str, seeds: dict[str, int], tmp: Path,
+    options: IngestOptions, ready: ListenerSettings, database_url: str, seeds: dict[str, int], tmp: Path,
     out: Callable[[str], None],
 ) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.ingest"]
@@ -757,7 +757,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.settings import Settings
+    from adt_listener.settings import ListenerSettings
+    from services.settings import load_settings
 
     options = IngestOptions(
         connections=args.connections, duration=args.duration, rate=args.rate,
@@ -773,7 +774,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)  # unwinds every `finally`: children, embedded servers
-        return await ingest(options, Settings())
+        return await ingest(options, load_settings(ListenerSettings))
 
     try:
         report: dict[str, Any] = lifecycle.run(main())

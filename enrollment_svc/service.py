@@ -1,6 +1,6 @@
 """Composition root of the enrollment service.
 
-`EnrollmentService` builds everything from `Settings` (engine, rules, store, the
+`EnrollmentService` builds everything from `EnrollmentSettings` (engine, rules, store, the
 `adt.events` consumer and its parking, the outbox relay, the expiry sweeper, the care
 team's API and the parked records' API) and owns their lifecycle as one async context.
 Leaving it is the SIGTERM drain: stop the API, stop consuming (the batch in hand
@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from enrollment_svc.api import enrollment_router
 from enrollment_svc.handler import AdtEventHandler
 from enrollment_svc.rules import Rules, load_rules
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore, Topics
 from services import db, lifecycle
 from services.auth import Users, load_users
@@ -37,7 +38,6 @@ from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,19 @@ EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "rules" / "wpc-
 _GAUGE_INTERVAL_S = 60.0
 
 
-def rules_of(settings: Settings) -> Rules:
+def rules_of(settings: EnrollmentSettings) -> Rules:
     if settings.rules_file is None:
         return load_rules(EXAMPLE_RULES)
     return load_rules(settings.rules_file, setting="WPC_RULES_FILE")
 
 
-def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
+def parking_of(settings: EnrollmentSettings,
+               engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
     """The parking of the `adt.events` consumer group (`services.parking`)."""
     return Parking(engine, settings.enrollment_group_id, settings.topic_enrollment_deadletter, on_park=on_park)
 
 
-def redrive_handler(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
+def redrive_handler(settings: EnrollmentSettings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
     """What `wpc redrive` needs to apply this group's parked records again, outside the service."""
     store = EnrollmentStore(rules_of(settings), Topics(settings.topic_enrollment_candidates,
                                                        settings.topic_enrollment_events))
@@ -66,7 +67,7 @@ def redrive_handler(settings: Settings, engine: AsyncEngine) -> tuple[Parking, R
 class EnrollmentService:
     def __init__(
         self,
-        settings: Settings,
+        settings: EnrollmentSettings,
         *,
         engine: AsyncEngine | None = None,
         publisher: Publisher | None = None,

@@ -1,6 +1,6 @@
 """Composition root of the notifier.
 
-`NotifierService` builds everything from `Settings` and the notification configuration
+`NotifierService` builds everything from `NotifierSettings` and the notification configuration
 (engine, channels, the consumer of the three topics and its parking, the dispatcher, the
 outbox relay for dead letters, the API and the parked records' API) and owns their
 lifecycle as one async context. Leaving it is the
@@ -29,6 +29,7 @@ from notifier.channels.webhook import WebhookChannel
 from notifier.config import NotifyConfig, endpoints_of, load_config
 from notifier.dispatcher import Dispatcher
 from notifier.handler import NotifierHandler, Topics
+from notifier.settings import NotifierSettings
 from services import db, lifecycle
 from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
@@ -38,31 +39,31 @@ from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _GAUGE_INTERVAL_S = 30.0
 
 
-def config_of(settings: Settings) -> NotifyConfig:
+def config_of(settings: NotifierSettings) -> NotifyConfig:
     if settings.notify_file is None:
         raise ConfigError("WPC_NOTIFY_FILE is not set: the notifier needs its configuration "
                           "(example: deploy/notify/wpc-notify.yaml)")
     return load_config(settings.notify_file, setting="WPC_NOTIFY_FILE")
 
 
-def topics_of(settings: Settings) -> Topics:
+def topics_of(settings: NotifierSettings) -> Topics:
     return Topics(settings.topic_adt_events, settings.topic_enrollment_candidates,
                   settings.topic_enrollment_events, settings.topic_notifications_deadletter)
 
 
-def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
+def parking_of(settings: NotifierSettings,
+               engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
     """The parking of the notifier's consumer group (`services.parking`)."""
     return Parking(engine, settings.notifier_group_id, settings.topic_notifier_deadletter, on_park=on_park)
 
 
-def redrive_handler(settings: Settings, engine: AsyncEngine, config: NotifyConfig) -> tuple[Parking, Reapply]:
+def redrive_handler(settings: NotifierSettings, engine: AsyncEngine, config: NotifyConfig) -> tuple[Parking, Reapply]:
     """What `wpc redrive` needs to apply this group's parked records again, outside the service."""
     return parking_of(settings, engine), NotifierHandler(engine, config, topics_of(settings)).reapply
 
@@ -84,7 +85,7 @@ def channels_for(cfg: NotifyConfig, secrets: Mapping[str, str]) -> dict[str, Cha
 class NotifierService:
     def __init__(
         self,
-        settings: Settings,
+        settings: NotifierSettings,
         *,
         config: NotifyConfig | None = None,
         secrets: Mapping[str, str] | None = None,

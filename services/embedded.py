@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.settings import Settings
+from services.settings import S
 
 
 class EmbeddedError(RuntimeError):
@@ -121,8 +121,8 @@ class EmbeddedPostgres:
 
 
 @contextlib.asynccontextmanager
-async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
-    """Yield settings pointing at a database and a broker, starting embedded ones if needed."""
+async def infrastructure(settings: S) -> AsyncIterator[S]:
+    """Yield ``settings`` pointing at a database and a broker, starting embedded ones if needed."""
     pg: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
     try:

@@ -62,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from pydantic import ValidationError
 
-        # A command that builds `Settings()` itself: the same one line as `load_settings` gives.
-        if not (isinstance(exc, ValidationError) and exc.title == "Settings"):
-            raise
-        from services.settings import settings_error
+        from services.settings import is_settings_error, settings_error
 
+        # A command that builds its settings without `load_settings`: the same one line it gives.
+        if not (isinstance(exc, ValidationError) and is_settings_error(exc)):
+            raise
         error = settings_error(exc)
         return _refuse(args.command, str(error), error.problems, error.exit_status)
     return int(status)

@@ -15,27 +15,10 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from services import db, lifecycle, logs
-from services.settings import Settings
+from services.settings import S
 from wpc import preflight
 
 log = logging.getLogger(__name__)
-
-ServiceFactory = Callable[[Settings], AbstractAsyncContextManager[object]]
-
-
-def _factory(command: str) -> ServiceFactory:
-    # Imported here: `wpc listener` need not load the notifier's channels, nor the reverse.
-    if command == "listener":
-        from adt_listener.service import Listener
-
-        return Listener
-    if command == "enrollment":
-        from enrollment_svc.service import EnrollmentService
-
-        return EnrollmentService
-    from notifier.service import NotifierService
-
-    return NotifierService
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,16 +26,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return serve_one(args.command, _factory(args.command), migrate=args.migrate)
+    # Imported here: `wpc listener` need not load the notifier's channels, nor the reverse.
+    if args.command == "listener":
+        from adt_listener.service import Listener
+        from adt_listener.settings import ListenerSettings
+
+        return serve_one("listener", ListenerSettings, Listener, migrate=args.migrate)
+    if args.command == "enrollment":
+        from enrollment_svc.service import EnrollmentService
+        from enrollment_svc.settings import EnrollmentSettings
+
+        return serve_one("enrollment", EnrollmentSettings, EnrollmentService, migrate=args.migrate)
+    from notifier.service import NotifierService
+    from notifier.settings import NotifierSettings
+
+    return serve_one("notifier", NotifierSettings, NotifierService, migrate=args.migrate)
 
 
-def serve_one(command: str, service: ServiceFactory, *, migrate: bool) -> int:
-    """Run ``service`` until SIGINT/SIGTERM. Exit status 2 when unconfigured."""
-    settings = preflight.checked_settings(command)  # one line per mistake, before anything starts
+def serve_one(
+    command: str, model: type[S], service: Callable[[S], AbstractAsyncContextManager[object]], *, migrate: bool
+) -> int:
+    """Run ``service`` with its settings (``model``, built once here) until SIGINT/SIGTERM."""
+    settings = preflight.checked_settings(command, model)  # one line per mistake, before anything starts
     logs.configure(settings.log_level, settings.log_json)
-    if not settings.database_url or not settings.kafka_bootstrap_servers:
-        print(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
-        return 2
 
     async def main() -> None:
         stop = lifecycle.stop_on_signals()

@@ -35,9 +35,9 @@ from services import db, lifecycle, logs
 from services.auth import Users, load_users
 from services.embedded import infrastructure
 from services.httpserver import HttpServer
-from services.settings import Settings
 from wpc import preflight
 from wpc.demo_inbox import SECRET_ENV, demo_config, inbox_app
+from wpc.settings import SystemSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +51,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inbox-port", type=int, help="overrides WPC_DEMO_INBOX_PORT")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(system: SystemSettings) -> None:
     stop = lifecycle.stop_on_signals()
-    async with infrastructure(settings) as ready:
-        await db.migrate_url(ready.database_url)
+    async with infrastructure(system.shared) as shared:
+        # Each service's settings, built once by `run`, now pointing at the servers started.
+        ready = system.updated(database_url=shared.database_url, kafka_bootstrap_servers=shared.kafka_bootstrap_servers)
+        await db.migrate_url(shared.database_url)
         demo_token = ""
-        if ready.users_file is not None:
-            users = load_users(ready.users_file)
+        if ready.enrollment.users_file is not None:
+            users = load_users(ready.enrollment.users_file)
         else:
             demo_token = secrets.token_urlsafe(24)
             users = Users.single(demo_token, "demo", frozenset({"ops", "partner", "care_team:*"}))
         inbox: HttpServer | None = None
         notify_secrets: dict[str, str] | None = None
-        if ready.notify_file is not None:
-            notify: NotifyConfig = load_config(ready.notify_file)
+        if ready.notifier.notify_file is not None:
+            notify: NotifyConfig = load_config(ready.notifier.notify_file)
         else:
             notify_secrets = {SECRET_ENV: secrets.token_urlsafe(32)}
-            notify = demo_config(f"http://127.0.0.1:{ready.demo_inbox_port}")
-            inbox = HttpServer(inbox_app(notify_secrets[SECRET_ENV]), "127.0.0.1", ready.demo_inbox_port)
+            notify = demo_config(f"http://127.0.0.1:{ready.notifier.demo_inbox_port}")
+            inbox = HttpServer(inbox_app(notify_secrets[SECRET_ENV]), "127.0.0.1", ready.notifier.demo_inbox_port)
             await inbox.start()
         try:
             await _serve(ready, users, notify, notify_secrets, demo_token, stop, demo_inbox=inbox is not None)
@@ -78,20 +80,22 @@ async def serve(settings: Settings) -> None:
 
 
 async def _serve(
-    ready: Settings, users: Users, notify: NotifyConfig, notify_secrets: dict[str, str] | None, demo_token: str,
+    ready: SystemSettings, users: Users, notify: NotifyConfig, notify_secrets: dict[str, str] | None, demo_token: str,
     stop: asyncio.Event, *, demo_inbox: bool,
 ) -> None:
     async with (
-        Listener(ready) as listener,
-        EnrollmentService(ready, users=users) as enrollment,
-        NotifierService(ready, users=users, config=notify, secrets=notify_secrets) as notifier,
+        Listener(ready.listener) as listener,
+        EnrollmentService(ready.enrollment, users=users) as enrollment,
+        NotifierService(ready.notifier, users=users, config=notify, secrets=notify_secrets) as notifier,
     ):
         ep = listener.endpoints
-        eport = ready.enrollment_http_port
+        eport = ready.enrollment.enrollment_http_port
+        topics = ready.shared
+        inbox_url = f"http://127.0.0.1:{ready.notifier.demo_inbox_port}/"
         print(
             "\nWPC backend is up\n"
-            f"  MLLP (HL7 v2 ADT)   tcp://{ready.mllp_host}:{ep.mllp_port}"
-            f"{'  (TLS)' if ready.tls_cert_file else ''}\n"
+            f"  MLLP (HL7 v2 ADT)   tcp://{ready.listener.mllp_host}:{ep.mllp_port}"
+            f"{'  (TLS)' if ready.listener.tls_cert_file else ''}\n"
             f"  HTTP ADT intake     POST http://127.0.0.1:{ep.http_port}/v1/adt\n"
             f"  health / readiness  http://127.0.0.1:{ep.http_port}/healthz  /readyz\n"
             f"  metrics             http://127.0.0.1:{ep.http_port}/metrics\n"
@@ -99,13 +103,13 @@ async def _serve(
             f"{'  demo token: ' + demo_token if demo_token else ''}\n"
             f"  enrollment ops      http://127.0.0.1:{eport}/healthz  /readyz  /metrics\n"
             f"  program rules       {enrollment.rules.rule_version}\n"
-            f"  notifier API        http://127.0.0.1:{ready.notifier_http_port}/v1/deliveries  "
+            f"  notifier API        http://127.0.0.1:{ready.notifier.notifier_http_port}/v1/deliveries  "
             f"(ops: /healthz /readyz /metrics)\n"
             f"  notifications       {notifier.config.version}"
-            f"{f'  delivered to the demo inbox http://127.0.0.1:{ready.demo_inbox_port}/' if demo_inbox else ''}\n"
-            f"  Kafka               {ready.kafka_bootstrap_servers}  topics "
-            f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}, {ready.topic_enrollment_candidates}, "
-            f"{ready.topic_enrollment_events}, {ready.topic_notifications_deadletter}\n"
+            f"{f'  delivered to the demo inbox {inbox_url}' if demo_inbox else ''}\n"
+            f"  Kafka               {topics.kafka_bootstrap_servers}  topics "
+            f"{topics.topic_adt_events}, {topics.topic_adt_deadletter}, {topics.topic_enrollment_candidates}, "
+            f"{topics.topic_enrollment_events}, {topics.topic_notifications_deadletter}\n"
             "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
             f"{ep.mllp_port}\nCtrl-C stops.",
             flush=True,
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["notifier_http_port"] = args.notifier_port
     if args.inbox_port is not None:
         overrides["demo_inbox_port"] = args.inbox_port
-    settings = preflight.checked_settings("up", overrides)  # one line per mistake, before anything starts
-    logs.configure(settings.log_level, settings.log_json and not sys.stdout.isatty())
-    lifecycle.run(serve(settings))
+    system = preflight.checked_system(overrides)  # one line per mistake, before anything starts
+    logs.configure(system.shared.log_level, system.shared.log_json and not sys.stdout.isatty())
+    lifecycle.run(serve(system))
     return 0

@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from adt_listener.settings import ListenerSettings
 from bench.ingest import IngestOptions, ingest
-from services.settings import Settings
 from tests.conftest import ADMIN_DSN, Broker
 
 
@@ -35,7 +35,7 @@ async def bench_database() -> AsyncIterator[str]:
 async def test_bench_ingest_smoke(
     bench_database: str, broker: Broker, topics: dict[str, str], tmp_path: Path
 ) -> None:
-    settings = Settings(
+    settings = ListenerSettings(
         database_url=bench_database,
         kafka_bootstrap_servers=broker.bootstrap,
         data_dir=tmp_path,

@@ -3,8 +3,9 @@ notification configuration they deploy) checked against the code.
 
 There is no container engine on the build machines, so these files are never run in CI;
 instead every fact they share with the code is checked here against the code itself:
-setting names against `Settings.model_fields`, sub-commands against `wpc.cli.COMMANDS`,
-ports against the `Settings` defaults (or the env value set beside them), probe paths against
+setting names against the fields of each service's settings class (a service's own env: its
+class; the shared ConfigMap: any service's), sub-commands against `wpc.cli.COMMANDS`,
+ports against the settings' defaults (or the env value set beside them), probe paths against
 the routes of the service that serves them, the image tag against `pyproject.toml`.
 
 Three long-running services are deployed, the ADT listener (`wpc listener`), the enrollment
@@ -33,11 +34,15 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from adt_listener.senders import load_senders
+from adt_listener.settings import ListenerSettings
 from enrollment_svc.rules import load_rules
+from enrollment_svc.settings import EnrollmentSettings
 from notifier.config import NotifyConfig, endpoints_of, load_config
+from notifier.settings import NotifierSettings
 from services.auth import load_users
-from services.settings import Settings
+from services.settings import ServiceSettings
 from wpc.cli import COMMANDS, build_parser
+from wpc.settings import SERVICE_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -46,7 +51,14 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_REPO = "ghcr.io/wpc-pilot/wpc-backend"
 
-PREFIX = str(Settings.model_config["env_prefix"])
+PREFIX = str(ServiceSettings.model_config["env_prefix"])
+# Every setting of any service, by field name.
+FIELDS = {name: info for model in SERVICE_SETTINGS for name, info in model.model_fields.items()}
+# What each deployed container reads (by compose service / k8s Deployment or Job name).
+SETTINGS_OF: dict[str, type[ServiceSettings]] = {
+    "adt-listener": ListenerSettings, "enrollment": EnrollmentSettings, "notifier": NotifierSettings,
+    "migrate": ServiceSettings, "wpc-migrate": ServiceSettings,
+}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 IMAGE = f"{IMAGE_REPO}:{VERSION}"
@@ -65,8 +77,8 @@ NOTIFY_FILE = NOTIFY_DIR / "wpc-notify.yaml"
 
 
 def _default(field: str) -> Any:
-    # The code's default, not Settings(): the environment running the tests must not matter.
-    return Settings.model_fields[field].default
+    # The code's default, not a settings object: the environment running the tests must not matter.
+    return FIELDS[field].default
 
 
 def _env_name(field: str) -> str:
@@ -234,7 +246,7 @@ def _enrollment_app() -> Any:
 
     try:
         service = EnrollmentService(
-            Settings.model_construct(),  # the code's defaults, whatever the environment
+            EnrollmentSettings.model_construct(),  # the code's defaults, whatever the environment
             engine=cast(AsyncEngine, object()),
             users=Users({}),
             rules=cast(Rules, object()),
@@ -261,7 +273,7 @@ def _notifier_app() -> Any:
 
     try:
         service = NotifierService(
-            Settings.model_construct(),  # the code's defaults, whatever the environment
+            NotifierSettings.model_construct(),  # the code's defaults, whatever the environment
             config=load_config(NOTIFY_FILE),
             secrets=dict.fromkeys(_notify_secret_names(), "placeholder"),
             engine=cast(AsyncEngine, object()),
@@ -308,7 +320,7 @@ class Service:
 
     name: str  # compose service, k8s Deployment, container, app.kubernetes.io/name
     subcommand: str  # `wpc <subcommand>`
-    ports: dict[str, str]  # container port name -> Settings field of its default
+    ports: dict[str, str]  # container port name -> settings field of its default
     file_fields: tuple[str, ...]  # Path settings it reads, each from a mounted volume
     topic_fields: tuple[str, ...]  # topics it publishes or consumes
     routes: Callable[[], set[str]]
@@ -350,18 +362,29 @@ each_service = pytest.mark.parametrize("svc", SERVICES, ids=lambda s: s.name)
 # --- setting names --------------------------------------------------------------------------
 
 
-def _assert_settings_names(names: set[str], where: str) -> None:
+def _assert_settings_names(names: set[str], where: str, model: type[ServiceSettings] | None = None) -> None:
+    """Each name is a setting: of ``model`` (a service's own environment), else of any service."""
     assert names, f"{where}: no {PREFIX}* variables found (the parser is looking in the wrong place)"
+    fields = model.model_fields if model is not None else FIELDS
+    owner = model.__name__ if model is not None else "any service's settings"
     for name in sorted(names):
         assert name == name.upper(), f"{where}: {name} is not upper-case"
         field = name[len(PREFIX) :].lower()
-        assert field in Settings.model_fields, f"{where}: {name} is not a field of Settings ({field})"
+        assert field in fields, f"{where}: {name} is not a field of {owner} ({field})"
 
 
 def test_compose_env_names_are_settings_fields() -> None:
     # The notifier's endpoint secrets are not settings (see the module docstring).
-    names = {k for svc in _services().values() for k in _compose_env(svc) if k.upper().startswith(PREFIX)}
-    _assert_settings_names(names - _notify_secret_names(), "deploy/compose.yaml")
+    checked = 0
+    for name, svc in _services().items():
+        names = {k for k in _compose_env(svc) if k.upper().startswith(PREFIX)} - _notify_secret_names()
+        if name in SETTINGS_OF:
+            _assert_settings_names(names, f"deploy/compose.yaml {name}", SETTINGS_OF[name])
+            checked += 1
+        else:
+            assert not names, f"deploy/compose.yaml {name}: WPC_ settings in a container that is no wpc-backend"
+    assert checked == 4, "the compose services are not named as SETTINGS_OF expects"
+
 
 
 def test_configmap_names_are_settings_fields_and_values_are_strings() -> None:
@@ -390,13 +413,13 @@ def test_container_env_names_are_settings_fields() -> None:
     for where, container in _containers():
         names = {e["name"] for e in container.get("env", []) if e["name"].upper().startswith(PREFIX)}
         if names:
-            _assert_settings_names(names, where)
+            _assert_settings_names(names, where, SETTINGS_OF.get(where.split("/")[0]))
 
 
 def test_every_wpc_name_mentioned_in_deploy_files_is_a_setting() -> None:
     # Comments and the README too: a renamed setting must not survive in the instructions.
     # Or a variable that a notification configuration of deploy/notify names (an endpoint
-    # secret): those are read by the notifier, not by Settings.
+    # secret): those are read by the notifier, not by the settings.
     named = {n for path in NOTIFY_DIR.glob("*.yaml") for n in _env_named_in(path)}
     assert named >= _notify_secret_names()
     files = [DOCKERFILE, *DEPLOY.rglob("*.yaml"), DEPLOY / "README.md"]
@@ -411,19 +434,21 @@ def test_database_url_is_secret_not_configmap() -> None:
 
 
 @pytest.mark.parametrize(
-    "env",
+    ("env", "model"),
     [
-        pytest.param(lambda: _compose_env(_services()["adt-listener"]), id="compose-listener"),
-        pytest.param(lambda: _compose_env(_services()["migrate"]), id="compose-migrate"),
-        pytest.param(lambda: _compose_env(_services()["enrollment"]), id="compose-enrollment"),
-        pytest.param(lambda: _compose_env(_services()["notifier"]), id="compose-notifier"),
-        pytest.param(_k8s_listener_env, id="k8s-listener"),
-        pytest.param(lambda: _k8s_env("enrollment"), id="k8s-enrollment"),
-        pytest.param(lambda: _k8s_env("notifier"), id="k8s-notifier"),
-        pytest.param(lambda: _container_env(_job_container()), id="k8s-migrate"),
+        pytest.param(lambda: _compose_env(_services()["adt-listener"]), ListenerSettings, id="compose-listener"),
+        pytest.param(lambda: _compose_env(_services()["migrate"]), ServiceSettings, id="compose-migrate"),
+        pytest.param(lambda: _compose_env(_services()["enrollment"]), EnrollmentSettings, id="compose-enrollment"),
+        pytest.param(lambda: _compose_env(_services()["notifier"]), NotifierSettings, id="compose-notifier"),
+        pytest.param(_k8s_listener_env, ListenerSettings, id="k8s-listener"),
+        pytest.param(lambda: _k8s_env("enrollment"), EnrollmentSettings, id="k8s-enrollment"),
+        pytest.param(lambda: _k8s_env("notifier"), NotifierSettings, id="k8s-notifier"),
+        pytest.param(lambda: _container_env(_job_container()), ServiceSettings, id="k8s-migrate"),
     ],
 )
-def test_settings_accept_the_deployed_values(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_accept_the_deployed_values(
+    env: Any, model: type[ServiceSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     for name in list(os.environ):
@@ -431,7 +456,7 @@ def test_settings_accept_the_deployed_values(env: Any, monkeypatch: pytest.Monke
             monkeypatch.delenv(name)
     for name, value in env().items():
         monkeypatch.setenv(name, _interpolate(value))
-    settings = Settings()  # raises on a value of the wrong type (a port "http", log_json "yes!")
+    settings = model()  # raises on a value of the wrong type (a port "http", log_json "yes!")
     assert settings.database_url.startswith("postgresql+asyncpg://")
 
 
@@ -699,7 +724,7 @@ def test_pods_have_a_read_only_root_and_a_writable_tmp() -> None:
 def _path_fields() -> set[str]:
     return {
         f
-        for f, info in Settings.model_fields.items()
+        for f, info in FIELDS.items()
         if info.annotation is Path or Path in typing.get_args(info.annotation)
     }
 
@@ -927,8 +952,8 @@ def test_notify_secret_names_are_read_completely_and_are_not_settings() -> None:
     assert names, "the example names no secrets: the checks of their provision would check nothing"
     # The raw file and the configuration model agree: no `*_env` key the model ignores.
     assert names == _env_named_in(NOTIFY_FILE)
-    # A secret named like a setting would be read by Settings too, or shadow one.
-    assert not names & {_env_name(f) for f in Settings.model_fields}, names
+    # A secret named like a setting would be read by the settings too, or shadow one.
+    assert not names & {_env_name(f) for f in FIELDS}, names
 
 
 def _compose_notifier_env() -> dict[str, str]:

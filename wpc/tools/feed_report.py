@@ -44,9 +44,9 @@ def format_table(report: list[FacilityQuality]) -> str:
 def run(args: argparse.Namespace) -> int:
     from services.db import create_engine
     from services.runinfo import tool_database_url
-    from services.settings import load_settings
+    from services.settings import ServiceSettings, load_settings
 
-    settings = load_settings()
+    settings = load_settings(ServiceSettings)
     # --database-url, else WPC_DATABASE_URL, else the running `wpc up`'s; none: ConfigError (exit 2)
     url = tool_database_url(settings.database_url, settings.data_dir, explicit=args.database_url)
 

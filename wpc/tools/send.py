@@ -475,10 +475,11 @@ def _port(args: argparse.Namespace) -> int:
     else:
         # Imported here: only the command needs settings, and only when --port is absent. A
         # wrong WPC_ value raises ConfigError, which `wpc` reports in one line.
+        from adt_listener.settings import ListenerSettings
         from services.runinfo import read_run_info
         from services.settings import load_settings
 
-        settings = load_settings()
+        settings = load_settings(ListenerSettings)
         port = settings.mllp_port
         running = read_run_info(settings.data_dir) if args.host in ("127.0.0.1", "localhost", "::1") else None
         if "mllp_port" not in settings.model_fields_set and running is not None and running.ports.get("mllp"):

@@ -1,0 +1,23 @@
+"""The enrollment service's settings: `DownstreamSettings` (infrastructure, topics, relay,
+consumer, API users) and what only this service reads: its port, the rules, its lanes.
+
+Built once by its command (`wpc enrollment`, `wpc up`, `wpc replay`, `wpc redrive`) with
+`services.settings.load_settings` and handed to `enrollment_svc.service.EnrollmentService`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.settings import DownstreamSettings
+
+
+class EnrollmentSettings(DownstreamSettings):
+    enrollment_http_port: int = 8081
+    rules_file: Path | None = Field(
+        default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"
+    )
+    enrollment_lanes: int = Field(default=8, description="adt.events applied concurrently (by patient key)")
+    expiry_interval_s: float = Field(default=60.0, description="How often pending candidates are checked for expiry")
