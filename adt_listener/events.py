@@ -38,8 +38,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +52,7 @@ from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize
 from schemas.adt_event import AdtEventV1
 from services.bus import Record
+from services.reaper import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +107,12 @@ def derive_batch(
 
 def _worker_init(listener_pid: int) -> None:
     """The deriving process: low priority, deaf to Ctrl-C (the listener drains on it, then
-    shuts the pool down), and gone when the listener is: a listener killed without its
-    drain (SIGKILL, out of memory) cannot shut the pool down, and the worker would idle
-    on forever. The listener's pid is passed in, not read here: if the listener died
-    while the worker was starting, the parent read here would already be init."""
+    shuts the pool down), and gone when the listener is (`services.reaper.die_with_parent`):
+    a listener killed without its drain (SIGKILL, out of memory) cannot shut the pool
+    down, and the worker would idle on forever."""
     os.nice(_WORKER_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == listener_pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="listener-watch", daemon=True).start()
+    die_with_parent(listener_pid)
 
 
 class DerivedEvents:
@@ -199,3 +191,7 @@ class DerivedEvents:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """`close` off the event loop (the drain's deadline and a second Ctrl-C run on it)."""
+        await asyncio.to_thread(self.close)

@@ -129,14 +129,20 @@ class Listener:
         return Endpoints(self.mllp.port, self.settings.listener_http_port)
 
     async def __aenter__(self) -> Listener:
-        await self.store.start()
-        if self._run_relay:
-            self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
-            self._tasks.append(asyncio.create_task(self.events.run(self._stop), name="adt-events-relay"))
-        if self.conformance is not None:
-            self._tasks.append(asyncio.create_task(self.conformance.run(self._stop), name="conformance"))
-        await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
-        await self.http.start()
+        try:
+            await self.store.start()
+            if self._run_relay:
+                self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+                self._tasks.append(asyncio.create_task(self.events.run(self._stop), name="adt-events-relay"))
+            if self.conformance is not None:
+                self._tasks.append(asyncio.create_task(self.conformance.run(self._stop), name="conformance"))
+            await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
+            await self.http.start()
+        except BaseException:
+            # A failed start (a port in use) must not leave tasks, worker processes and
+            # connections behind: nobody calls __aexit__ after a failed __aenter__.
+            await self.__aexit__(None, None, None)
+            raise
         log.info("listener up: mllp %s, http %s", self.mllp.port, self.settings.listener_http_port)
         return self
 
@@ -147,9 +153,9 @@ class Listener:
         await self.http.stop()
         await self.store.stop()
         await stop_with_last_publish(self._stop, self._tasks, (self.events, self.relay))
-        self.event_source.close()
+        await self.event_source.aclose()
         if self.conformance is not None:
-            self.conformance.close()
+            await self.conformance.aclose()
         await self.publisher.close()
         await self.engine.dispose()
         log.info("listener stopped")

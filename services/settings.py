@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # --- stopping, and what a broker loss must not lose (issue 10 parts 2 and 3) ----------------
+    shutdown_timeout_s: float = Field(
+        default=20.0, gt=0,
+        description="SIGTERM/SIGINT drain for at most this long, then the process exits anyway (status 1, "
+        "saying what did not finish); a second signal exits at once",
+    )
+
     def processing_ids(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.accepted_processing_ids.split(",") if p.strip())
 
