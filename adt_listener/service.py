@@ -37,6 +37,7 @@ from services import db, lifecycle
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
+from services.replay import retention_of
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,23 +75,23 @@ class Listener:
     ) -> None:
         self.settings = settings
         self.engine = engine or db.create_engine(settings.database_url)
-        self.publisher: Publisher = publisher or KafkaPublisher(
-            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
-        )
+        self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
         self.senders: Senders = load_senders(settings.senders_file)
         policy = IntakePolicy(
             accepted_processing_ids=settings.processing_ids(),
             medi_cal_authorities=settings.medi_cal_authority_set(),
         )
+        retention = retention_of(settings)
         self.relay = OutboxRelay(
             self.engine, self.publisher,
-            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s, retention=retention,
         )
         self.event_source = DerivedEvents(settings.topic_adt_events, policy)
         self.events = OutboxRelay(
             self.engine, self.publisher,
             lock_key=EVENTS_LOCK_KEY, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             source=self.event_source, backlog_gauge=EVENT_BACKLOG, leader_gauge=EVENT_RELAY_LEADER,
+            retention=retention,
         )
         self.store = MessageStore(
             self.engine,

@@ -36,6 +36,7 @@ from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
+from services.replay import retention_of
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,10 @@ class EnrollmentService:
         self.settings = settings
         self.rules = rules or rules_of(settings)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=settings.enrollment_lanes + 2)
-        self.publisher: Publisher = publisher or KafkaPublisher(
-            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
-        )
+        self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
+            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            retention=retention_of(settings),
         )
         self.store = EnrollmentStore(
             self.rules, Topics(settings.topic_enrollment_candidates, settings.topic_enrollment_events)
@@ -73,7 +73,8 @@ class EnrollmentService:
             self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake
         )
         self.consumer = ConsumerLoop(
-            settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler
+            settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler,
+            session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))

@@ -36,6 +36,7 @@ from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
+from services.replay import retention_of
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,10 @@ class NotifierService:
         endpoints = {r.id: endpoints_of(r, secrets) for r in (*self.config.care_teams, *self.config.practices)}
         self.channels = dict(channels) if channels is not None else channels_for(self.config, secrets)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=8)
-        self.publisher: Publisher = publisher or KafkaPublisher(
-            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
-        )
+        self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
+            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            retention=retention_of(settings),
         )
         topics = Topics(settings.topic_adt_events, settings.topic_enrollment_candidates,
                         settings.topic_enrollment_events, settings.topic_notifications_deadletter)
@@ -100,6 +100,7 @@ class NotifierService:
             [topics.candidates, topics.enrollment_events, topics.adt_events],
             settings.notifier_group_id,
             self.handler,
+            session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def free_port() -> int:
 class EmbeddedBroker:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    cluster_id: str = ""
 
     @property
     def bootstrap_servers(self) -> str:
@@ -93,8 +95,11 @@ class EmbeddedBroker:
     def launch(self, log_file: Path | None = None) -> None:
         """Start Tansu on `port` (again, after `stop`: same port), without waiting for it."""
         url = f"tcp://127.0.0.1:{self.port}"
+        # A cluster id of its own for each start: it keeps nothing from the last one, and a
+        # new id is how the relays tell (services.replay).
+        self.cluster_id = f"wpc-{uuid.uuid4().hex[:16]}"
         command = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                   "--storage-engine", "memory://tansu/"]
+                   "--storage-engine", "memory://tansu/", "--cluster-id", self.cluster_id]
         self._log_file = log_file
         # Its own session: a terminal's Ctrl-C must reach `wpc up` (which drains into the
         # broker), not the broker. Killed by the kernel if we die (see services.reaper).

@@ -49,6 +49,7 @@ from notifier.demo_inbox import SECRET_ENV, demo_config, inbox_app
 from notifier.service import NotifierService
 from services import db, lifecycle, logs, reaper
 from services.auth import Users, load_users
+from services.bus import BusUnavailable, KafkaPublisher
 from services.embedded import (
     BROKER_STOP,
     PG_STOP,
@@ -192,6 +193,8 @@ def _ports(ready: Settings, *, inbox: bool | None = None) -> dict[str, int | Non
 
 async def _run(ready: Settings, state: RunState, servers: Servers, shutdown: lifecycle.Shutdown) -> None:
     await db.migrate_url(ready.database_url)
+    if servers.broker is not None:
+        await _create_topics(ready)
     demo_token = ""
     if ready.users_file is not None:
         users = load_users(ready.users_file)
@@ -213,6 +216,20 @@ async def _run(ready: Settings, state: RunState, servers: Servers, shutdown: lif
     finally:
         if inbox is not None:
             await inbox.stop()
+
+
+async def _create_topics(ready: Settings) -> None:
+    """The embedded broker creates a topic on first use. Its consumers must find theirs
+    there when they start, or they get nothing until their next metadata refresh (seconds
+    after start-up, and after every restart)."""
+    publisher = KafkaPublisher.of(ready)
+    try:
+        await publisher.ensure_topics([ready.topic_adt_events, ready.topic_enrollment_candidates,
+                                       ready.topic_enrollment_events])
+    except BusUnavailable as exc:  # the consumers will find them later
+        log.warning("could not create the topics up front: %s", exc)
+    finally:
+        await publisher.close()
 
 
 async def _serve(
