@@ -328,6 +328,8 @@ class ReplayKeeper:
         if stop is not None and self.retention.settle_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.retention.settle_s)
+            if stop.is_set():
+                return  # stopping: the journal still names the old cluster, so the next leader does it
         self.bases, self.seen, self.suspect = {}, {}, None
         total = await self.republish(driver)
         if cluster is not None:
