@@ -42,6 +42,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from adt_listener.service import Listener
 from enrollment_svc.service import EnrollmentService
 from notifier.config import NotifyConfig, load_config
@@ -277,8 +279,9 @@ async def _serve(
             f"{f'  delivered to the demo inbox http://127.0.0.1:{ready.demo_inbox_port}/' if demo_inbox else ''}\n"
             f"  Kafka               {ready.kafka_bootstrap_servers}  topics "
             f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}, {ready.topic_enrollment_candidates}, "
-            f"{ready.topic_enrollment_events}, {ready.topic_notifications_deadletter}\n"
-            f"  database            {ready.database_url}\n"
+            f"{ready.topic_enrollment_events}, {ready.topic_enrollment_deadletter}, {ready.topic_notifier_deadletter}, "
+            f"{ready.topic_notifications_deadletter}\n"
+            f"  database            {make_url(ready.database_url).render_as_string(hide_password=True)}\n"
             f"  run state           {ready.data_dir / RUN_FILE}  (how the tools find this system)\n"
             "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
             f"{ep.mllp_port}\nCtrl-C stops.",
