@@ -327,7 +327,9 @@ ENROLLMENT = Service(
     subcommand="enrollment",
     ports={"http": "enrollment_http_port"},
     file_fields=("rules_file", "users_file"),
-    topic_fields=("topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events"),
+    topic_fields=(
+        "topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events", "topic_enrollment_deadletter",
+    ),
     routes=_enrollment_routes,
 )
 NOTIFIER = Service(
@@ -340,6 +342,7 @@ NOTIFIER = Service(
         "topic_enrollment_candidates",
         "topic_enrollment_events",
         "topic_notifications_deadletter",
+        "topic_notifier_deadletter",
     ),
     routes=_notifier_routes,
 )
