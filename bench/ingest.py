@@ -574,7 +574,7 @@ async def ingest(
     runs in a new database on that server, dropped at the end.
     """
     from services import db
-    from services.embedded import infrastructure
+    from services.infrastructure import infrastructure
 
     run_id = secrets.randbelow(900_000) + 100_000
     seeds = {"ours": run_id * 10 + 1, "ours_rate": run_id * 10 + 2, "peer": run_id * 10 + 3,

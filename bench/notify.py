@@ -87,7 +87,7 @@ async def _feed(settings: NotifierSettings, rate: float, duration: float, sent: 
     try:
         total = int(rate * duration)
         start = time.perf_counter()
-        pending: list[asyncio.Task[None]] = []
+        pending: list[asyncio.Task[object]] = []
         for i in range(total):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:

@@ -74,6 +74,31 @@ class ServiceSettings(BaseSettings):
     relay_batch_max: int = 500
     relay_poll_interval_s: float = 0.2
 
+    # --- stopping, and what a broker loss must not lose (issue 10 parts 2 and 3) ----------------
+    shutdown_timeout_s: float = Field(
+        default=20.0, gt=0,
+        description="SIGTERM/SIGINT drain for at most this long, then the process exits anyway (status 1, "
+        "saying what did not finish); a second signal exits at once",
+    )
+    kafka_idempotence: bool = Field(
+        default=False, description="Idempotent producer (no duplicates from its own retries); Kafka yes, Tansu no",
+    )
+    replay_retain_max: int = Field(
+        default=200_000, ge=0,
+        description="Published records kept in PostgreSQL until every consumer group has read them, to publish "
+        "again should the broker lose them; beyond this many the oldest are dropped (0: keep none)",
+    )
+    replay_check_interval_s: float = Field(
+        default=2.0, gt=0,
+        description="How often a relay compares the broker with what it published (lost records, consumer "
+        "groups' offsets) and drops what every group has read",
+    )
+    replay_settle_s: float = Field(
+        default=8.0, ge=0,
+        description="After a broker loss seen while consumers run, wait this long before publishing again, so "
+        "they rejoin the new broker and read its log from the start (keep above the session timeout)",
+    )
+
     # --- operations -----------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
@@ -101,6 +126,11 @@ class DownstreamSettings(ServiceSettings):
 
     users_file: Path | None = Field(
         default=None, description="Care team API users YAML (services/auth.py); empty: no one can log in"
+    )
+    kafka_session_timeout_s: float = Field(
+        default=6.0, ge=1,
+        description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "
+        "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
     )
     consumer_max_lag: int = Field(
         default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"

@@ -46,17 +46,18 @@ def run(args: argparse.Namespace) -> int:
 def serve_one(
     command: str, model: type[S], service: Callable[[S], AbstractAsyncContextManager[object]], *, migrate: bool
 ) -> int:
-    """Run ``service`` with its settings (``model``, built once here) until SIGINT/SIGTERM."""
+    """Run ``service`` with its settings (``model``, built once here) until SIGINT/SIGTERM, then
+    its own drain, bounded by WPC_SHUTDOWN_TIMEOUT_S."""
     settings = preflight.checked_settings(command, model)  # one line per mistake, before anything starts
     logs.configure(settings.log_level, settings.log_json)
 
-    async def main() -> None:
-        stop = lifecycle.stop_on_signals()
+    async def main(shutdown: lifecycle.Shutdown) -> None:
+        stop = shutdown.install()
         if migrate:
             await db.migrate_url(settings.database_url)
         async with service(settings):
             await stop.wait()
-            log.info("signal received: draining")
+            log.info("signal received: draining (at most %.0f s)", settings.shutdown_timeout_s)
+            shutdown.stage = f"stopping the {command}"
 
-    lifecycle.run(main())
-    return 0
+    return lifecycle.run_until_stopped(command, main, settings.shutdown_timeout_s)
