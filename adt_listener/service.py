@@ -7,9 +7,10 @@ async context: entering starts them, leaving is the SIGTERM drain, in this order
     stop accepting (MLLP, HTTP) → finish frames in hand, their ACKs written →
     store writes what is queued → relays make a last publish attempt → close
 
-Two relays: ``events`` publishes `adt.events`, derived from the stored messages
-(`adt_listener.events`, lock key 2); ``relay`` is the shared outbox relay (dead
-letters here, and every other service's rows when they share the database).
+Two relays, each under a lock key of its own, publish the listener's topics and no
+other (`services.outbox.Outbox`): ``events`` publishes `adt.events`, derived from the
+stored messages (`adt_listener.events`); ``relay`` publishes the listener's rows of the
+``outbox`` table, the dead letters of `adt.deadletter`.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from adt_listener.store import MessageStore, Topics
 from services import db
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay, stop_with_last_publish
+from services.outbox import Outbox, OutboxRelay, stop_with_last_publish
 from services.replay import retention_of
 
 log = logging.getLogger(__name__)
 
-EVENTS_LOCK_KEY = 2  # the shared outbox relay holds key 1 (services.outbox)
+# Advisory lock keys of the relays (one leader each; the other services hold 3 and 4).
+OUTBOX_LOCK_KEY = 1
+EVENTS_LOCK_KEY = 2
 
 
 def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
@@ -76,13 +79,14 @@ class Listener:
             medi_cal_authorities=settings.medi_cal_authority_set(),
         )
         retention = retention_of(settings)
+        self.outbox = Outbox.of(settings.service, settings.published_topics())
         self.relay = OutboxRelay(
-            self.engine, self.publisher,
+            self.engine, self.publisher, owner=self.outbox, lock_key=OUTBOX_LOCK_KEY,
             batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s, retention=retention,
         )
-        self.event_source = DerivedEvents(settings.topic_adt_events, policy)
+        self.event_source = DerivedEvents(self.outbox.check(settings.topic_adt_events), policy)
         self.events = OutboxRelay(
-            self.engine, self.publisher,
+            self.engine, self.publisher, owner=self.outbox,
             lock_key=EVENTS_LOCK_KEY, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             source=self.event_source, backlog_gauge=EVENT_BACKLOG, leader_gauge=EVENT_RELAY_LEADER,
             retention=retention,
@@ -93,6 +97,7 @@ class Listener:
             max_batch=settings.commit_batch_max,
             on_events=self.events.wake,
             on_dead_letters=self.relay.wake,
+            outbox=self.outbox,
         )
         self.ingestor = Ingestor(self.store, policy, self.senders)
         self.mllp = MllpServer(

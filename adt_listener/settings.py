@@ -9,6 +9,7 @@ release (``WPC_MLLP_PORT``, ...): the split into classes changes nothing a count
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -16,6 +17,11 @@ from services.settings import ServiceSettings
 
 
 class ListenerSettings(ServiceSettings):
+    service: ClassVar[str] = "listener"
+
+    def published_topics(self) -> tuple[str, ...]:
+        return (self.topic_adt_events, self.topic_adt_deadletter)
+
     # --- MLLP ---------------------------------------------------------------------------------
     mllp_host: str = "0.0.0.0"
     mllp_port: int = 2575

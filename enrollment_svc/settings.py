@@ -8,6 +8,7 @@ Built once by its command (`wpc enrollment`, `wpc up`, `wpc replay`, `wpc redriv
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -15,6 +16,14 @@ from services.settings import DownstreamSettings
 
 
 class EnrollmentSettings(DownstreamSettings):
+    service: ClassVar[str] = "enrollment"
+
+    def published_topics(self) -> tuple[str, ...]:
+        return (self.topic_enrollment_candidates, self.topic_enrollment_events, self.topic_enrollment_deadletter)
+
+    def consumed_topics(self) -> tuple[str, ...]:
+        return (self.topic_adt_events,)
+
     enrollment_http_port: int = 8081
     rules_file: Path | None = Field(
         default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"

@@ -45,6 +45,7 @@ from enrollment_svc.model import (
     Trigger,
 )
 from enrollment_svc.rules import Rules
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import ACTIVE, HOLDS_SLOT, next_status
 from schemas.adt_event import AdtEventV1, Identifier, Provider, patient_key
@@ -56,6 +57,7 @@ from schemas.enrollment import (
     candidate_event_id,
     transition_event_id,
 )
+from services.outbox import Outbox
 
 __all__ = ["Applied", "EnrollmentStore", "Topics"]
 
@@ -210,9 +212,13 @@ class EnrollmentStore:
     (``engine.begin()``) or the handler's `Sql` on a driver connection it began itself.
     """
 
-    def __init__(self, rules: Rules, topics: Topics = Topics()) -> None:
+    def __init__(self, rules: Rules, topics: Topics = Topics(), outbox: Outbox | None = None) -> None:
         self.rules = rules
         self.topics = topics
+        # The service's outbox (`services.outbox`): the two topics written here must be its own.
+        self.outbox = outbox or Outbox.of(EnrollmentSettings.service, (topics.candidates, topics.events))
+        self.outbox.check(topics.candidates)
+        self.outbox.check(topics.events)
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -640,8 +646,8 @@ class EnrollmentStore:
             "t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
             "event_id) SELECT id, NULL, 'queued', 'system', NULL, CAST(:now AS timestamptz), CAST(:te AS uuid) "
             "FROM c), "
-            "o AS (INSERT INTO outbox (topic, key, payload, event_id) SELECT CAST(:topic AS text), CAST(:key AS text), "
-            "CAST(:payload AS bytea), CAST(:te AS uuid) FROM c) "
+            "o AS (INSERT INTO outbox (service, topic, key, payload, event_id) SELECT CAST(:service AS text), "
+            "CAST(:topic AS text), CAST(:key AS text), CAST(:payload AS bytea), CAST(:te AS uuid) FROM c) "
             "SELECT id FROM c",
             {
                 "id": candidate_id,
@@ -653,6 +659,7 @@ class EnrollmentStore:
                 "d": json.dumps(body, default=_json_default),
                 "now": now,
                 "te": queued.event_id,
+                "service": self.outbox.service,
                 "topic": self.topics.events,
                 "key": str(person_id),
                 "payload": queued.model_dump_json().encode(),
@@ -729,8 +736,8 @@ class EnrollmentStore:
         await db.execute(
             "WITH t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
             "event_id) VALUES (:c, 'queued', 'pending', 'system', NULL, :now, :te)), "
-            "o AS (INSERT INTO outbox (topic, key, payload, event_id) VALUES (:ttopic, :key, :tpayload, :te), "
-            "(:ctopic, :key, :cpayload, :ce)) "
+            "o AS (INSERT INTO outbox (service, topic, key, payload, event_id) "
+            "VALUES (:service, :ttopic, :key, :tpayload, :te), (:service, :ctopic, :key, :cpayload, :ce)) "
             "UPDATE candidate SET status = 'pending', proposed_at = :now, expires_at = :x, updated_at = :now "
             "WHERE id = :c",
             {
@@ -738,6 +745,7 @@ class EnrollmentStore:
                 "now": pending.at,
                 "x": candidate.expires_at,
                 "te": pending.event_id,
+                "service": self.outbox.service,
                 "ttopic": self.topics.events,
                 "tpayload": pending.model_dump_json().encode(),
                 "key": str(candidate.person_id),
@@ -865,9 +873,9 @@ class EnrollmentStore:
         await db.execute(
             "WITH t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
             "event_id) VALUES (:c, :f, :t, :a, :r, :at, :e)) "
-            "INSERT INTO outbox (topic, key, payload, event_id) VALUES (:topic, :key, :payload, :e)",
+            "INSERT INTO outbox (service, topic, key, payload, event_id) VALUES (:service, :topic, :key, :payload, :e)",
             {"c": candidate_id, "f": from_status, "t": to_status, "a": actor, "r": reason, "at": now,
-             "e": event.event_id, "topic": self.topics.events, "key": str(person_id),
+             "e": event.event_id, "service": self.outbox.service, "topic": self.topics.events, "key": str(person_id),
              "payload": event.model_dump_json().encode()},
         )
         metrics.TRANSITIONS.labels(program=program, to_status=to_status).inc()

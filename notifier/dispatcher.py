@@ -35,6 +35,8 @@ from notifier.channels.base import Channel, DeliveryError, PermanentDeliveryErro
 from notifier.config import NotifyConfig
 from notifier.model import DeliveryOutcome, Endpoint, Outbound
 from notifier.planning import DueNotice
+from notifier.settings import NotifierSettings
+from services.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Dispatcher:
         channels: Mapping[str, Channel],
         *,
         deadletter_topic: str,
+        outbox: Outbox | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         poll_interval_s: float = 1.0,
         concurrency: int = 16,
@@ -64,7 +67,9 @@ class Dispatcher:
         self._cfg = cfg
         self._endpoints = endpoints
         self._channels = channels
-        self._deadletter_topic = deadletter_topic
+        # The notifier's outbox (by default one of the dead-letter topic alone).
+        self._outbox = outbox or Outbox.of(NotifierSettings.service, (deadletter_topic,))
+        self._deadletter_topic = self._outbox.check(deadletter_topic)
         self._clock = clock
         self._poll = poll_interval_s
         self._concurrency = concurrency
@@ -185,7 +190,7 @@ class Dispatcher:
             return False
         retry = self._cfg.retry
         if isinstance(result, PermanentDeliveryError) or delivery.attempts >= retry.max_attempts:
-            await store.record_dead(conn, delivery, result.reason, now, self._deadletter_topic)
+            await store.record_dead(conn, delivery, result.reason, now, self._deadletter_topic, self._outbox)
             metrics.DELIVERIES.labels(channel=delivery.channel, outcome="failed").inc()
             log.warning("delivery %s to %s/%s failed for good after %d attempts: %s", delivery.id,
                         delivery.recipient_id, delivery.endpoint, delivery.attempts, result.reason)

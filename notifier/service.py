@@ -6,6 +6,10 @@ outbox relay for dead letters, the API and the parked records' API) and owns the
 lifecycle as one async context. Leaving it is the
 SIGTERM drain: stop the API, stop consuming (the batch in hand is committed), let the
 sender finish the attempts in hand and record them, last relay publish, close.
+
+The notifier owns its outbox (`services.outbox.Outbox`): its rows carry its name and its
+topics only (notifications.deadletter, notifier.deadletter), and its relay, under a lock
+key of its own, publishes them and nothing else.
 """
 
 from __future__ import annotations
@@ -37,13 +41,20 @@ from services.configfile import ConfigError
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay, stop_with_last_publish
+from services.outbox import Outbox, OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
 from services.replay import retention_of
 
 log = logging.getLogger(__name__)
 
 _GAUGE_INTERVAL_S = 30.0
+
+
+OUTBOX_LOCK_KEY = 4  # its relay's advisory lock (the listener's are 1 and 2, the enrollment service's 3)
+
+
+def outbox_of(settings: NotifierSettings) -> Outbox:
+    return Outbox.of(settings.service, settings.published_topics())
 
 
 def config_of(settings: NotifierSettings) -> NotifyConfig:
@@ -61,7 +72,8 @@ def topics_of(settings: NotifierSettings) -> Topics:
 def parking_of(settings: NotifierSettings,
                engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
     """The parking of the notifier's consumer group (`services.parking`)."""
-    return Parking(engine, settings.notifier_group_id, settings.topic_notifier_deadletter, on_park=on_park)
+    return Parking(engine, settings.notifier_group_id, settings.topic_notifier_deadletter,
+                   outbox=outbox_of(settings), on_park=on_park)
 
 
 def redrive_handler(settings: NotifierSettings, engine: AsyncEngine, config: NotifyConfig) -> tuple[Parking, Reapply]:
@@ -102,26 +114,29 @@ class NotifierService:
         self.channels = dict(channels) if channels is not None else channels_for(self.config, secrets)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=8)
         self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
+        self.outbox = outbox_of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            self.engine, self.publisher, owner=self.outbox, lock_key=OUTBOX_LOCK_KEY,
+            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             retention=retention_of(settings),
         )
         topics = topics_of(settings)
         self.dispatcher = Dispatcher(
             self.engine, self.config, endpoints, self.channels, deadletter_topic=topics.deadletter,
-            poll_interval_s=settings.notifier_poll_interval_s, on_deadletter=self.relay.wake,
+            outbox=self.outbox, poll_interval_s=settings.notifier_poll_interval_s, on_deadletter=self.relay.wake,
         )
         self.parking = parking_of(settings, self.engine, on_park=self.relay.wake)
         self.handler = NotifierHandler(self.engine, self.config, topics, on_notice=self.dispatcher.wake,
                                        parking=self.parking)
         self.consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers,
-            [topics.candidates, topics.enrollment_events, topics.adt_events],
+            list(settings.consumed_topics()),
             settings.notifier_group_id,
             self.handler,
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+            client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))

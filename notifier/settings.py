@@ -8,6 +8,7 @@ Built once by its command (`wpc notifier`, `wpc up`, `wpc load-roster`, `wpc red
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -15,6 +16,14 @@ from services.settings import DownstreamSettings
 
 
 class NotifierSettings(DownstreamSettings):
+    service: ClassVar[str] = "notifier"
+
+    def published_topics(self) -> tuple[str, ...]:
+        return (self.topic_notifications_deadletter, self.topic_notifier_deadletter)
+
+    def consumed_topics(self) -> tuple[str, ...]:
+        return (self.topic_enrollment_candidates, self.topic_enrollment_events, self.topic_adt_events)
+
     notifier_http_port: int = 8082
     notify_file: Path | None = Field(
         default=None,

@@ -33,6 +33,7 @@ import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -145,8 +146,10 @@ class ConsumerLoop:
         max_restarts: int = 3,
         restart_window_s: float = 300.0,
         lag_interval_s: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
+        self._options = dict(client_options or {})  # how the service authenticates (its principal)
         self._topics = list(topics)
         self._group = group_id
         self._handler = handler
@@ -221,6 +224,7 @@ class ConsumerLoop:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=max(1000, self._session_timeout_ms // 4),
             metadata_max_age_ms=5_000,
+            **self._options,
         )
         try:
             # start() waits for a group assignment without bound (the broker gone mid-join:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,8 @@ from services.configfile import ConfigError
 
 PREFIX = "WPC_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_KAFKA_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class ServiceSettings(BaseSettings):
@@ -36,6 +38,17 @@ class ServiceSettings(BaseSettings):
     database (`wpc migrate`, `wpc feed-report`)."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    # The service these settings are of: the ``service`` of its outbox rows (`services.outbox`).
+    service: ClassVar[str] = ""
+
+    def published_topics(self) -> tuple[str, ...]:
+        """The topics this service publishes, and no other service does (its outbox's)."""
+        return ()
+
+    def consumed_topics(self) -> tuple[str, ...]:
+        """The topics this service's consumers read."""
+        return ()
 
     # --- infrastructure -------------------------------------------------------------------
     database_url: str = Field(
@@ -50,6 +63,17 @@ class ServiceSettings(BaseSettings):
         default=10.0, description="A publish not acknowledged within this time fails and is retried from the outbox"
     )
     http_host: str = "0.0.0.0"
+
+    # --- this service's Kafka principal (deploy/: one per service, its topics' ACLs only) -----
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL"
+    )
+    kafka_sasl_mechanism: str = Field(default="PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str = Field(default="", description="This service's Kafka principal (SASL)")
+    kafka_sasl_password: str = Field(default="", description="Its password (from a Secret)")
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None, description="CA of the brokers' certificates (SSL, SASL_SSL); empty: the system's"
+    )
 
     # --- topics and consumer groups: the names the services agree on ------------------------
     # A service names the topics it publishes and those it reads; a relay names the groups
@@ -103,7 +127,32 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments of every aiokafka client of this service (producer, consumers,
+        the relay's broker reads): how it authenticates, as its own principal."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol.startswith("SASL_"):
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password)
+        if protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            ca = str(self.kafka_ssl_ca_file) if self.kafka_ssl_ca_file is not None else None
+            options["ssl_context"] = create_ssl_context(cafile=ca)
+        return options
+
     # --- validation (errors a person can act on: `load_settings`) -----------------------------
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _kafka_choice(cls, value: object, info: ValidationInfo) -> object:
+        choices = _KAFKA_PROTOCOLS if info.field_name == "kafka_security_protocol" else _SASL_MECHANISMS
+        if isinstance(value, str) and value.strip().upper() in choices:
+            return value.strip().upper()
+        raise ValueError(f"not one of {', '.join(choices)}")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: object) -> object:

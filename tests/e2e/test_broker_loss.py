@@ -134,7 +134,7 @@ async def test_restart_between_publish_and_consume_loses_nothing(database_url: s
     s = system_settings(database_url, own_broker)
     feed = toc_history(dt.datetime.now(PT))
     # Taken into custody and published; the consumers never read it (they were not running).
-    async with Listener(s):
+    async with Listener(s.listener):
         await send(s, feed)
         await wait_outbox_empty(database_url)
     assert await count(database_url, "SELECT count(*) FROM adt_event_sent") == len(feed)
