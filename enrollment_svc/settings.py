@@ -24,6 +24,9 @@ class EnrollmentSettings(DownstreamSettings):
     def consumed_topics(self) -> tuple[str, ...]:
         return (self.topic_adt_events,)
 
+    def consumer_groups(self) -> tuple[str, ...]:
+        return (self.enrollment_group_id,)
+
     enrollment_http_port: int = 8081
     rules_file: Path | None = Field(
         default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"

@@ -24,6 +24,9 @@ class NotifierSettings(DownstreamSettings):
     def consumed_topics(self) -> tuple[str, ...]:
         return (self.topic_enrollment_candidates, self.topic_enrollment_events, self.topic_adt_events)
 
+    def consumer_groups(self) -> tuple[str, ...]:
+        return (self.notifier_group_id,)
+
     notifier_http_port: int = 8082
     notify_file: Path | None = Field(
         default=None,

@@ -50,6 +50,10 @@ class ServiceSettings(BaseSettings):
         """The topics this service's consumers read."""
         return ()
 
+    def consumer_groups(self) -> tuple[str, ...]:
+        """The consumer groups this service's consumers join."""
+        return ()
+
     # --- infrastructure -------------------------------------------------------------------
     database_url: str = Field(
         default="",

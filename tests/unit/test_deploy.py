@@ -1155,8 +1155,8 @@ def test_compose_creates_the_topics_the_services_use() -> None:
 
 @each_service
 def test_compose_services_wait_for_every_topic(svc: Service) -> None:
-    # The outbox relay is shared (one leader publishes every service's rows), so each service
-    # must wait for all the topics, not only its own.
+    # The setup job creates the topics and each principal's ACLs: a service's relay and
+    # consumers need both before they start.
     creator, _ = _compose_created_topics()
     condition = _services()[svc.name]["depends_on"][creator]["condition"]
     assert condition == "service_completed_successfully"
@@ -1180,6 +1180,106 @@ def test_consumer_group_is_the_same_in_compose_and_k8s(name: str, field: str) ->
     compose = _compose_env(_services()[name]).get(_env_name(field), _default(field))
     k8s = _k8s_env(name).get(_env_name(field), _default(field))
     assert compose == k8s == _default(field)
+
+
+# --- one Kafka principal per service, with ACLs for its own topics ------------------------------
+
+Acls = dict[str, dict[tuple[str, str], set[str]]]  # principal -> (resource type, name) -> operations
+
+
+def _compose_acls() -> Acls:
+    """What the compose setup job's kafka-acls commands allow, by principal."""
+    creator, _ = _compose_created_topics()
+    acls: Acls = {}
+    for command in " ".join(_services()[creator]["command"]).split("&&"):
+        if "kafka-acls.sh" not in command:
+            continue
+        assert "--add" in command and "--deny-principal" not in command, command
+        (principal,) = re.findall(r"--allow-principal\s+User:(\S+)", command)
+        resources = re.findall(r"--(topic|group|cluster|transactional-id)\s+(\S+)", command)
+        assert len(resources) == 1, f"one resource per command: {command}"
+        ops = set(re.findall(r"--operation\s+(\S+)", command))
+        assert "--resource-pattern-type" not in command, "literal names only"
+        acls.setdefault(principal, {}).setdefault(resources[0], set()).update(ops)
+    return acls
+
+
+def _strimzi_acls() -> Acls:
+    """What the Strimzi KafkaUsers of deploy/k8s/kafka allow, by principal."""
+    acls: Acls = {}
+    for doc in _yaml_docs(K8S / "kafka" / "kafka-users.yaml"):
+        assert doc["kind"] == "KafkaUser", doc["kind"]
+        assert doc["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert doc["spec"]["authorization"]["type"] == "simple"
+        for acl in doc["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert resource.get("patternType", "literal") == "literal", resource
+            assert acl.get("type", "allow") == "allow", acl
+            key = (resource["type"], resource["name"])
+            acls.setdefault(doc["metadata"]["name"], {}).setdefault(key, set()).update(acl["operations"])
+    return acls
+
+
+def _expected_acls(model: type[ServiceSettings], env: dict[str, str]) -> dict[tuple[str, str], set[str]]:
+    """From the code: the service writes the topics it publishes (no one else does), reads
+    the topics it consumes and its groups, and describes the groups that read its topics
+    (its relay reads their committed offsets: services/replay.py)."""
+    from services.replay import retention_of
+
+    settings = model.model_construct(**{f: env[_env_name(f)] for f in model.model_fields if _env_name(f) in env})
+    groups = set(settings.consumer_groups())
+    readers = retention_of(settings).readers
+    expected: dict[tuple[str, str], set[str]] = {}
+    for topic in settings.published_topics():
+        expected[("topic", topic)] = {"Write", "Describe"}
+    for topic in settings.consumed_topics():
+        expected[("topic", topic)] = {"Read", "Describe"}
+    for group in groups:
+        expected[("group", group)] = {"Read", "Describe"}
+    for group in {g for t in settings.published_topics() for g in readers.get(t, ())} - groups:
+        expected[("group", group)] = {"Describe"}
+    return expected
+
+
+@each_service
+def test_compose_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: Service) -> None:
+    env = {k: _interpolate(v) for k, v in _compose_env(_services()[svc.name]).items()}
+    principal = env[_env_name("kafka_sasl_username")]
+    assert env[_env_name("kafka_security_protocol")] == "SASL_PLAINTEXT"
+    assert _compose_acls()[principal] == _expected_acls(SETTINGS_OF[svc.name], env)
+    # The brokers know the principal, with the password the service uses.
+    jaas = _interpolate(_kafka_nodes()["kafka"]["KAFKA_LISTENER_NAME_CLIENT_PLAIN_SASL_JAAS_CONFIG"])
+    assert f'user_{principal}="{env[_env_name("kafka_sasl_password")]}"' in jaas
+
+
+@each_service
+def test_k8s_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: Service) -> None:
+    env = _k8s_env(svc.name)
+    principal = env[_env_name("kafka_sasl_username")]
+    assert env[_env_name("kafka_security_protocol")] == "SASL_SSL"
+    assert _strimzi_acls()[principal] == _expected_acls(SETTINGS_OF[svc.name], env)
+
+
+def test_every_service_is_a_principal_of_its_own_and_no_one_else_has_rights() -> None:
+    compose = {_interpolate(_compose_env(_services()[s.name])[_env_name("kafka_sasl_username")]) for s in SERVICES}
+    k8s = {_k8s_env(s.name)[_env_name("kafka_sasl_username")] for s in SERVICES}
+    assert len(compose) == len(k8s) == len(SERVICES)
+    assert set(_compose_acls()) == compose
+    assert set(_strimzi_acls()) == k8s
+    # Every topic's writer is one principal: the service that owns it.
+    for acls in (_compose_acls(), _strimzi_acls()):
+        writers = [name for grants in acls.values() for (kind, name), ops in grants.items() if "Write" in ops]
+        assert len(writers) == len(set(writers)), writers
+
+
+def test_compose_brokers_refuse_what_no_acl_allows() -> None:
+    for env in _kafka_nodes().values():
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert set(env["KAFKA_SUPER_USERS"].split(";")) == {"User:admin", "User:ANONYMOUS"}
+        protocols = dict(kv.split(":") for kv in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        advertised = {a.split("://")[0] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+        assert {protocols[a] for a in advertised} == {"SASL_PLAINTEXT"}, "clients must authenticate"
 
 
 def test_consumer_groups_are_distinct() -> None:
