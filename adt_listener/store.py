@@ -60,6 +60,7 @@ from adt_listener.settings import ListenerSettings
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_deadletter import Finding as DeadLetterFinding
 from services import metrics
+from services.db import driver_connection
 from services.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,8 @@ class _Lane:
     """One writer's own connection, kept across batches: a pool checkout would cost a
     pre-ping round trip per commit. Reconnects after any failure.
 
-    The asyncpg connection under it is looked up once: SQLAlchemy's
-    `get_raw_connection` runs through a greenlet, a cost paid per commit otherwise."""
+    The asyncpg connection under it (`services.db.driver_connection`) is looked up once:
+    it runs through a greenlet, a cost paid per commit otherwise."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -194,8 +195,7 @@ class _Lane:
         if self._raw is None:
             if self._conn is None:
                 self._conn = await self._engine.connect()
-            raw_conn = await self._conn.get_raw_connection()
-            self._raw = raw_conn.driver_connection
+            self._raw = await driver_connection(self._conn)
         return self._raw
 
     async def drop(self) -> None:

@@ -22,6 +22,7 @@ from notifier.model import Content, Notice, Outbound
 from notifier.render import content_from_json, content_to_json
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
 from schemas.notification import NotificationDeadLetterV1
+from services import audit as audit_trail
 from services.outbox import INSERT as OUTBOX_INSERT
 from services.outbox import Outbox
 
@@ -222,10 +223,7 @@ async def cancel_pending_admits(conn: AsyncConnection, key: str) -> int:
 async def audit(
     conn: AsyncConnection, action: str, *, person_id: uuid.UUID | None, candidate_id: uuid.UUID | None, detail: str
 ) -> None:
-    await conn.execute(
-        text("INSERT INTO audit (actor, action, person_id, candidate_id, detail) VALUES ('notifier', :a, :p, :c, :d)"),
-        {"a": action, "p": person_id, "c": candidate_id, "d": detail},
-    )
+    await audit_trail.record(conn, "notifier", action, person_id=person_id, candidate_id=candidate_id, detail=detail)
 
 
 # --- planning -------------------------------------------------------------------------------

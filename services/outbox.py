@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import metrics
 from services.bus import BusUnavailable, Publisher, Record
+from services.db import driver_connection
 from services.replay import Kept, ReplayKeeper, Retention
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class OutboxRelay:
         # The leader publishes over its lock connection: no pool checkout (and its
         # pre-ping round trip) per batch, and every poll doubles as the keep-alive that
         # tells us the lock is still held.
-        driver = await _driver(lock_conn)
+        driver = await driver_connection(lock_conn)
         await self._source.start(driver)
         keeper = self._keeper
         backoff = self._poll
@@ -346,7 +347,7 @@ class OutboxRelay:
     async def publish_once(self) -> int:
         """Publish one batch; return how many rows were published (and settled)."""
         async with self._engine.connect() as conn:
-            return await self._publish(await _driver(conn))
+            return await self._publish(await driver_connection(conn))
 
     async def _publish(self, driver: Any) -> int:
         """One batch over an asyncpg connection, each statement in its own transaction:
@@ -397,12 +398,6 @@ async def stop_with_last_publish(
     for relay in leading:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.publish_once(), 5.0)
-
-
-async def _driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a SQLAlchemy one (plain statements, no ORM work per row)."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

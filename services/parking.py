@@ -40,9 +40,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.parked_event import ParkedEventV1
+from services import audit
 from services.auth import User, current_user
 from services.consumer import code_trace, is_transient
 from services.outbox import INSERT as OUTBOX_INSERT
@@ -274,11 +275,8 @@ class Parking:
         return Redriven(parked_id, "parked", type(exc).__name__)
 
 
-async def _audit(conn: Any, actor: str, parked_id: int, group: str, outcome: str) -> None:
-    await conn.execute(
-        text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'redrive', :d)"),
-        {"a": actor, "d": f"parked_event={parked_id} group={group} outcome={outcome}"},
-    )
+async def _audit(conn: AsyncConnection, actor: str, parked_id: int, group: str, outcome: str) -> None:
+    await audit.record(conn, actor, "redrive", detail=f"parked_event={parked_id} group={group} outcome={outcome}")
 
 
 # --- the API both services mount ------------------------------------------------------------

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.bus import MemoryPublisher, Record
-from services.db import create_engine
+from services.db import create_engine, driver_connection
 from services.outbox import INSERT, ForeignTopic, Outbox, OutboxRelay, OutboxTable
 from services.replay import Kept, Retention
 from tests.e2e.helpers import eventually
@@ -148,6 +148,6 @@ async def test_the_kept_journal_is_each_service_own(engine: AsyncEngine) -> None
     assert await rows(engine, "SELECT service, count(*) FROM outbox_sent GROUP BY service ORDER BY service") == [
         ("enrollment", 3), ("listener", 2)]
     async with engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_connection(conn)
         again = await OutboxTable(LISTENER).replayable(driver, 0, 100)
     assert [record.topic for _id, record in again] == ["adt.deadletter.t"] * 2
