@@ -41,6 +41,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services import lifecycle
 from services.reaper import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -554,24 +555,17 @@ class ConformanceWorker:
         """Work until ``stop`` is set: at once while there is a backlog, else every interval.
 
         A failed round (database down, pool crashed) is logged by exception type only, and
-        retried after a backoff that doubles up to a minute.
+        retried after a backoff that doubles up to a minute (`services.lifecycle.repeat`).
         """
-        backoff = self._interval_s
-        while not stop.is_set():
+
+        async def round_() -> float:
             started = time.monotonic()
-            try:
-                checked = await self.run_once()
-            except Exception as exc:  # keep working through outages
-                log.warning("conformance: round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                delay = backoff
-                backoff = min(max(backoff, 0.1) * 2, 60.0)
-            else:
-                backoff = self._interval_s
-                delay = 0.0 if checked == self._batch else self._interval_s
-                delay = max(delay, checked / self._max_per_s - (time.monotonic() - started))
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            checked = await self.run_once()
+            delay = 0.0 if checked == self._batch else self._interval_s
+            return max(delay, checked / self._max_per_s - (time.monotonic() - started))
+
+        await lifecycle.repeat(stop, round_, what="conformance round",
+                               backoff=lifecycle.Backoff(max(self._interval_s, 0.1), 60.0))
 
     def close(self) -> None:
         """Shut the pool process down (waits for a running check to finish)."""

@@ -19,7 +19,6 @@ two instances from planning or sending the same rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import random
@@ -36,6 +35,7 @@ from notifier.config import NotifyConfig
 from notifier.model import DeliveryOutcome, Endpoint, Outbound
 from notifier.planning import DueNotice
 from notifier.settings import NotifierSettings
+from services import lifecycle
 from services.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -205,17 +205,14 @@ class Dispatcher:
         await self._loop(stop, self._send_wake, self.send_once, "sender")
 
     async def _loop(self, stop: asyncio.Event, wake: asyncio.Event, once: Callable[[], Any], name: str) -> None:
-        while not stop.is_set():
-            wake.clear()
-            try:
-                busy = await once()
-            except Exception as exc:  # database trouble: next round
-                log.warning("notifier %s: %s", name, type(exc).__name__)
-                busy = 0
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self._poll)
+        """At once again while there is work, else at the next poll or wake; a failed round
+        (database trouble) is retried at the next poll."""
+
+        async def round_() -> float:
+            return 0.0 if await once() else self._poll
+
+        await lifecycle.repeat(stop, round_, what=f"notifier {name}", wake=wake,
+                               backoff=lifecycle.Backoff(self._poll, self._poll))
 
     # --- gauges --------------------------------------------------------------------------
 

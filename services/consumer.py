@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -44,7 +42,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.health import Verdict
-from services.lifecycle import until_stopped
+from services.lifecycle import Backoff, pause, until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +152,13 @@ class ConsumerLoop:
         self._group = group_id
         self._handler = handler
         self._max_records = max_records
-        self._max_backoff = max_backoff_s
         self._session_timeout_ms = session_timeout_ms
         self._max_lag = max_lag
         self._max_restarts = max_restarts
         self._restart_window = restart_window_s
         self._lag_interval = lag_interval_s
         self._lag_at = -float("inf")
-        self._backoff = _FIRST_BACKOFF_S
+        self._backoff = Backoff(_FIRST_BACKOFF_S, max_backoff_s, jitter=0.5)
         # Monotonic times of the restarts since the last committed batch (or caught-up lag).
         self._restarts: collections.deque[float] = collections.deque(maxlen=max(16, max_restarts + 1))
         self._last_error = ""
@@ -202,17 +199,16 @@ class ConsumerLoop:
         """Count and log a failed round, then wait out the backoff (doubling, with jitter)."""
         RESTARTS.labels(self._group).inc()
         name = type(exc).__name__
+        wait = self._backoff.next()
         if not self._restarts or name != self._last_error:
             # The first failure of a run (or a new kind): where it came from, in code locations.
-            log.warning("consumer %s: %s; %s in %.1fs\n%s", self._group, name, what, self._backoff, code_trace(exc))
+            log.warning("consumer %s: %s; %s in %.1fs\n%s", self._group, name, what, wait, code_trace(exc))
         else:
             log.warning("consumer %s: %s again (%d failures without a committed batch); %s in %.1fs",
-                        self._group, name, len(self._restarts) + 1, what, self._backoff)
+                        self._group, name, len(self._restarts) + 1, what, wait)
         self._restarts.append(time.monotonic())
         self._last_error = name
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), self._backoff + random.uniform(0, self._backoff / 2))
-        self._backoff = min(self._max_backoff, self._backoff * 2)
+        await pause(stop, wait)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -255,7 +251,7 @@ class ConsumerLoop:
                     await consumer.commit({tp: records[-1].offset + 1})
                     pending.pop(0)
                     self._restarts.clear()
-                    self._backoff = _FIRST_BACKOFF_S
+                    self._backoff.reset()
         finally:
             self.running = False
             try:

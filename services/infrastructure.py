@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services import reaper
+from services import lifecycle, reaper
 from services.embedded import BROKER_STOP, PG_STOP, PG_STOP_NOW, EmbeddedBroker, EmbeddedPostgres, reclaim
 from services.settings import S
 
@@ -95,19 +95,17 @@ async def _start_broker(servers: Servers, data_dir: Path) -> None:
 async def keep_broker_up(servers: Servers, data_dir: Path, stop: asyncio.Event, on_restart: Callable[[], None]) -> None:
     """Restart the embedded broker if it exits while we run (crash, killed): on the same port,
     so every client reconnects by itself; its topics start empty, and the relays publish
-    again what the consumers had not read (`services.replay`)."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+    again what the consumers had not read (`services.replay`). Looked at every second; a
+    failed restart is tried again the next."""
+
+    async def look() -> float:
         broker = servers.broker
-        if stop.is_set() or broker is None:
-            return
-        status = broker.exited()
-        if status is None:
-            continue
-        log.warning("embedded broker exited with status %s; restarting it on port %d", status, broker.port)
-        try:
+        status = broker.exited() if broker is not None else None
+        if broker is not None and status is not None:
+            log.warning("embedded broker exited with status %s; restarting it on port %d", status, broker.port)
             await _start_broker(servers, data_dir)
             on_restart()
-        except Exception as exc:  # tried again next second
-            log.error("embedded broker did not restart: %s", type(exc).__name__)
+        return 1.0
+
+    await lifecycle.pause(stop, 1.0)
+    await lifecycle.repeat(stop, look, what="restarting the embedded broker", backoff=lifecycle.Backoff(1.0, 1.0))

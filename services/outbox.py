@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services import metrics
+from services import lifecycle, metrics
 from services.bus import BusUnavailable, Publisher, Record
 from services.db import driver_connection
 from services.replay import Kept, ReplayKeeper, Retention
@@ -259,30 +258,22 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = self._poll
-        while not stop.is_set():
-            wait = self._standby
-            try:
-                async with self._engine.connect() as lock_conn:
-                    if await self._try_lead(lock_conn):
-                        try:
-                            await self._lead(lock_conn, stop)
-                        finally:
-                            # The session lock would outlive us on a pooled connection: release it.
-                            self._set_leader(False)
-                            await self._unlock(lock_conn)
-                backoff = self._poll
-            except asyncio.CancelledError:
-                raise
-            except ForeignTopic as exc:  # our fault; said loudly, and tried again (after a fix, a restart)
-                log.error("outbox relay: %s; nothing of the batch was published", exc)
-                backoff = min(self._max_backoff, backoff * 2)
-                wait = backoff
-            except Exception as exc:  # database trouble: keep trying, never die
-                log.warning("outbox relay: database error %s; retrying", type(exc).__name__)
-                backoff = min(self._max_backoff, backoff * 2)
-                wait = backoff
-            await _wait(stop, wait)
+        """Lead while holding the lock, else stand by and try again; database trouble (the
+        lock's connection lost) is retried after a backoff, never the end of the relay."""
+
+        async def round_() -> float:
+            async with self._engine.connect() as lock_conn:
+                if await self._try_lead(lock_conn):
+                    try:
+                        await self._lead(lock_conn, stop)
+                    finally:
+                        # The session lock would outlive us on a pooled connection: release it.
+                        self._set_leader(False)
+                        await self._unlock(lock_conn)
+            return self._standby
+
+        backoff = lifecycle.Backoff(self._poll, self._max_backoff)
+        await lifecycle.repeat(stop, round_, what="outbox relay", backoff=backoff)
 
     async def _unlock(self, conn: AsyncConnection) -> None:
         try:
@@ -314,7 +305,7 @@ class OutboxRelay:
         driver = await driver_connection(lock_conn)
         await self._source.start(driver)
         keeper = self._keeper
-        backoff = self._poll
+        backoff = lifecycle.Backoff(self._poll, self._max_backoff, jitter=0.5)
         starting = True
         while not stop.is_set():
             self._wake.clear()  # before reading: a commit from now on wakes the next round
@@ -330,19 +321,19 @@ class OutboxRelay:
                 metrics.RELAY_ERRORS.inc()
                 if keeper is not None:
                     keeper.disturbed()
-                log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, backoff)
-                await _wait(stop, backoff + random.uniform(0, backoff / 2))
-                backoff = min(self._max_backoff, backoff * 2)
+                wait = backoff.next()
+                log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, wait)
+                await lifecycle.pause(stop, wait)
                 continue
-            backoff = self._poll
+            backoff.reset()
             if published < self._batch:
-                await _wait_any(stop, self._wake, self._poll)
+                await lifecycle.pause(stop, self._poll, self._wake)
                 if self._wake.is_set() and self._linger > 0:
                     # Woken by a commit: let the commits of the next few milliseconds join
                     # it. At a steady 1,000 messages/s the store commits a message or two
                     # at a time; one broker round and two statements per commit would cost
                     # the listener more CPU than taking the messages in.
-                    await _wait(stop, self._linger)
+                    await lifecycle.pause(stop, self._linger)
 
     async def publish_once(self) -> int:
         """Publish one batch; return how many rows were published (and settled)."""
@@ -359,8 +350,12 @@ class OutboxRelay:
             return 0
         records = [record for _id, record in pairs]
         if self._owner is not None:
-            for record in records:
-                self._owner.check(record.topic)  # a wiring mistake: raised, nothing published
+            try:
+                for record in records:
+                    self._owner.check(record.topic)
+            except ForeignTopic as exc:  # a wiring mistake: said loudly, nothing published
+                log.error("outbox relay: %s; nothing of the batch was published", exc)
+                raise
         acks = await self._publisher.publish(records) if records else []
         kept = self._keeper.kept(pairs, acks) if self._keeper is not None else []
         await self._source.settle(driver, ids, kept)
@@ -398,19 +393,3 @@ async def stop_with_last_publish(
     for relay in leading:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.publish_once(), 5.0)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

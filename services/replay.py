@@ -57,7 +57,6 @@ not per batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -67,6 +66,7 @@ from typing import Any, Protocol, cast
 from prometheus_client import Counter, Gauge
 
 from services.bus import Ack, BrokerView, Publisher, Record, TopicPartition
+from services.lifecycle import pause
 from services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -337,8 +337,7 @@ class ReplayKeeper:
         log.warning("relay %s: the broker lost records (%s); publishing again what the consumers had not read%s",
                     self.journal.name, why, f" after {self.retention.settle_s:g} s" if stop is not None else "")
         if stop is not None and self.retention.settle_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.retention.settle_s)
+            await pause(stop, self.retention.settle_s)
             if stop.is_set():
                 return  # stopping: the journal still names the old cluster, so the next leader does it
         self.bases, self.seen, self.suspect = {}, {}, None
