@@ -19,7 +19,6 @@ values are dropped, only element names survive (``PID.PID_8`` becomes location `
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import functools
 import hashlib
@@ -41,6 +40,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adt_listener.er7 import text_of
 from services import lifecycle
 from services.reaper import die_with_parent
 
@@ -93,56 +93,10 @@ _ADT_STRUCTURES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("A61", "A62"), ("ADT_A61",)),
 }
 
-# MSH-18 (HL7 table 0211) names that Python's codec registry does not know.
-_MSH18_CODECS = {
-    "ASCII": "ascii",
-    "8859/1": "latin-1",
-    "8859/2": "iso8859-2",
-    "8859/5": "iso8859-5",
-    "8859/7": "iso8859-7",
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8",
-    "UNICODE": "utf-8",
-}
-
 _VERSION_RE = re.compile(r"2(\.\d+){1,2}")
 _SEGMENT_RE = re.compile(r"[A-Z][A-Z0-9]{2}")
 _NUMBERED_RE = re.compile(r"([A-Z][A-Z0-9]{1,2})_(\d+)")
 _ELEMENT_REPR_RE = re.compile(r"<(Message|Group|Segment|Field|Component|SubComponent)(?: ([A-Z0-9_]+))?")
-
-
-# --- decoding ----------------------------------------------------------------------------
-
-
-def decode(raw: bytes, charset: str | None = None) -> str:
-    """Bytes to ER7 text: declared charset, else UTF-8, else cp1252 (never fails).
-
-    Segment terminators are normalised to CR (HL7 v2 chapter 2.5.1: segments end with CR;
-    files and interface engines often use LF or CRLF) and a UTF-8 BOM is dropped.
-    """
-    text_: str | None = None
-    for codec in (_codec_of(charset), "utf-8"):
-        if codec is None:
-            continue
-        try:
-            text_ = raw.decode(codec)
-            break
-        except UnicodeDecodeError:
-            continue
-    if text_ is None:
-        text_ = raw.decode("cp1252", errors="replace")
-    text_ = text_.lstrip("\ufeff")
-    return text_.replace("\r\n", "\r").replace("\n", "\r")
-
-
-def _codec_of(charset: str | None) -> str | None:
-    if not charset:
-        return None
-    name = _MSH18_CODECS.get(charset.strip().upper(), charset.strip())
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
 
 
 # --- the check ---------------------------------------------------------------------------
@@ -158,7 +112,7 @@ def check_message(raw: bytes, *, charset: str | None = None) -> list[Conformance
     from hl7apy.exceptions import HL7apyException, InvalidEncodingChars, ParserError
     from hl7apy.parser import get_message_info
 
-    er7 = decode(raw, charset).strip()
+    er7 = text_of(raw, charset).strip()  # decoded as the listener decodes (adt_listener.er7)
     findings: list[ConformanceFinding] = []
     try:
         encoding_chars, _structure, declared = get_message_info(er7)

@@ -106,3 +106,25 @@ def test_allowed_imports_pass(tmp_path: Path) -> None:
         (tmp_path / package).mkdir()
         (tmp_path / package / "module.py").write_text(source, encoding="utf-8")
     assert violations(tmp_path) == []
+
+
+# --- one home for each piece that had twins (issue 11) -------------------------------------------
+
+ONE_HOME = {
+    "INSERT INTO audit": "services/audit.py",  # the audit writer
+    "get_raw_connection": "services/db.py",  # the way to the asyncpg connection
+    "def split_messages": "adt_listener/er7.py",  # files and batches into messages
+    '"8859/1"': "adt_listener/er7.py",  # the MSH-18 charset table
+    "wait_for(stop.wait()": "",  # a stop-aware wait is services.lifecycle.pause
+}
+
+
+def homes(root: Path, needle: str) -> set[str]:
+    return {str(p.relative_to(root)) for package in PACKAGES for p in (root / package).rglob("*.py")
+            if not p.relative_to(root).is_relative_to(MIGRATIONS) and needle in p.read_text(encoding="utf-8")}
+
+
+@pytest.mark.parametrize("needle", sorted(ONE_HOME))
+def test_one_home(needle: str) -> None:
+    expected = {ONE_HOME[needle]} if ONE_HOME[needle] else set()
+    assert homes(ROOT, needle) == expected

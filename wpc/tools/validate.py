@@ -12,28 +12,13 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from adt_listener.conformance import check_message, decode
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """Split a file into messages at every segment that starts with ``MSH``."""
-    normalised = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    messages: list[bytes] = []
-    current: list[bytes] = []
-    for segment in normalised.split(b"\r"):
-        if segment.startswith(b"MSH") and current:
-            messages.append(b"\r".join(current))
-            current = []
-        if segment.strip() or current:
-            current.append(segment)
-    if current:
-        messages.append(b"\r".join(current))
-    return [m.strip(b"\r") for m in messages if m.strip()]
+from adt_listener.conformance import check_message
+from adt_listener.er7 import split_messages, text_of
 
 
 def _msh_summary(raw: bytes) -> tuple[str, str]:
     """(MSH-12 version, MSH-9 type^trigger), read without hl7apy; '?' when absent."""
-    msh = decode(raw).split("\r", 1)[0]
+    msh = text_of(raw).split("\r", 1)[0]
     if len(msh) < 8 or not msh.startswith("MSH"):
         return "?", "?"
     fields = msh.split(msh[3])
