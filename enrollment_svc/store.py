@@ -29,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import uuid
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrollment_svc import eligibility, history, metrics
+from enrollment_svc import decide, eligibility, findings, history, metrics
 from enrollment_svc.model import (
     EncounterEvent,
     EncounterFacts,
@@ -58,6 +59,8 @@ from schemas.enrollment import (
 )
 
 __all__ = ["Applied", "EnrollmentStore", "Topics"]
+
+log = logging.getLogger(__name__)
 
 _MERGE_TRIGGERS = frozenset({"A34", "A40", "A47"})  # chapter 3.3.34/3.3.40/3.3.47: MRG-1 → PID-3
 
@@ -105,6 +108,11 @@ def _flat(value: Any) -> dict[str, Any]:
     return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
+def _json(value: Any) -> Any:
+    """A jsonb value: decoded already on a connection with SQLAlchemy's codec, text without it."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _event_body(ev: EncounterEvent) -> str:
     return json.dumps(_flat(ev), default=_json_default)
 
@@ -123,27 +131,42 @@ def event_from_body(body: dict[str, Any] | str) -> EncounterEvent:
 
 # --- statements of the ADT path ------------------------------------------------------------
 
+# Person-level facts keep the value of the newest event that states them (by event time,
+# ``:t``), whatever order events arrive in: a backfilled stay of last spring must not
+# overwrite today's coverage. An event that does not state one (None, no PD1-4 / ROL PP)
+# leaves it. ``events_through`` is the newest encounter event time (``:et``) applied: an
+# event older than it arrived late, and ``late`` says so (decide.py).
+_PERSON_FACTS = (
+    "birth_date = CASE WHEN CAST(:b AS date) IS NULL OR CAST(:t AS timestamptz) < birth_date_at THEN birth_date "
+    "ELSE :b END, "
+    "birth_date_at = CASE WHEN CAST(:b AS date) IS NULL OR :t < birth_date_at THEN birth_date_at ELSE :t END, "
+    "medi_cal = CASE WHEN CAST(:mc AS boolean) IS NULL OR :t < medi_cal_at THEN medi_cal ELSE :mc END, "
+    "medi_cal_at = CASE WHEN CAST(:mc AS boolean) IS NULL OR :t < medi_cal_at THEN medi_cal_at ELSE :t END, "
+    "county_resident = CASE WHEN CAST(:cr AS boolean) IS NULL OR :t < county_resident_at THEN county_resident "
+    "ELSE :cr END, "
+    "county_resident_at = CASE WHEN CAST(:cr AS boolean) IS NULL OR :t < county_resident_at "
+    "THEN county_resident_at ELSE :t END, "
+    "primary_care = CASE WHEN CAST(:pc AS text) = '[]' OR :t < primary_care_at THEN primary_care "
+    "ELSE CAST(:pc AS jsonb) END, "
+    "primary_care_at = CASE WHEN :pc = '[]' OR :t < primary_care_at THEN primary_care_at ELSE :t END, "
+    "events_through = GREATEST(events_through, CAST(:et AS timestamptz)), updated_at = now()"
+)
+_LATE = "COALESCE(events_through > CAST(:et AS timestamptz), false) AS late"
+
 # Mark the event processed, find its identity and, on the common path (the identity is
 # known, not merged away, and any Medi-Cal id it carries is already the person's), update
 # the person: that UPDATE is the per-person lock. Anything else is left to the general path.
 _MARK_AND_UPDATE = (
     "WITH p AS (INSERT INTO processed_event (event_id) VALUES (:e) ON CONFLICT DO NOTHING RETURNING event_id), "
     "i AS (SELECT person_id, merged_into FROM identity WHERE key = :k), "
-    "u AS (UPDATE person SET birth_date = COALESCE(:b, birth_date), medi_cal = COALESCE(:mc, medi_cal), "
-    "county_resident = COALESCE(:cr, county_resident), "
-    "primary_care = CASE WHEN :pc = '[]' THEN primary_care ELSE CAST(:pc AS jsonb) END, updated_at = now() "
+    f"u AS (UPDATE person SET {_PERSON_FACTS} "
     "WHERE id = (SELECT person_id FROM i WHERE merged_into IS NULL) AND :fast AND EXISTS (SELECT 1 FROM p) "
-    "AND (CAST(:m AS text) IS NULL OR medi_cal_id = :m) RETURNING id) "
-    "SELECT EXISTS (SELECT 1 FROM p) AS fresh, i.person_id, i.merged_into, EXISTS (SELECT 1 FROM u) AS updated "
-    "FROM (SELECT 1) AS one LEFT JOIN i ON true"
+    f"AND (CAST(:m AS text) IS NULL OR medi_cal_id = :m) RETURNING id, {_LATE}) "
+    "SELECT EXISTS (SELECT 1 FROM p) AS fresh, i.person_id, i.merged_into, EXISTS (SELECT 1 FROM u) AS updated, "
+    "COALESCE((SELECT late FROM u), false) AS late FROM (SELECT 1) AS one LEFT JOIN i ON true"
 )
 
-_UPDATE_PERSON = (
-    "UPDATE person SET birth_date = COALESCE(:b, birth_date), medi_cal = COALESCE(:mc, medi_cal), "
-    "county_resident = COALESCE(:cr, county_resident), "
-    "primary_care = CASE WHEN :pc = '[]' THEN primary_care ELSE CAST(:pc AS jsonb) END, "
-    "updated_at = now() WHERE id = :p"
-)
+_UPDATE_PERSON = f"UPDATE person SET {_PERSON_FACTS} WHERE id = :p RETURNING {_LATE}"
 
 # One person's window of history (`PersonHistory`), from the person row ``h``.
 _HISTORY_COLUMNS = (
@@ -156,20 +179,32 @@ _HISTORY_COLUMNS = (
 
 _LOAD_HISTORY = f"SELECT {_HISTORY_COLUMNS} FROM person h WHERE h.id = :p"
 
+# A person's encounters in the window for deciding again (`_redecide`), with the events of
+# those that may hold a current trigger (a time of theirs within ``candidate_max_age_hours``).
+_RECORD_ENCOUNTERS = (
+    "SELECT e.id, e.facility, e.visit_number, e.kind, e.status, e.start_at, e.end_at, e.dx_flags, e.last_event_time, "
+    "CASE WHEN GREATEST(e.last_event_time, e.start_at, e.end_at) >= :recent "
+    "THEN ARRAY(SELECT v.body FROM encounter_event v WHERE v.encounter_id = e.id) END AS bodies "
+    "FROM encounter e WHERE e.person_id = :p AND e.start_at >= :since"
+)
+
 # Store the encounter (a new one already in its folded state: it has this one event) and
 # the event; return the encounter's stored events when it is not new, and the person's
 # window of history when it is new and the event triggers a decision. The statement's
 # reads do not see its own inserts: the caller adds this encounter to the history itself.
+# An encounter is one patient's: the same facility and visit number under another person
+# is a new encounter, and ``reused`` says the sender reused the number (a feed finding).
 _STORE_ENCOUNTER = (
     "WITH enc AS (INSERT INTO encounter (id, facility, visit_number, identity_key, person_id, kind, status, "
     "patient_class, hospital_service, start_at, end_at, dx_flags, diagnoses, last_event_time) "
     "VALUES (:id, :f, :v, :k, :p, :kind, :status, :pc, :hs, :start, :end, :flags, :dx, :t) "
-    "ON CONFLICT ON CONSTRAINT encounter_visit_uq DO UPDATE SET updated_at = now() "
-    "RETURNING id, person_id, (xmax = 0) AS inserted), "
+    "ON CONFLICT (facility, visit_number, person_id) DO UPDATE SET updated_at = now() "
+    "RETURNING id, (xmax = 0) AS inserted), "
     "ins AS (INSERT INTO encounter_event (event_id, encounter_id, trigger_event, event_time, body) "
     "SELECT CAST(:e AS uuid), enc.id, CAST(:tr AS text), CAST(:et AS timestamptz), CAST(:body AS jsonb) FROM enc "
     "ON CONFLICT DO NOTHING) "
-    "SELECT enc.id, enc.person_id, enc.inserted, "
+    "SELECT enc.id, enc.inserted, enc.inserted AND EXISTS (SELECT 1 FROM encounter o WHERE o.facility = :f "
+    "AND o.visit_number = :v AND o.person_id <> :p) AS reused, "
     "CASE WHEN enc.inserted THEN NULL ELSE ARRAY(SELECT body FROM encounter_event WHERE encounter_id = enc.id) "
     f"END AS bodies, hist.* FROM enc LEFT JOIN LATERAL (SELECT h.id AS history_of, {_HISTORY_COLUMNS} "
     "FROM person h WHERE h.id = :p AND enc.inserted AND :want) AS hist ON true"
@@ -234,6 +269,12 @@ class EnrollmentStore:
         authority = (first.assigning_authority if first else None) or event.sending_facility
         key = event.patient.patient_key or (patient_key(authority, first.value) if first else "")
         usable = event.processing_id == "P" and first is not None
+        zone = self.rules.site.zone()
+        ev = history.encounter_event(event, zone)
+        stated_at = history.to_utc(event.event_time or event.message_time, zone) or history.to_utc(
+            event.received_at, zone
+        )
+        person = {**self._person_params(event), "t": stated_at, "et": ev.event_time if ev is not None else None}
         marked = await db.one(
             _MARK_AND_UPDATE,
             {
@@ -241,31 +282,40 @@ class EnrollmentStore:
                 "k": key,
                 "fast": usable and event.trigger_event not in _MERGE_TRIGGERS,
                 "m": event.patient.medi_cal_id or None,
-                **self._person_params(event),
+                **person,
             },
         )
         if not marked["fresh"]:
             return Applied(duplicate=True)
         if not usable or first is None:
             return Applied()  # training / debugging messages (MSH-11 T, D) build no history
+        await self._clock_finding(db, event, key, stated_at)
+        # A merge (A40 and its kin, or two identities found to share a Medi-Cal id) changes
+        # whose history this is: the person's triggers are decided again, as for a late event.
+        regroup = False
         if marked["updated"]:
             person_id: uuid.UUID = marked["person_id"]
+            late: bool = marked["late"]
         else:
             known = marked if marked["person_id"] is not None else None
-            person_id = await self._resolve(db, key, first, authority, event.patient.medi_cal_id, known)
+            person_id, regroup = await self._resolve(db, key, first, authority, event.patient.medi_cal_id, known)
             if event.trigger_event in _MERGE_TRIGGERS:
                 for prior in event.prior_identifiers:
-                    prior_key = patient_key(prior.assigning_authority or event.sending_facility, prior.value)
+                    prior_authority = prior.assigning_authority or event.sending_facility
+                    prior_key = patient_key(prior_authority, prior.value)
                     if prior_key != key:
-                        await self._merge_identity(db, prior_key, key, person_id, now,
-                                                   actor="adt:" + event.trigger_event)
-            await db.execute(_UPDATE_PERSON, {"p": person_id, **self._person_params(event)})
+                        regroup |= await self._merge_identity(db, prior_key, key, person_id, now,
+                                                              actor="adt:" + event.trigger_event,
+                                                              prior=prior, prior_authority=prior_authority)
+            late = await db.scalar(_UPDATE_PERSON, {"p": person_id, **person})
 
-        ev = history.encounter_event(event, self.rules.site.zone())
         if ev is None or event.visit is None or event.visit.visit_number is None:
+            if regroup:
+                return await self._redecide(db, person_id, now)
             return Applied(person_id=person_id)
         return await self._apply_encounter_event(
-            db, event.trigger_event, event.sending_facility, event.visit.visit_number, key, person_id, ev, now
+            db, event.trigger_event, event.sending_facility, event.visit.visit_number, key, person_id, ev, now,
+            late=late or regroup,
         )
 
     def _person_params(self, event: AdtEventV1) -> dict[str, Any]:
@@ -276,6 +326,15 @@ class EnrollmentStore:
             "pc": json.dumps([p.model_dump(mode="json") for p in event.primary_care]),
         }
 
+    async def _clock_finding(self, db: Sql, event: AdtEventV1, key: str, stated_at: dt.datetime | None) -> None:
+        """Count an event time further ahead of receipt than the margin (a sender's clock or time
+        zone is wrong); the event itself is used as it is."""
+        received_at = history.to_utc(event.received_at, self.rules.site.zone())
+        assert received_at is not None  # a required field of adt.events
+        margin = dt.timedelta(minutes=self.rules.site.clock_ahead_margin_minutes)
+        if findings.clock_ahead(stated_at, received_at, margin):
+            await findings.count(db, event.sending_facility, findings.CLOCK_AHEAD, key, received_at)
+
     async def _resolve(
         self,
         db: Sql,
@@ -284,13 +343,13 @@ class EnrollmentStore:
         authority: str,
         medi_cal_id: str | None,
         row: Any,
-    ) -> uuid.UUID:
+    ) -> tuple[uuid.UUID, bool]:
         """The person of an identity (``row``: its identity row, None when new), creating or
-        linking (by Medi-Cal id) as needed.
+        linking (by Medi-Cal id) as needed; and whether two persons were merged for it.
 
-        No lock is taken: two transactions creating the same identity or the same Medi-Cal
-        person collide on a unique key, and the handler retries the loser, which then finds
-        the winner's rows."""
+        No lock is taken to create: two transactions creating the same identity or the same
+        Medi-Cal person collide on a unique key, and the handler retries the loser, which then
+        finds the winner's rows. Merging two persons locks both."""
         seen: set[str] = set()
         while row is not None and row["merged_into"] is not None and row["merged_into"] not in seen:
             seen.add(row["merged_into"])  # an A40-merged MRN: history lives with the survivor
@@ -302,14 +361,16 @@ class EnrollmentStore:
             person_id: uuid.UUID = row["person_id"]
             if by_medi_cal is not None and by_medi_cal != person_id:
                 # The same Medi-Cal id at two hospitals: one person (programs.md, identity across hospitals).
+                for p in sorted((person_id, by_medi_cal), key=str):
+                    await self._lock_person(db, p)
                 await self._merge_persons(db, person_id, by_medi_cal, actor="medi-cal-id", reason="same Medi-Cal id")
-                person_id = by_medi_cal
-            elif by_medi_cal is None and medi_cal_id:
+                return by_medi_cal, True
+            if by_medi_cal is None and medi_cal_id:
                 await db.execute(
                     "UPDATE person SET medi_cal_id = :m WHERE id = :p AND medi_cal_id IS NULL",
                     {"m": medi_cal_id, "p": person_id},
                 )
-            return person_id
+            return person_id, False
         person_id = by_medi_cal or uuid.uuid4()
         if by_medi_cal is None:
             await db.execute("INSERT INTO person (id, medi_cal_id) VALUES (:p, :m)", {"p": person_id, "m": medi_cal_id})
@@ -317,7 +378,9 @@ class EnrollmentStore:
             "INSERT INTO identity (key, person_id, authority, value, type_code) VALUES (:k, :p, :a, :v, :t)",
             {"k": key, "p": person_id, "a": authority, "v": ident.value, "t": ident.type_code},
         )
-        return person_id
+        # A new identity of a known person (same Medi-Cal id) joins it: no history to regroup,
+        # and its events are late or not by the person's ``events_through``.
+        return person_id, False
 
     async def _lock_person(self, db: Sql, person_id: uuid.UUID) -> None:
         """Serialize deciding for one person: the person row's lock, held until commit (the
@@ -334,15 +397,23 @@ class EnrollmentStore:
         person_id: uuid.UUID,
         ev: EncounterEvent,
         now: dt.datetime,
+        *,
+        late: bool = False,
     ) -> Applied:
-        """Store the event with its encounter, re-fold the encounter, and decide if it triggers."""
+        """Store the event with its encounter, re-fold the encounter, and decide.
+
+        In order (``late`` false: the event is not older than any the person has), its own
+        trigger is decided here, as the in-order feed decides it. Late, the in-order feed
+        would have seen it before triggers already decided: the person's current triggers
+        are decided again (`_redecide`).
+        """
         # The person row is locked already; the upsert locks the encounter row. The encounter
         # as this event alone makes it: what a new encounter is stored as.
         new_id = uuid.uuid4()
         state = history.fold(facility, visit_number, [ev])
         assert state is not None
         facts = history.facts(str(new_id), state, self.rules)
-        trigger = eligibility.trigger_for(trigger_event, facts, event_time=ev.event_time)
+        trigger = None if late else eligibility.trigger_for(trigger_event, facts, event_time=ev.event_time)
         since = trigger.at - self.rules.longest_lookback() if trigger is not None else now
         row = await db.one(
             _STORE_ENCOUNTER,
@@ -362,13 +433,15 @@ class EnrollmentStore:
             },
         )
         encounter_id: uuid.UUID = row["id"]
+        if row["reused"]:
+            await findings.count(db, facility, findings.VISIT_REUSED, key, ev.received_at)
         loaded: Any = row if row["history_of"] is not None else None
         if not row["inserted"]:
             # Events already stored (a redelivered one counts once: fold dedupes by event id).
             state = history.fold(facility, visit_number, [*map(event_from_body, row["bodies"]), ev])
             assert state is not None
             facts = history.facts(str(encounter_id), state, self.rules)
-            trigger = eligibility.trigger_for(trigger_event, facts, event_time=ev.event_time)
+            trigger = None if late else eligibility.trigger_for(trigger_event, facts, event_time=ev.event_time)
             params = _encounter_params(encounter_id, state, facts)
             if trigger is None:
                 await db.execute(_SAVE_ENCOUNTER, params)
@@ -378,16 +451,17 @@ class EnrollmentStore:
                     _SAVE_ENCOUNTER_AND_LOAD_HISTORY,
                     {**params, "p": person_id, "active": list(ACTIVE), "since": since},
                 )
+        if late:
+            return await self._redecide(db, person_id, now, encounter_id)
         if trigger is None:
             return Applied(person_id=person_id, encounter_id=encounter_id)
         # The statement read the person's encounters as they were before it: this one is
-        # added (or replaced) here when it is the person's, and within the window.
+        # added (or replaced) here, when within the window.
         person_history = await self._history(db, person_id, since, loaded)
-        if row["person_id"] == person_id:
-            others = tuple(e for e in person_history.encounters if e.id != facts.id)
-            mine = (facts,) if facts.start >= since else ()
-            encounters = tuple(sorted((*others, *mine), key=lambda e: e.start))
-            person_history = dataclasses.replace(person_history, encounters=encounters)
+        others = tuple(e for e in person_history.encounters if e.id != facts.id)
+        mine = (facts,) if facts.start >= since else ()
+        encounters = tuple(sorted((*others, *mine), key=lambda e: e.start))
+        person_history = dataclasses.replace(person_history, encounters=encounters)
         return await self._decide(db, person_id, trigger, now, encounter_id, person_history)
 
     async def save_encounter(
@@ -400,44 +474,68 @@ class EnrollmentStore:
 
     async def _merge_identity(
         self, db: Sql, prior_key: str, survivor_key: str, survivor_person: uuid.UUID,
-        now: dt.datetime, *, actor: str,
-    ) -> None:
-        """A40 (merge patient identifier list): the prior MRN's history moves to the survivor."""
-        prior = await db.row("SELECT person_id, merged_into FROM identity WHERE key = :k", {"k": prior_key})
-        if prior is None or prior["merged_into"] == survivor_key:
-            return  # never seen (nothing to move) or already merged: a redelivered A40
-        await db.execute("UPDATE identity SET merged_into = :s WHERE key = :k", {"s": survivor_key, "k": prior_key})
+        now: dt.datetime, *, actor: str, prior: Identifier, prior_authority: str,
+    ) -> bool:
+        """A40 (merge patient identifier list): the prior MRN's history moves to the survivor.
+
+        A prior MRN not seen yet is recorded as merged already (an early merge): its events,
+        whenever they come, join the survivor. True when the merge is new (not a redelivery).
+        """
+        row = await db.row("SELECT person_id, merged_into FROM identity WHERE key = :k", {"k": prior_key})
+        if row is not None and row["merged_into"] == survivor_key:
+            return False  # already merged: a redelivered A40
         await db.execute(
             "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('merge', :a, :b, :who, 'A40')",
             {"a": prior_key, "b": survivor_key, "who": actor},
         )
+        if row is None:
+            await db.execute(
+                "INSERT INTO identity (key, person_id, authority, value, type_code, merged_into) "
+                "VALUES (:k, :p, :a, :v, :t, :s)",
+                {"k": prior_key, "p": survivor_person, "a": prior_authority, "v": prior.value,
+                 "t": prior.type_code, "s": survivor_key},
+            )
+            return False  # nothing of it is stored yet: nothing to decide again
+        await db.execute("UPDATE identity SET merged_into = :s WHERE key = :k", {"s": survivor_key, "k": prior_key})
+        prior_person: uuid.UUID = row["person_id"]
+        if prior_person != survivor_person:
+            await self._lock_person(db, prior_person)
+        moving = await db.fetch("SELECT id FROM encounter WHERE identity_key = :k", {"k": prior_key})
+        kept = await self._combine_visits(db, survivor_person, [r["id"] for r in moving])
         # Encounters keep their (facility, visit number) key, so moving them can never double count.
         await db.execute(
-            "UPDATE encounter SET identity_key = :s, person_id = :p WHERE identity_key = :k",
-            {"s": survivor_key, "p": survivor_person, "k": prior_key},
+            "UPDATE encounter SET identity_key = :s, person_id = :p WHERE id = ANY(:ids)",
+            {"s": survivor_key, "p": survivor_person, "ids": kept},
         )
         await db.execute(
             "UPDATE patient_flag SET identity_key = :s, person_id = :p WHERE identity_key = :k",
             {"s": survivor_key, "p": survivor_person, "k": prior_key},
         )
-        if prior["person_id"] != survivor_person:
+        if prior_person != survivor_person:
             remaining = await db.scalar(
                 "SELECT count(*) FROM identity WHERE person_id = :p AND merged_into IS NULL AND key <> :k",
-                {"p": prior["person_id"], "k": prior_key},
+                {"p": prior_person, "k": prior_key},
             )
             await db.execute(
                 "UPDATE identity SET person_id = :s WHERE key = :k", {"s": survivor_person, "k": prior_key}
             )
+            await self._carry_events_through(db, prior_person, survivor_person)
             if not remaining:
-                await self._move_candidates(db, prior["person_id"], survivor_person, now, actor=actor)
+                await self._move_candidates(db, prior_person, survivor_person, now, actor=actor)
+        return True
 
     async def _merge_persons(
         self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID, *, actor: str, reason: str
     ) -> None:
-        for table in ("identity", "encounter", "patient_flag"):
+        """One person of two (the caller holds both locks): identities, encounters, flags, candidates."""
+        moving = await db.fetch("SELECT id FROM encounter WHERE person_id = :f", {"f": from_person})
+        kept = await self._combine_visits(db, into_person, [r["id"] for r in moving])
+        await db.execute("UPDATE encounter SET person_id = :i WHERE id = ANY(:ids)", {"i": into_person, "ids": kept})
+        for table in ("identity", "patient_flag"):
             await db.execute(
                 f"UPDATE {table} SET person_id = :i WHERE person_id = :f", {"i": into_person, "f": from_person}
             )
+        await self._carry_events_through(db, from_person, into_person)
         await self._move_candidates(db, from_person, into_person, dt.datetime.now(dt.UTC), actor=actor)
         mc = await db.scalar("SELECT medi_cal_id FROM person WHERE id = :f", {"f": from_person})
         if mc is not None:
@@ -446,10 +544,49 @@ class EnrollmentStore:
                 "UPDATE person SET medi_cal_id = COALESCE(medi_cal_id, :m) WHERE id = :i", {"m": mc, "i": into_person}
             )
 
+    async def _carry_events_through(self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID) -> None:
+        await db.execute(
+            "UPDATE person SET events_through = GREATEST(events_through, "
+            "(SELECT events_through FROM person WHERE id = :f)) WHERE id = :i",
+            {"f": from_person, "i": into_person},
+        )
+
+    async def _combine_visits(self, db: Sql, into_person: uuid.UUID, moving: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Of the encounters ``moving`` to ``into_person``, fold each one whose facility and visit
+        number the person has already into that encounter (one visit of one patient is one
+        encounter: the events of both, re-folded); the others are returned, to be moved."""
+        pairs = await db.fetch(
+            "SELECT b.id AS gone, a.id AS kept FROM encounter b JOIN encounter a ON a.facility = b.facility "
+            "AND a.visit_number = b.visit_number AND a.person_id = :i AND a.id <> b.id WHERE b.id = ANY(:ids)",
+            {"i": into_person, "ids": moving},
+        )
+        for pair in pairs:
+            ids = {"k": pair["kept"], "g": pair["gone"]}
+            await db.execute("UPDATE encounter_event SET encounter_id = :k WHERE encounter_id = :g", ids)
+            await db.execute("UPDATE candidate SET encounter_id = :k WHERE encounter_id = :g", ids)
+            await db.execute("DELETE FROM encounter WHERE id = :g", ids)
+            await self._refold(db, pair["kept"])
+        gone = {pair["gone"] for pair in pairs}
+        return [i for i in moving if i not in gone]
+
+    async def _refold(self, db: Sql, encounter_id: uuid.UUID) -> None:
+        row = await db.one(
+            "SELECT facility, visit_number, ARRAY(SELECT body FROM encounter_event WHERE encounter_id = e.id) "
+            "AS bodies FROM encounter e WHERE id = :e",
+            {"e": encounter_id},
+        )
+        state = history.fold(row["facility"], row["visit_number"], map(event_from_body, row["bodies"]))
+        if state is not None:
+            await db.execute(
+                _SAVE_ENCOUNTER, _encounter_params(encounter_id, state, history.facts(str(encounter_id), state,
+                                                                                      self.rules))
+            )
+
     async def _move_candidates(
         self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID, now: dt.datetime, *, actor: str
     ) -> None:
-        """One active candidate per person survives a merge: the survivor's; the other is withdrawn."""
+        """One active candidate per person survives a merge: the survivor's; the other is withdrawn
+        (`decide.MERGED`: it binds no later decision, which the merged person's replay makes)."""
         survivor_has = await db.scalar(
             "SELECT id FROM candidate WHERE person_id = :p AND status = ANY(:a)", {"p": into_person, "a": list(ACTIVE)}
         )
@@ -459,14 +596,18 @@ class EnrollmentStore:
                 {"p": from_person, "a": list(ACTIVE)},
             )
             if moving is not None:
-                await self._transition(db, moving, "withdraw", actor="system", reason="identities merged", now=now)
+                await self._transition(db, moving, "withdraw", actor="system", reason=decide.MERGED, now=now)
         await db.execute(
             "UPDATE candidate SET person_id = :i WHERE person_id = :f", {"i": into_person, "f": from_person}
         )
 
-    async def link(self, conn: Conn, key_a: str, key_b: str, *, actor: str, reason: str) -> uuid.UUID:
-        """Link two identities as one person (the care team's decision, with who and why)."""
+    async def link(
+        self, conn: Conn, key_a: str, key_b: str, *, actor: str, reason: str, now: dt.datetime | None = None
+    ) -> uuid.UUID:
+        """Link two identities as one person (the care team's decision, with who and why); the
+        person's current triggers are decided again on the joined history."""
         db = await Sql.of(conn)
+        now = now or dt.datetime.now(dt.UTC)
         persons = []
         for key in (key_a, key_b):
             person = await db.scalar("SELECT person_id FROM identity WHERE key = :k", {"k": key})
@@ -482,29 +623,43 @@ class EnrollmentStore:
             {"a": key_a, "b": key_b, "w": actor, "r": reason},
         )
         result: uuid.UUID = persons[0]
+        if persons[0] != persons[1]:
+            await self._redecide(db, result, now)
         return result
 
-    async def unlink(self, conn: Conn, key: str, *, actor: str, reason: str) -> uuid.UUID:
-        """Split one identity (with its encounters and flags) off its person, into a new person."""
+    async def unlink(
+        self, conn: Conn, key: str, *, actor: str, reason: str, now: dt.datetime | None = None
+    ) -> uuid.UUID:
+        """Split one identity (with its encounters and flags) off its person, into a new person;
+        both are decided again (a candidate made on the other's history may not stand)."""
         db = await Sql.of(conn)
+        now = now or dt.datetime.now(dt.UTC)
         person = await db.scalar("SELECT person_id FROM identity WHERE key = :k", {"k": key})
         if person is None:
             raise LookupError("unknown identity")
         await self._lock_person(db, person)
         new_person = uuid.uuid4()
         await db.execute("INSERT INTO person (id) VALUES (:p)", {"p": new_person})
-        # The identity takes with it the MRNs merged into it (A40), its encounters and its flags.
+        # The identity takes with it the MRNs merged into it (A40), their encounters and flags.
+        keys = [key, *(r["key"] for r in await db.fetch("SELECT key FROM identity WHERE merged_into = :k", {"k": key}))]
+        await db.execute("UPDATE identity SET person_id = :n WHERE key = ANY(:keys)", {"n": new_person, "keys": keys})
         await db.execute(
-            "UPDATE identity SET person_id = :n WHERE key = :k OR merged_into = :k", {"n": new_person, "k": key}
+            "UPDATE encounter SET person_id = :n WHERE identity_key = ANY(:keys)", {"n": new_person, "keys": keys}
         )
-        await db.execute("UPDATE encounter SET person_id = :n WHERE identity_key = :k", {"n": new_person, "k": key})
         await db.execute(
-            "UPDATE patient_flag SET person_id = :n WHERE identity_key = :k", {"n": new_person, "k": key}
+            "UPDATE patient_flag SET person_id = :n WHERE identity_key = ANY(:keys)", {"n": new_person, "keys": keys}
+        )
+        await db.execute(
+            "UPDATE person SET events_through = (SELECT max(last_event_time) FROM encounter WHERE person_id = :n) "
+            "WHERE id = :n",
+            {"n": new_person},
         )
         await db.execute(
             "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('unlink', :a, :a, :w, :r)",
             {"a": key, "w": actor, "r": reason},
         )
+        await self._redecide(db, person, now)
+        await self._redecide(db, new_person, now)
         return new_person
 
     # --- flags ----------------------------------------------------------------------------
@@ -518,7 +673,8 @@ class EnrollmentStore:
         recorded_by: str,
         now: dt.datetime,
     ) -> Applied:
-        """Record a partner system's fact and evaluate SUD-ENS (and the others) on it."""
+        """Record a partner system's fact and decide the person's current triggers again, the
+        flag's own among them (it triggers at ``now``, when it was recorded)."""
         db = await Sql.of(conn)
         person_id = await db.scalar("SELECT person_id FROM identity WHERE key = :k", {"k": key})
         if person_id is None:
@@ -526,7 +682,7 @@ class EnrollmentStore:
         await self._lock_person(db, person_id)
         await db.execute(
             "INSERT INTO patient_flag (id, person_id, identity_key, kind, source, effective, until, detail, "
-            "recorded_by) VALUES (:id, :p, :k, :kind, :src, :eff, :until, :detail, :by)",
+            "recorded_by, recorded_at) VALUES (:id, :p, :k, :kind, :src, :eff, :until, :detail, :by, :now)",
             {
                 "id": uuid.UUID(flag.id),
                 "p": person_id,
@@ -537,10 +693,15 @@ class EnrollmentStore:
                 "until": flag.until,
                 "detail": flag.detail,
                 "by": recorded_by,
+                "now": now,
             },
         )
-        trigger = eligibility.flag_trigger(flag, now)
-        return await self._decide(db, person_id, trigger, now, None, None)
+        # A flag takes its place in the order when recorded: an ADT event older than it is late.
+        await db.execute(
+            "UPDATE person SET events_through = GREATEST(events_through, :now) WHERE id = :p",
+            {"now": now, "p": person_id},
+        )
+        return await self._redecide(db, person_id, now)
 
     # --- deciding -------------------------------------------------------------------------
 
@@ -605,6 +766,113 @@ class EnrollmentStore:
             candidate_status=status,
         )
 
+    async def _redecide(
+        self, db: Sql, person_id: uuid.UUID, now: dt.datetime, encounter_id: uuid.UUID | None = None
+    ) -> Applied:
+        """Decide the person's current triggers again, as the in-order feed would have (decide.py),
+        and write the difference: withdraw a superseded candidate, make the right one, correct a
+        kept one's recorded decision. The caller holds the person's lock."""
+        record = await self._load_record(db, person_id, now)
+        triggers = decide.current_triggers(record, self.rules, now)
+        if not triggers:
+            return Applied(person_id=person_id, encounter_id=encounter_id)
+        missing = decide.unfold_needed(record, triggers)
+        if missing:
+            record = await self._unfold(db, record, missing)
+        plan = decide.plan(record, self.rules, now, triggers)
+        candidate_id: uuid.UUID | None = None
+        status: str | None = None
+        freed: str | None = None
+        if plan.withdraw is not None:
+            # The slot it held goes to the candidate that replaces it, else to the queue (below).
+            await self._transition(db, uuid.UUID(plan.withdraw), "withdraw", actor="system",
+                                   reason=decide.SUPERSEDED, now=now, refill=False)
+            freed = next(c.program for c in record.candidates if c.id == plan.withdraw)
+        if plan.create is not None:
+            candidate_id, status = await self._create_candidate(
+                db, person_id, plan.create.trigger, plan.create.evaluation, now
+            )
+        if freed is not None:
+            await self._fill_slot(db, freed, now)
+        if plan.revise is not None and plan.proposal is not None:
+            await db.execute(
+                "UPDATE candidate SET decision = CAST(:d AS jsonb), rule_version = :rv, updated_at = :now "
+                "WHERE id = :c",
+                {"d": json.dumps(plan.proposal.record()), "rv": plan.proposal.evaluation.rule_version, "now": now,
+                 "c": uuid.UUID(plan.revise)},
+            )
+        if plan.changes:
+            log.info("person %s decided again: withdrew %s, made %s, revised %s", person_id, plan.withdraw,
+                     candidate_id, plan.revise)
+        return Applied(
+            person_id=person_id,
+            encounter_id=encounter_id,
+            evaluation=plan.proposal.evaluation if plan.proposal is not None else None,
+            candidate_id=candidate_id,
+            candidate_status=status,
+        )
+
+    async def _load_record(self, db: Sql, person_id: uuid.UUID, now: dt.datetime) -> decide.PersonRecord:
+        """The person as `decide.plan` reads it: encounters in the window (with their events when
+        they may hold a current trigger), flags, candidates."""
+        recent = now - dt.timedelta(hours=self.rules.candidate_max_age_hours)
+        person = await db.one(
+            "SELECT birth_date, medi_cal, county_resident FROM person WHERE id = :p", {"p": person_id}
+        )
+        encounters = tuple(
+            decide.StoredEncounter(
+                facts=EncounterFacts(
+                    id=str(r["id"]), facility=r["facility"], visit_number=r["visit_number"], kind=r["kind"],
+                    status=r["status"], start=r["start_at"], end=r["end_at"], dx_flags=frozenset(r["dx_flags"]),
+                ),
+                last_event_time=r["last_event_time"],
+                events=tuple(map(event_from_body, r["bodies"])) if r["bodies"] is not None else None,
+            )
+            for r in await db.fetch(_RECORD_ENCOUNTERS, {
+                "p": person_id, "since": recent - self.rules.longest_lookback(), "recent": recent,
+            })
+        )
+        flags = tuple(
+            decide.RecordedFlag(
+                Flag(id=str(r["id"]), kind=r["kind"], source=r["source"], effective=r["effective"], until=r["until"],
+                     detail=r["detail"]),
+                r["recorded_at"],
+            )
+            for r in await db.fetch(
+                "SELECT id, kind, source, effective, until, detail, recorded_at FROM patient_flag WHERE person_id = :p",
+                {"p": person_id},
+            )
+        )
+        candidates = tuple(
+            decide.PastCandidate(
+                id=str(r["id"]), program=r["program"], status=r["status"], status_reason=r["status_reason"],
+                encounter_id=str(r["encounter_id"]) if r["encounter_id"] is not None else None,
+                decision=_json(r["decision"]), rule_version=r["rule_version"],
+            )
+            for r in await db.fetch(
+                "SELECT id, program, status, status_reason, encounter_id, decision, rule_version FROM candidate "
+                "WHERE person_id = :p ORDER BY seq",
+                {"p": person_id},
+            )
+        )
+        return decide.PersonRecord(
+            person_id=str(person_id), birth_date=person["birth_date"], medi_cal=person["medi_cal"],
+            county_resident=person["county_resident"], encounters=encounters, flags=flags, candidates=candidates,
+        )
+
+    async def _unfold(self, db: Sql, record: decide.PersonRecord, ids: list[str]) -> decide.PersonRecord:
+        """The record with the events of encounters ``ids`` loaded."""
+        rows = await db.fetch(
+            "SELECT encounter_id, array_agg(body) AS bodies FROM encounter_event WHERE encounter_id = ANY(:ids) "
+            "GROUP BY encounter_id",
+            {"ids": [uuid.UUID(i) for i in ids]},
+        )
+        events = {str(r["encounter_id"]): tuple(map(event_from_body, r["bodies"])) for r in rows}
+        return dataclasses.replace(record, encounters=tuple(
+            dataclasses.replace(s, events=events[s.facts.id]) if s.facts.id in events else s
+            for s in record.encounters
+        ))
+
     async def _create_candidate(
         self, db: Sql, person_id: uuid.UUID, trigger: Trigger, evaluation: Evaluation, now: dt.datetime
     ) -> tuple[uuid.UUID | None, str | None]:
@@ -613,18 +881,15 @@ class EnrollmentStore:
         encounter = trigger.encounter
         if encounter is not None:
             # One episode per stay: an A08 or the discharge re-check after a decline proposes nothing new.
+            # A candidate the system withdrew (superseded, merged) does not count (decide.py).
             seen = await db.scalar(
-                "SELECT 1 FROM candidate WHERE person_id = :p AND program = :prog AND encounter_id = :e",
-                {"p": person_id, "prog": program, "e": uuid.UUID(encounter.id)},
+                "SELECT 1 FROM candidate WHERE person_id = :p AND program = :prog AND encounter_id = :e "
+                "AND NOT (status = 'withdrawn' AND COALESCE(status_reason, '') = ANY(:released))",
+                {"p": person_id, "prog": program, "e": uuid.UUID(encounter.id), "released": list(decide.RELEASED)},
             )
             if seen is not None:
                 return None, None
-        decision = next(d for d in evaluation.decisions if d.program == program)
-        body = {
-            "reason": evaluation.reason,
-            "criteria": [_flat(c) for c in decision.criteria],
-            "trigger": trigger.kind,
-        }
+        body = decide.recorded_decision(trigger, evaluation)
         candidate_id = uuid.uuid4()
         # The candidate, its first transition and that transition's outbox row in one statement;
         # none of them when another instance proposed one for this person first.
@@ -647,7 +912,7 @@ class EnrollmentStore:
                 "f": encounter.facility if encounter else "",
                 "e": uuid.UUID(encounter.id) if encounter else None,
                 "rv": evaluation.rule_version,
-                "d": json.dumps(body, default=_json_default),
+                "d": json.dumps(body),
                 "now": now,
                 "te": queued.event_id,
                 "topic": self.topics.events,
@@ -762,7 +1027,8 @@ class EnrollmentStore:
         return await self._transition(db, candidate_id, action, actor=actor, reason=reason, now=now)
 
     async def _transition(
-        self, db: Sql, candidate_id: uuid.UUID, action: str, *, actor: str, reason: str | None, now: dt.datetime
+        self, db: Sql, candidate_id: uuid.UUID, action: str, *, actor: str, reason: str | None, now: dt.datetime,
+        refill: bool = True,
     ) -> str:
         row = await db.row("SELECT status, program FROM candidate WHERE id = :c FOR UPDATE", {"c": candidate_id})
         if row is None:
@@ -776,7 +1042,7 @@ class EnrollmentStore:
             {"s": target, "r": reason, "now": now, "c": candidate_id},
         )
         await self._record_transition(db, candidate_id, row["status"], target, actor=actor, reason=reason, now=now)
-        if row["status"] in HOLDS_SLOT and target not in HOLDS_SLOT:
+        if refill and row["status"] in HOLDS_SLOT and target not in HOLDS_SLOT:
             await self._fill_slot(db, row["program"], now)
         return target
 
