@@ -229,12 +229,12 @@ def format_table(report: list[FacilityQuality]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from services.db import create_engine
-    from services.settings import Settings
+    from services.runinfo import tool_database_url
+    from services.settings import load_settings
 
-    url = args.database_url or Settings().database_url
-    if not url:
-        print("feed-report: set WPC_DATABASE_URL or pass --database-url")
-        return 2
+    settings = load_settings()
+    # --database-url, else WPC_DATABASE_URL, else the running `wpc up`'s; none: ConfigError (exit 2)
+    url = tool_database_url(settings.database_url, settings.data_dir, explicit=args.database_url)
 
     async def report() -> list[FacilityQuality]:
         engine = create_engine(url, pool_size=1)

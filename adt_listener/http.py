@@ -1,12 +1,27 @@
 """HTTP side of the listener: `POST /v1/adt` and the ops endpoints.
 
-`POST /v1/adt` takes one ER7 message as the body (Content-Type
-x-application/hl7-v2+er7, text/plain or application/hl7-v2) and answers with the ACK
-as the body and the ACK code in the `X-HL7-Ack-Code` header:
+`POST /v1/adt` takes one ER7 message as the body and answers with the ACK as the body
+and the ACK code in the `X-HL7-Ack-Code` header:
 
     200 AA (stored) · 422 AE · 400 AR (the message is at fault) ·
     503 AR 207 (we could not store it: retry) · 401 missing/unknown credentials ·
-    413 body over the frame limit
+    413 body over WPC_HTTP_MAX_BODY_BYTES · 415 not HL7 v2 text
+
+Content-Type: one of `HL7_MEDIA_TYPES` (x-application/hl7-v2+er7, application/hl7-v2,
+application/edi-hl7, text/plain), with or without a charset; a request without one is
+read as ER7 too (the body says what it is: it starts with MSH).
+
+The body limit protects the listener's memory from a sender (or anyone holding a
+token): a declared Content-Length over the limit is refused before a byte of the body
+is read, and a streamed (chunked) body is refused as soon as it passes the limit, so
+a request never costs more than the limit. What the client still sends after the
+answer is discarded by the HTTP server as it arrives (uvicorn drops body bytes of a
+request already answered), not kept: the connection stays usable and, above all, the
+client gets to read the 413 and its reason. Closing at once would save the bandwidth
+but reset the connection under a client still sending, which then sees a bare
+"connection reset" (a 2 MB message to a 1 MiB limit would be refused without a word).
+A client that sends `Expect: 100-continue`, as curl does for large bodies, gets the
+413 instead of the go-ahead and never sends the body.
 
 With a senders file, a bearer token names the sender (`Authorization: Bearer ...`).
 """
@@ -23,6 +38,35 @@ from adt_listener.senders import Sender, Senders
 from services.health import Check, ops_router
 
 ACK_MEDIA_TYPE = "x-application/hl7-v2+er7"
+HL7_MEDIA_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7", "text/plain")
+
+
+def media_type_refusal(content_type: str | None) -> str | None:
+    """Why a Content-Type is not HL7 v2 text (the 415 reason), or None when it is."""
+    if content_type is None:
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in HL7_MEDIA_TYPES:
+        return None
+    return (f"unsupported Content-Type {media_type[:80]!r}: send one HL7 v2 message in ER7 encoding as "
+            f"{', '.join(HL7_MEDIA_TYPES)} (a charset parameter is allowed)")
+
+
+def length_refusal(content_length: str | None, max_body_bytes: int) -> str | None:
+    """Why a declared Content-Length is refused (the 413 reason), or None."""
+    if content_length is not None and content_length.strip().isdigit() and int(content_length) > max_body_bytes:
+        return f"body of {int(content_length)} bytes exceeds the limit of {max_body_bytes} bytes (one HL7 v2 message)"
+    return None
+
+
+async def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The body, refused (413) as soon as it passes ``max_body_bytes``."""
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > max_body_bytes:
+            raise HTTPException(413, f"body exceeds the limit of {max_body_bytes} bytes (one HL7 v2 message)")
+        body += chunk
+    return bytes(body)
 
 
 def _bearer(request: Request) -> str | None:
@@ -42,9 +86,13 @@ def adt_router(ingestor: Ingestor, senders: Senders, *, max_body_bytes: int) -> 
             sender = senders.by_token(token) if token else None
             if sender is None:
                 raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            raise HTTPException(413, f"message exceeds {max_body_bytes} bytes")
+        unsupported = media_type_refusal(request.headers.get("content-type"))
+        if unsupported is not None:
+            raise HTTPException(415, unsupported)
+        too_long = length_refusal(request.headers.get("content-length"), max_body_bytes)
+        if too_long is not None:
+            raise HTTPException(413, too_long)
+        body = await read_body(request, max_body_bytes)
         if not body.strip():
             raise HTTPException(400, "empty body: expected one HL7 v2 message in ER7 encoding")
         reply = await ingestor.receive(body, channel="http", sender=sender)

@@ -6,19 +6,31 @@ Like the server, it is a thin driver around the sans-I/O framer in
 `MllpFramer` until a frame (the ACK) comes out.
 
 The command speaks the original acknowledgment mode of HL7 v2 (chapter 2, section
-2.9.2): one message, then wait for its ACK, before the next one, over one
-connection. A message whose MSH-15 (accept acknowledgment type, HL7 table 0155) is
-"NE" asks the receiver never to acknowledge it (enhanced mode, section 2.9.3), so
-the command sends it and moves on. MLLP release 2 commit acknowledgments (the single
-bytes <ACK>/<NAK> as a block) are not spoken.
+2.9.2): one message, then wait for its ACK (``--timeout``, 30 s), before the next one,
+over one connection. Enhanced mode (section 2.9.3) is followed where it changes what a
+sender may expect: a message whose MSH-15 (accept acknowledgment type, HL7 table 0155)
+is ER (acknowledge errors only) or NE (never) gets no ACK when it is taken, so it is
+sent, an error ACK is awaited for a short ``--grace`` (0.5 s) only, and it counts as
+"sent, no ACK expected"; an error ACK arriving later is paired with it by MSA-2 and
+reported as a late answer. AL and SU are awaited like original mode. MLLP release 2
+commit acknowledgments (the single bytes <ACK>/<NAK> as a block) are not spoken.
+
+An ACK whose MSA-3 starts with "retransmission" is the listener's stored answer to a
+message it had already taken (a duplicate): shown as "AA (duplicate: stored
+acknowledgement)".
 
 Output holds file names, MSH-10 (message control id), MSA-1 and the ERR locations,
-codes and texts the receiver wrote; never other message content, which may be PHI.
+codes and texts the receiver wrote; never other message content, which may be PHI. The
+last line sums up: sent, AA, AE, AR (enhanced mode's CA, CE, CR counted with them),
+duplicates (also counted under their code), no ACK expected, unanswered.
 
-Exit status: 0 when every awaited ACK was AA or CA; 1 when any was AE, AR, CE, CR,
-unreadable, for another control id, or did not come in time; 2 for usage and
-connection errors (unreadable file, refused connection, TLS failure, connection
-lost), with a message on stderr.
+Exit status: 0 when every message got AA / CA or was sent with no ACK expected; 1 when
+any got AE, AR, CE, CR, an unreadable ACK or one for another control id, or no ACK in
+time; 2 for usage and connection errors (unreadable file, refused connection, TLS
+failure, connection lost), with a message on stderr.
+
+Without ``--port``: WPC_MLLP_PORT when set, else the MLLP port of the `wpc up` running
+with this WPC_DATA_DIR (its run.json, `services.runinfo`), else 2575.
 """
 
 from __future__ import annotations
@@ -28,9 +40,9 @@ import asyncio
 import re
 import ssl as ssl_module
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -228,18 +240,32 @@ class MllpClient:
 
     async def receive(self, *, timeout: float = 30.0) -> bytes:  # noqa: ASYNC109 (see class doc)
         """Return the payload of the next frame from the peer, waiting up to ``timeout`` s."""
+        frame = await self._next_frame(timeout)
+        if frame is None:
+            self._unusable = "an ACK did not arrive in time"
+            raise TimeoutError
+        return frame
+
+    async def poll(self, *, timeout: float) -> bytes | None:  # noqa: ASYNC109 (see class doc)
+        """The next frame if one arrives within ``timeout`` s, else None, and the connection
+        stays usable: for replies that may never come (MSH-15 = ER / NE, enhanced mode).
+        The caller pairs a reply arriving later by its MSA-2, not by order."""
+        return await self._next_frame(timeout)
+
+    async def _next_frame(self, timeout: float) -> bytes | None:  # noqa: ASYNC109 (see class doc)
         self._check_usable()
         try:
             async with asyncio.timeout(timeout):
                 while not self._frames:
+                    # Cancelling a read loses nothing: bytes not yet returned stay in the
+                    # StreamReader, bytes returned are in the framer.
                     data = await self._reader.read(_READ_SIZE)
                     if not data:
                         self._unusable = "the peer closed the connection"
                         raise ConnectionError("connection closed by the peer before an ACK arrived")
                     self._take(data)
         except TimeoutError:
-            self._unusable = "an ACK did not arrive in time"
-            raise
+            return None
         except OSError as exc:  # reset, TLS alert, and our own ConnectionErrors above
             raise self._lost(exc) from exc
         return self._frames.popleft()
@@ -287,11 +313,23 @@ class MllpClient:
 
 # --- ACK -> one line ------------------------------------------------------------------------
 
+# MSA-1 (table 0008) as the summary counts it: enhanced mode's commit codes (CA, CE, CR)
+# with the application codes they stand for.
+_KIND = {b"AA": "AA", b"CA": "AA", b"AE": "AE", b"CE": "AE", b"AR": "AR", b"CR": "AR"}
+# The listener answers a retransmission with the ACK it stored for the first copy, its
+# MSA-3 saying so: how a sender tells "taken now" from "taken before".
+_DUPLICATE = b"retransmission"
+
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     text: str
-    accepted: bool
+    kind: str  # AA, AE or AR (commit codes included); "unreadable": no known MSA-1, or another MSA-2
+    duplicate: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.kind == "AA"
 
 
 def _show(value: bytes) -> str:
@@ -305,7 +343,8 @@ def _describe_ack(ack: bytes, control_id: bytes) -> _Outcome:
 
     ERR-2 (error location), ERR-3 (HL7 error code, table 0357) and ERR-8 (user
     message) are read for v2.5 and later; ERR-1 (error code and location) for earlier
-    versions. MSA-3 (text message, deprecated from v2.4 on) is shown when present.
+    versions. MSA-3 (text message, deprecated from v2.4 on) is shown when present,
+    except that of a stored answer to a retransmission, which is said in our words.
     """
     _, separator = _msh(ack)
     msa: list[bytes] = []
@@ -323,21 +362,53 @@ def _describe_ack(ack: bytes, control_id: bytes) -> _Outcome:
             errors.append(" ".join(parts))
     code = _field(msa, 1)
     if not code:
-        return _Outcome("unreadable ACK (no MSA-1)", accepted=False)
+        return _Outcome("unreadable ACK (no MSA-1)", "unreadable")
     text = _show(code)
-    accepted = code in _ACCEPTED
-    acked_id = _field(msa, 2)
-    if control_id and acked_id != control_id:
+    kind = _KIND.get(code.strip().upper(), "unreadable")
+    acked_id = _field(msa, 2).strip()
+    # Compared without blanks around them: a receiver may trim MSH-10 when it copies it.
+    if control_id and acked_id != control_id.strip():
         text += f"  (MSA-2 is {_show(acked_id) or 'empty'}, not this message's MSH-10)"
-        accepted = False
-    if msa_text := _field(msa, 3):
+        kind = "unreadable"
+    msa_text = _field(msa, 3)
+    duplicate = msa_text.strip().lower().startswith(_DUPLICATE)
+    if duplicate:
+        text += " (duplicate: stored acknowledgement)"
+    elif msa_text:
         text += f"  {_show(msa_text)[:_MAX_TEXT]}"
     if errors:
         text += "  ERR " + "; ".join(e[:_MAX_TEXT] for e in errors)
-    return _Outcome(text, accepted)
+    return _Outcome(text, kind, duplicate)
+
+
+@dataclass
+class _Tally:
+    """The summary line. A duplicate is also counted under its code (AA, AE, AR)."""
+
+    sent: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+
+    def add(self, outcome: _Outcome) -> None:
+        self.counts[outcome.kind] += 1
+        self.duplicates += outcome.duplicate
+
+    @property
+    def failed(self) -> bool:
+        return any(self.counts[k] for k in ("AE", "AR", "unanswered", "unreadable"))
+
+    def line(self) -> str:
+        c = self.counts
+        text = (f"sent {self.sent}: AA {c['AA']}, AE {c['AE']}, AR {c['AR']}, duplicates {self.duplicates}, "
+                f"no ACK expected {c['no_ack']}, unanswered {c['unanswered']}")
+        return text + (f", unreadable ACKs {c['unreadable']}" if c["unreadable"] else "")
 
 
 # --- the command ----------------------------------------------------------------------------
+
+# MSH-15 (accept acknowledgment type, HL7 table 0155) values under which a receiver in
+# enhanced mode sends no ACK for a message it took: ER (only on error) and NE (never).
+_QUIET_ON_SUCCESS = frozenset({b"ER", b"NE"})
 
 
 class _UsageError(Exception):
@@ -349,7 +420,11 @@ class _Item:
     label: str
     message: bytes
     control_id: bytes
-    no_ack: bool  # MSH-15 = NE
+    accept_ack: bytes  # MSH-15, upper case; empty in original mode
+
+    @property
+    def quiet_on_success(self) -> bool:
+        return self.accept_ack in _QUIET_ON_SUCCESS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -358,7 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="MLLP listener host (default: %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=None, help="MLLP listener port (default: $WPC_MLLP_PORT, else 2575)"
+        "--port", type=int, default=None,
+        help="MLLP listener port (default: $WPC_MLLP_PORT, else that of the `wpc up` running here, else 2575)",
     )
     parser.add_argument(
         "--tls", action="store_true", help="connect with TLS (implied by --cafile/--certfile)"
@@ -369,6 +445,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each ACK (default: %(default)s)"
     )
+    parser.add_argument(
+        "--grace", type=float, default=0.5,
+        help="seconds to wait for an error ACK to a message whose MSH-15 is ER or NE, which gets no ACK "
+        "when taken (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -377,8 +458,10 @@ def run(args: argparse.Namespace) -> int:
         port = _port(args)
         if args.timeout <= 0:
             raise _UsageError("--timeout must be positive")
+        if args.grace < 0:
+            raise _UsageError("--grace must not be negative")
         context = _ssl_context(args)
-        return asyncio.run(_send_all(items, args.host, port, context, args.timeout))
+        return asyncio.run(_send_all(items, args.host, port, context, args.timeout, args.grace))
     except _UsageError as exc:
         print(f"wpc send: error: {exc}", file=sys.stderr)
         return 2
@@ -390,15 +473,17 @@ def _port(args: argparse.Namespace) -> int:
     if args.port is not None:
         port = int(args.port)
     else:
-        # Imported here: only the command needs settings, and only when --port is absent.
-        from pydantic import ValidationError
+        # Imported here: only the command needs settings, and only when --port is absent. A
+        # wrong WPC_ value raises ConfigError, which `wpc` reports in one line.
+        from services.runinfo import read_run_info
+        from services.settings import load_settings
 
-        from services.settings import Settings
-
-        try:
-            port = Settings().mllp_port
-        except ValidationError as exc:
-            raise _UsageError(f"invalid WPC_ settings in the environment: {exc}") from exc
+        settings = load_settings()
+        port = settings.mllp_port
+        running = read_run_info(settings.data_dir) if args.host in ("127.0.0.1", "localhost", "::1") else None
+        if "mllp_port" not in settings.model_fields_set and running is not None and running.ports.get("mllp"):
+            port = running.ports["mllp"]
+            print(f"wpc send: to the `wpc up` running here (pid {running.pid}), MLLP port {port}", file=sys.stderr)
     if not 0 < port < 65_536:
         raise _UsageError(f"port {port} out of range")
     return port
@@ -420,7 +505,9 @@ def _load(paths: Sequence[Path]) -> list[_Item]:
             if b"\x0b" in message or b"\x1c" in message:
                 raise _UsageError(f"{label}: holds byte 0x0B or 0x1C, which MLLP cannot frame")
             msh, _ = _msh(message)
-            items.append(_Item(label, message, _field(msh, 10), _field(msh, 15).strip() == b"NE"))
+            component = msh[2][:1] if len(msh) > 2 and msh[2] else b"^"  # MSH-2: ^ by default
+            accept_ack = _field(msh, 15).split(component, 1)[0].strip().upper()
+            items.append(_Item(label, message, _field(msh, 10).strip(), accept_ack))
     return items
 
 
@@ -451,61 +538,79 @@ async def _connect(host: str, port: int, context: ssl_module.SSLContext | None, 
 
 
 async def _send_all(
-    items: Sequence[_Item], host: str, port: int, context: ssl_module.SSLContext | None, wait_s: float
+    items: Sequence[_Item], host: str, port: int, context: ssl_module.SSLContext | None, wait_s: float,
+    grace_s: float,
 ) -> int:
-    failed = False
+    tally = _Tally()
     client: MllpClient | None = None
-    no_ack_ids: set[bytes] = set()  # control ids sent with MSH-15 = NE
+    # Messages sent with MSH-15 = ER / NE that no ACK answered (yet), by control id: an error
+    # ACK later than the grace is told apart from the next message's ACK by its MSA-2.
+    quiet: dict[bytes, str] = {}
     try:
         for index, item in enumerate(items):
             if client is None:
                 client = await _connect(host, port, context, wait_s)
             head = f"{item.label}  {_show(item.control_id) or '-'}  ->  "
             try:
-                if item.no_ack:
-                    await client.write(item.message, timeout=wait_s)
-                    no_ack_ids.add(item.control_id)
-                    print(head + "not awaited (MSH-15 = NE)", flush=True)
-                    continue
-                ack = await _exchange(client, item, no_ack_ids, wait_s)
-            except TimeoutError:
-                print(head + f"no ACK within {wait_s:g} s", flush=True)
-                failed = True
-                # The late ACK may still come: a new connection keeps it from being taken
-                # for the reply to the next message.
-                await client.close()
-                client = None
-                continue
+                await client.write(item.message, timeout=wait_s)
+                tally.sent += 1
+                ack = await _reply(client, item, quiet, tally, grace_s if item.quiet_on_success else wait_s)
+            except TimeoutError:  # the write itself did not complete
+                ack = None
             except ConnectionError as exc:
                 print(head + "connection lost", flush=True)
+                tally.counts["unanswered"] += 1
                 left = len(items) - index - 1
                 raise _UsageError(
                     f"connection to {host}:{port} lost: {exc}"
                     + (f"; {left} message(s) not sent" if left else "")
                 ) from exc
+            if ack is None and item.quiet_on_success:
+                quiet[item.control_id] = item.label
+                tally.counts["no_ack"] += 1
+                print(head + f"sent, no ACK expected (MSH-15 = {_show(item.accept_ack)})", flush=True)
+                continue
+            if ack is None:
+                su = " (MSH-15 = SU: the receiver acknowledges success only)" if item.accept_ack == b"SU" else ""
+                print(head + f"no ACK within {wait_s:g} s{su}", flush=True)
+                tally.counts["unanswered"] += 1
+                # The late ACK may still come: a new connection keeps it from being taken
+                # for the reply to the next message.
+                await client.close()
+                client = None
+                continue
             outcome = _describe_ack(ack, item.control_id)
+            tally.add(outcome)
             print(head + outcome.text, flush=True)
-            failed = failed or not outcome.accepted
     finally:
         if client is not None:
             await client.close()
-    return 1 if failed else 0
+        if tally.sent:
+            print(tally.line(), flush=True)
+    return 1 if tally.failed else 0
 
 
-async def _exchange(client: MllpClient, item: _Item, no_ack_ids: set[bytes], wait_s: float) -> bytes:
-    """Send ``item`` and return its ACK, skipping ACKs to earlier NE messages.
+async def _reply(
+    client: MllpClient, item: _Item, quiet: dict[bytes, str], tally: _Tally, wait_s: float
+) -> bytes | None:
+    """The ACK to ``item`` within ``wait_s`` seconds, or None.
 
-    A receiver in original mode acknowledges every message whatever MSH-15 says; such
-    an ACK to a message we did not wait for arrives before the one we wait for.
+    An ACK whose MSA-2 names an earlier ER / NE message is that message's late answer (an
+    error, or a receiver in original mode, which acknowledges every message whatever
+    MSH-15 says): it is reported and counted, and the wait goes on.
     """
-    await client.write(item.message, timeout=wait_s)
-    while True:
-        ack = await client.receive(timeout=wait_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while (ack := await client.poll(timeout=max(0.0, deadline - loop.time()))) is not None:
         acked_id = _msa_2(ack)
-        if acked_id in no_ack_ids and acked_id != item.control_id:
-            no_ack_ids.discard(acked_id)
+        if acked_id != item.control_id and acked_id in quiet:
+            outcome = _describe_ack(ack, acked_id)
+            print(f"{quiet.pop(acked_id)}  {_show(acked_id)}  ->  late answer: {outcome.text}", flush=True)
+            tally.counts["no_ack"] -= 1
+            tally.add(outcome)
             continue
         return ack
+    return None
 
 
 def _msa_2(ack: bytes) -> bytes:
@@ -513,5 +618,5 @@ def _msa_2(ack: bytes) -> bytes:
     _, separator = _msh(ack)
     for segment in _LINE_BREAK.split(ack):
         if segment.startswith(b"MSA"):
-            return _field(_fields(segment, separator), 2)
+            return _field(_fields(segment, separator), 2).strip()
     return b""

@@ -5,6 +5,7 @@
         facilities: [STMARY, SMH]     # MSH-4 values this sender may use (empty: any)
         http_token_sha256: 9f86d0...  # sha256 hex of the bearer token for POST /v1/adt
         tls_client_cn: st-mary-mirth  # client certificate CN on mutual-TLS MLLP
+        addresses: [10.20.0.15, 10.21.4.0/28]  # optional: its engines' source IPs or CIDRs
         validation: sampled           # hl7apy conformance checks: off | sampled | all
         sample_rate: 0.05
     ops_token_sha256: 2c26b4...       # bearer token of ops endpoints (feed quality)
@@ -14,12 +15,22 @@ unchecked, validation of every message. With a file, an MLLP peer is identified 
 client certificate (mutual TLS) or, on plain TCP, by the MSH-4 it sends; a message
 whose MSH-4 belongs to no sender, or not to the authenticated one, gets AR.
 Tokens are stored as hashes so the file itself is not a credential.
+
+A sender is *known* to the MLLP server when it connects from one of its `addresses`
+(IPv4/IPv6 addresses or CIDR blocks; optional, files without it load as before) or
+presents its `tls_client_cn` over mutual TLS. Known senders may use the slots kept
+for them (WPC_MLLP_RESERVED_SLOTS), are exempt from the per-address connection limit
+and the first-frame deadline, and their idle connections are evicted last
+(`adt_listener.admission`). An address only opens the door: it does not name the
+sender of a message, which on plain TCP is still read from MSH-4 (two senders may
+share an address behind one interface engine or NAT).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +38,7 @@ from typing import Literal
 import yaml
 
 ValidationMode = Literal["off", "sampled", "all"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SendersFileError(ValueError):
@@ -41,6 +53,7 @@ class Sender:
     tls_client_cn: str | None = None
     validation: ValidationMode = "sampled"
     sample_rate: float = 0.05
+    addresses: tuple[Network, ...] = ()
 
     def allows(self, facility: str) -> bool:
         return not self.facilities or facility in self.facilities
@@ -61,6 +74,23 @@ class Senders:
 
     def by_certificate(self, cn: str) -> Sender | None:
         return next((s for s in self.senders if s.tls_client_cn == cn), None)
+
+    @property
+    def reserves(self) -> bool:
+        """Whether any sender can be known on connecting (by address or certificate), so
+        that slots kept for known senders serve someone."""
+        return any(s.addresses or s.tls_client_cn for s in self.senders)
+
+    def by_address(self, address: str) -> Sender | None:
+        """The sender whose `addresses` hold this peer address, or None. An IPv4 peer
+        seen on a dual-stack socket (``::ffff:10.0.0.5``) matches its IPv4 entry."""
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return next((s for s in self.senders if any(ip in net for net in s.addresses)), None)
 
     def by_token(self, token: str) -> Sender | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -99,6 +129,13 @@ def load_senders(path: Path | None) -> Senders:
         rate = float(entry.get("sample_rate", 0.05))
         if not 0.0 <= rate <= 1.0:
             raise SendersFileError(f"{path}: sender {entry['name']}: sample_rate must be within 0..1")
+        addresses = entry.get("addresses") or []
+        if not isinstance(addresses, list):
+            raise SendersFileError(f"{path}: sender {entry['name']}: addresses must be a list of IPs or CIDRs")
+        try:
+            networks = tuple(ipaddress.ip_network(str(a), strict=False) for a in addresses)
+        except ValueError as exc:
+            raise SendersFileError(f"{path}: sender {entry['name']}: addresses: {exc}") from exc
         senders.append(
             Sender(
                 name=str(entry["name"]),
@@ -107,6 +144,7 @@ def load_senders(path: Path | None) -> Senders:
                 tls_client_cn=entry.get("tls_client_cn"),
                 validation=mode,
                 sample_rate=rate,
+                addresses=networks,
             )
         )
     by_facility: dict[str, Sender] = {}

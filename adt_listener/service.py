@@ -24,6 +24,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adt_listener import tls
 from adt_listener.conformance import ConformanceWorker
 from adt_listener.events import EVENT_BACKLOG, EVENT_RELAY_LEADER, DerivedEvents
 from adt_listener.feed_report import router as feed_quality_router
@@ -47,13 +48,7 @@ EVENTS_LOCK_KEY = 2  # the shared outbox relay holds key 1 (services.outbox)
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert_file is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file))
-    if settings.tls_client_ca_file is not None:
-        ctx.load_verify_locations(cafile=str(settings.tls_client_ca_file))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return tls.server_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
 
 
 @dataclass
@@ -107,6 +102,9 @@ class Listener:
                 idle_timeout_s=settings.mllp_idle_timeout_s,
                 read_timeout_s=settings.mllp_read_timeout_s,
                 max_connections=settings.mllp_max_connections,
+                first_frame_timeout_s=settings.mllp_first_frame_timeout_s,
+                max_connections_per_address=settings.mllp_max_connections_per_address,
+                reserved_slots=settings.mllp_reserved_slots,
             ),
             ssl_context=tls_context(settings),
         )
@@ -116,7 +114,7 @@ class Listener:
         app = build_app(
             self.ingestor, self.senders,
             checks={"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping},
-            max_body_bytes=settings.mllp_max_frame_bytes,
+            max_body_bytes=settings.http_max_body_bytes or settings.mllp_max_frame_bytes,
             extra_routers=(feed_quality_router(self.engine, self.senders),),
         )
         self.http = HttpServer(app, settings.http_host, settings.listener_http_port)

@@ -21,10 +21,15 @@ duplicated.
 
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
 it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
-content) and skipped, so one bad record cannot block the partition. A database error propagates: the consumer loop then
-re-reads the batch, and `processed_event` makes the re-run a no-op for what was done.
-Conflicts between concurrent transactions (deadlock, unique violation when two
-instances create the same person at once) are retried here.
+content) and skipped, so one bad record cannot block the partition.
+
+Failures while applying an event (`services.consumer.is_transient` tells them apart):
+conflicts between concurrent transactions (deadlock, unique violation when two
+instances create the same person at once) are retried here; transient trouble (the
+database away) propagates, the consumer loop re-reads the batch, and `processed_event`
+makes the re-run a no-op for what was done; an event that fails on its own is parked
+(`services.parking`: kept, dead-lettered, logged by class and code locations) and its
+lane goes on, so the others of its group are applied once each.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from enrollment_svc import metrics
 from enrollment_svc.sql import Sql, driver_connection
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
-from services.consumer import keep_undecodable
+from services.consumer import keep_undecodable, sqlstate
+from services.parking import Parking, RecordRef
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +68,6 @@ _RETRYABLE = frozenset({"40001", "40P01", "23505"})
 # so one generic plan per statement and connection is what they need. SET LOCAL: the pooled
 # connection goes back to the pool without it.
 _BEGIN = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of an asyncpg error, bare or wrapped by SQLAlchemy (``DBAPIError.orig``)."""
-    for candidate in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-    return None
 
 
 def lane_of(key: bytes | None, lanes: int) -> int:
@@ -98,25 +95,29 @@ class Lane:
             raise
         await self._driver.execute("COMMIT")
 
-    async def apply(self, events: Sequence[AdtEventV1]) -> list[Applied]:
+    async def apply(self, events: Sequence[AdtEventV1], sources: Sequence[RecordRef] | None = None) -> list[Applied]:
+        """Apply ``events`` in order. With ``sources`` (the records they came from) and the
+        handler's parking, an event that fails on its own is parked (``Applied.parked``)
+        instead of failing the call."""
+        items = list(zip(events, sources, strict=True)) if sources is not None else [(e, None) for e in events]
         step = self._handler.group_max
         applied: list[Applied] = []
-        for i in range(0, len(events), step):
-            applied += await self._group(events[i : i + step])
+        for i in range(0, len(items), step):
+            applied += await self._group(items[i : i + step])
         return applied
 
-    async def _group(self, events: Sequence[AdtEventV1]) -> list[Applied]:
-        if len(events) == 1:
-            return [await self._one(events[0])]
+    async def _group(self, items: Sequence[tuple[AdtEventV1, RecordRef | None]]) -> list[Applied]:
+        if len(items) == 1:
+            return [await self._one(*items[0])]
         store, clock = self._handler.store, self._handler.clock
         applied: list[Applied] = []
-        while len(applied) < len(events):
-            rest = events[len(applied) :]
+        while len(applied) < len(items):
+            rest = items[len(applied) :]
             done: list[Applied] = []
             started = time.perf_counter()
             try:
                 async with self._transaction():
-                    for event in rest:
+                    for event, _ in rest:
                         done.append(await store.apply_adt_event(self._sql, event, clock()))
                         if done[-1].candidate_id is not None:
                             # Commit now: a new candidate holds its program's capacity row until
@@ -124,15 +125,26 @@ class Lane:
                             break
             except Exception as exc:  # rolled back as a whole: redo the rest one event per transaction
                 log.info("group of %d events failed (%s, sqlstate %s); applying them one by one",
-                         len(rest), type(exc).__name__, _sqlstate(exc))
-                return applied + [await self._one(event) for event in rest]
+                         len(rest), type(exc).__name__, sqlstate(exc))
+                return applied + [await self._one(event, source) for event, source in rest]
             seconds = time.perf_counter() - started
-            for event, one in zip(rest, done, strict=False):
+            for (event, _), one in zip(rest, done, strict=False):
                 _committed(event, one, seconds)
             applied += done
         return applied
 
-    async def _one(self, event: AdtEventV1) -> Applied:
+    async def _one(self, event: AdtEventV1, source: RecordRef | None = None) -> Applied:
+        """Apply one event in its own transaction; park it when it keeps failing on its own."""
+        parking = self._handler.parking
+        if source is None or parking is None:
+            return await self._alone(event)
+        applied = await parking.attempt(source, lambda: self._alone(event), event_id=event.event_id)
+        if applied is None:
+            metrics.EVENTS.labels(outcome="parked").inc()
+            return Applied(parked=True)
+        return applied
+
+    async def _alone(self, event: AdtEventV1) -> Applied:
         """Apply one event in its own transaction, retrying conflicts with other transactions."""
         started = time.perf_counter()
         for attempt in range(1, _RETRIES + 1):
@@ -141,7 +153,7 @@ class Lane:
                     applied = await self._handler.store.apply_adt_event(self._sql, event, self._handler.clock())
                 break
             except Exception as exc:
-                if _sqlstate(exc) not in _RETRYABLE or attempt == _RETRIES:
+                if sqlstate(exc) not in _RETRYABLE or attempt == _RETRIES:
                     raise
                 await asyncio.sleep(0.01 * attempt)
         _committed(event, applied, time.perf_counter() - started)
@@ -166,8 +178,10 @@ class AdtEventHandler:
         group_max: int = 64,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_commit: Callable[[], None] | None = None,
+        parking: Parking | None = None,
     ) -> None:
         self._engine = engine
+        self.parking = parking  # None: an event that fails raises (benchmarks, tests of the lanes)
         self.store = store
         self.lanes = lanes
         self.group_max = group_max
@@ -189,14 +203,26 @@ class AdtEventHandler:
 
     async def _run_lane(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         events: list[AdtEventV1] = []
+        sources: list[RecordRef] = []
         for record in records:
             try:
                 events.append(AdtEventV1.model_validate_json(record.value))
             except ValidationError:
                 await self._keep_undecodable(record)
+                continue
+            sources.append(RecordRef.of(record))
         if events:
             async with self.lane() as lane:
-                await lane.apply(events)
+                await lane.apply(events, sources)
+
+    async def reapply(self, record: RecordRef) -> None:
+        """Apply a parked record again (`services.parking.Parking.redrive`); raises when it
+        still fails. Idempotent by event id, as every application is."""
+        event = AdtEventV1.model_validate_json(record.value)
+        async with self.lane() as lane:
+            await lane.apply([event])
+        if self._on_commit is not None:
+            self._on_commit()
 
     @contextlib.asynccontextmanager
     async def lane(self) -> AsyncIterator[Lane]:

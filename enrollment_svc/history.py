@@ -44,9 +44,13 @@ carries (PV1-2, PV1-3.1, PV1-3.4, PV1-10): an empty field in HL7 becomes ``None`
   the latest A02, A13 the latest A03: their diagnoses drop.
 - ``ever_inpatient``: PV1-2 was I while the patient was there (active or discharged);
   a pre-admit of class I is not an admission until the A01 (or A06) arrives.
-- Triggers not in the table (A09, A10, A14, A21, ...) are kept in the store but do not
-  change the encounter; person-level and identity-maintenance triggers (A28, A31,
-  A34, A40, A47, ...) concern no encounter and never reach the store.
+- Every trigger A01–A62 has an entry in `TRIGGERS` (the table is the data; each row
+  gives the chapter 3 section and why): ``transition`` (the table above),
+  ``update`` (fields only: A08, A12), ``identity`` (person-level; merges are the store's
+  business, `MERGE_TRIGGERS`) or ``none``. An event of an ``identity`` or ``none``
+  trigger, and of any trigger not in the table (A56–A59 are unassigned, O01 is not
+  ADT), concerns no encounter: `encounter_event` returns None and nothing is stored for
+  the visit. So a lone A14 or A18 can never leave an encounter without a state.
 
 Times are aware UTC: a naive HL7 time is local to the sender, read in the site's zone.
 """
@@ -66,13 +70,17 @@ from schemas.adt_event import AdtEventV1
 
 __all__ = [
     "IDENTITY_TRIGGERS",
+    "MERGE_TRIGGERS",
     "TRANSITIONS",
+    "TRIGGERS",
+    "TriggerSpec",
     "classify",
     "dx_flags",
     "encounter_event",
     "facts",
     "fold",
     "to_utc",
+    "trigger_spec",
 ]
 
 _Status = Literal["unopened", "preadmit", "active", "discharged", "cancelled"]
@@ -106,18 +114,128 @@ TRANSITIONS: Mapping[tuple[_Status, str], _Status] = {
     ("discharged", "A13"): "active",
 }
 
-# Triggers fold understands (A08 and A12 change fields, not the status).
-_HANDLED = frozenset({trigger for _, trigger in TRANSITIONS} | {"A08", "A12"})
+Effect = Literal["transition", "update", "identity", "none"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TriggerSpec:
+    """What one trigger event does to history, and why (HL7 v2.5 chapter 3 section)."""
+
+    effect: Effect
+    section: str  # "3.3.14"; "" for codes HL7 never assigned
+    meaning: str
+    why: str
+
+
+def _t(effect: Effect, section: str, meaning: str, why: str) -> TriggerSpec:
+    return TriggerSpec(effect, section, meaning, why)
+
+
+_UNASSIGNED = "not assigned in HL7 table 0003 (v2.5 to v2.8 go from A55 to A60): nothing to apply"
+
+# Every ADT trigger A01–A62 (HL7 v2.5 chapter 3; v2.8 assigns the same codes). Sections are
+# v2.5's: 3.3.n for An up to A55, then 3.3.56–3.3.58 for A60–A62.
+TRIGGERS: Mapping[str, TriggerSpec] = {
+    "A01": _t("transition", "3.3.1", "admit / visit notification", "opens the visit (active)"),
+    "A02": _t("transition", "3.3.2", "transfer a patient", "same visit, new location; the patient is present"),
+    "A03": _t("transition", "3.3.3", "discharge / end visit", "ends the visit (PV1-45)"),
+    "A04": _t("transition", "3.3.4", "register a patient", "opens an ED or outpatient visit"),
+    "A05": _t("transition", "3.3.5", "pre-admit a patient", "a pre-admission: not an admission until A01/A06"),
+    "A06": _t("transition", "3.3.6", "change an outpatient to an inpatient", "the visit becomes inpatient"),
+    "A07": _t("transition", "3.3.7", "change an inpatient to an outpatient", "the visit becomes outpatient"),
+    "A08": _t("update", "3.3.8", "update patient information", "overwrites the visit fields it carries"),
+    "A09": _t("none", "3.3.9", "patient departing - tracking",
+              "a temporary move (PV1-11); the assigned location and the visit's course stay"),
+    "A10": _t("none", "3.3.10", "patient arriving - tracking",
+              "a temporary arrival (PV1-11); the assigned location and the visit's course stay"),
+    "A11": _t("transition", "3.3.11", "cancel admit / visit notification", "the visit was entered in error"),
+    "A12": _t("update", "3.3.12", "cancel transfer", "restores the location before the cancelled A02"),
+    "A13": _t("transition", "3.3.13", "cancel discharge / end visit", "the visit is open again"),
+    "A14": _t("none", "3.3.14", "pending admit",
+              "a planned admission, not one: the A01 or A05 that follows opens the visit"),
+    "A15": _t("none", "3.3.15", "pending transfer", "planned: the A02 that follows moves the patient"),
+    "A16": _t("none", "3.3.16", "pending discharge", "planned: the A03 that follows ends the visit"),
+    "A17": _t("none", "3.3.17", "swap patients",
+              "two patients exchange beds; the event holds one of the two PID/PV1 pairs, and a bed "
+              "changes no status, class or service that the programs count"),
+    "A18": _t("identity", "3.3.18", "merge patient information (kept for backward compatibility)",
+              "a merge like A40 when it carries MRG (the store merges), else nothing"),
+    "A19": _t("none", "3.3.19", "patient query", "a query (QRY/ADR), no change to anything"),
+    "A20": _t("none", "3.3.20", "bed status update", "about a bed (NPU), not a patient"),
+    "A21": _t("none", "3.3.21", "patient goes on a leave of absence",
+              "the visit stays open; programs count admissions, not days present"),
+    "A22": _t("none", "3.3.22", "patient returns from a leave of absence", "the visit was open throughout"),
+    "A23": _t("none", "3.3.23", "delete a patient record",
+              "purges old visit data from the sender's database; 3.3.23 sends errors as cancel "
+              "events, so the visit did happen and keeps counting"),
+    "A24": _t("identity", "3.3.24", "link patient information", "person-level (identity links are ops work)"),
+    "A25": _t("none", "3.3.25", "cancel pending discharge", "cancels an A16, which changed nothing"),
+    "A26": _t("none", "3.3.26", "cancel pending transfer", "cancels an A15, which changed nothing"),
+    "A27": _t("none", "3.3.27", "cancel pending admit", "cancels an A14, which changed nothing"),
+    "A28": _t("identity", "3.3.28", "add person information", "person-level: demographics, no visit"),
+    "A29": _t("identity", "3.3.29", "delete person information", "person-level, no visit"),
+    "A30": _t("identity", "3.3.30", "merge person information (backward compatibility)", "person-level"),
+    "A31": _t("identity", "3.3.31", "update person information", "person-level: demographics, no visit"),
+    "A32": _t("none", "3.3.32", "cancel patient arriving - tracking", "cancels an A10, which changed nothing"),
+    "A33": _t("none", "3.3.33", "cancel patient departing - tracking", "cancels an A09, which changed nothing"),
+    "A34": _t("identity", "3.3.34", "merge patient information - patient ID only",
+              "MRG-1 into PID-3: the store moves the prior identity's history"),
+    "A35": _t("identity", "3.3.35", "merge patient information - account number only",
+              "accounts are not kept"),
+    "A36": _t("identity", "3.3.36", "merge patient information - patient ID and account number",
+              "person-level"),
+    "A37": _t("identity", "3.3.37", "unlink patient information", "person-level (identity links are ops work)"),
+    "A38": _t("transition", "3.3.38", "cancel pre-admit", "the pre-admission was entered in error"),
+    "A39": _t("identity", "3.3.39", "merge person - patient ID", "person-level"),
+    "A40": _t("identity", "3.3.40", "merge patient - patient identifier list",
+              "MRG-1 into PID-3: the store moves the prior identity's history"),
+    "A41": _t("identity", "3.3.41", "merge account - patient account number", "accounts are not kept"),
+    "A42": _t("identity", "3.3.42", "merge visit - visit number",
+              "re-keys a visit: needs the store, not this fold; not applied"),
+    "A43": _t("identity", "3.3.43", "move patient information - patient identifier list", "person-level"),
+    "A44": _t("identity", "3.3.44", "move account information - patient account number", "accounts are not kept"),
+    "A45": _t("identity", "3.3.45", "move visit information - visit number",
+              "re-keys a visit: needs the store, not this fold; not applied"),
+    "A46": _t("identity", "3.3.46", "change patient ID (backward compatibility)", "person-level"),
+    "A47": _t("identity", "3.3.47", "change patient identifier list",
+              "MRG-1 renamed to PID-3: the store moves the prior identity's history"),
+    "A48": _t("identity", "3.3.48", "change alternate patient ID (backward compatibility)", "person-level"),
+    "A49": _t("identity", "3.3.49", "change patient account number", "accounts are not kept"),
+    "A50": _t("identity", "3.3.50", "change visit number",
+              "re-keys a visit: needs the store, not this fold; not applied"),
+    "A51": _t("identity", "3.3.51", "change alternate visit ID", "PV1-50 is not a key here"),
+    "A52": _t("none", "3.3.52", "cancel leave of absence", "cancels an A21, which changed nothing"),
+    "A53": _t("none", "3.3.53", "cancel patient returns from a leave of absence",
+              "cancels an A22, which changed nothing"),
+    "A54": _t("none", "3.3.54", "change attending doctor", "PV1-7 is not part of history"),
+    "A55": _t("none", "3.3.55", "cancel change attending doctor", "cancels an A54, which changed nothing"),
+    "A56": _t("none", "", "not defined", _UNASSIGNED),
+    "A57": _t("none", "", "not defined", _UNASSIGNED),
+    "A58": _t("none", "", "not defined", _UNASSIGNED),
+    "A59": _t("none", "", "not defined", _UNASSIGNED),
+    "A60": _t("none", "3.3.56", "update allergy information", "allergies (IAM) are not part of history"),
+    "A61": _t("none", "3.3.57", "change consulting doctor", "PV1-9 is not part of history"),
+    "A62": _t("none", "3.3.58", "cancel change consulting doctor", "cancels an A61, which changed nothing"),
+}  # fmt: skip
+
+_NOT_IN_TABLE = TriggerSpec("none", "", "not an ADT trigger A01–A62", "nothing to apply")
+
+
+def trigger_spec(trigger: str) -> TriggerSpec:
+    """The entry of ``trigger`` (case and spaces ignored); ``none`` for anything unknown."""
+    return TRIGGERS.get(trigger.strip().upper(), _NOT_IN_TABLE)
+
+
+# Triggers fold understands: they change the status (TRANSITIONS) or the fields.
+_HANDLED = frozenset(t for t, spec in TRIGGERS.items() if spec.effect in ("transition", "update"))
 _CANCEL_VISIT = frozenset({"A11", "A38"})  # they undo; their own fields describe nothing new
 _PRESENT: frozenset[_Status] = frozenset({"active", "discharged"})  # the patient is (was) there
 
-# HL7 v2 chapter 3: triggers about a person or its identifiers, not about a visit's course
-# (add/update/delete person, merges, moves, identifier changes, links). A42, A45, A50 and
-# A51 re-key a visit: applying them needs the store, not this fold.
-IDENTITY_TRIGGERS = frozenset(
-    {"A24", "A28", "A29", "A30", "A31", "A34", "A35", "A36", "A37", "A39", "A40", "A41", "A42",
-     "A43", "A44", "A45", "A46", "A47", "A48", "A49", "A50", "A51"}
-)  # fmt: skip
+# Person-level triggers (add/update/delete person, merges, moves, identifier changes, links).
+IDENTITY_TRIGGERS = frozenset(t for t, spec in TRIGGERS.items() if spec.effect == "identity")
+# The identity triggers whose MRG-1 identifiers the store merges into PID-3 (3.3.18, 3.3.34,
+# 3.3.40, 3.3.47). An A18 without MRG has no prior identifier, so it merges nothing.
+MERGE_TRIGGERS = frozenset({"A18", "A34", "A40", "A47"})
 
 # PV1-2 patient class, HL7 table 0004.
 INPATIENT = "I"
@@ -160,11 +278,11 @@ def _icd10(system: str | None) -> bool:
 
 
 def encounter_event(event: AdtEventV1, zone: ZoneInfo) -> EncounterEvent | None:
-    """The event as it concerns its encounter, or None when it concerns none (no PV1-19,
-    or a person-level / identity-maintenance trigger)."""
+    """The event as it concerns its encounter, or None when it concerns none: no PV1-19,
+    or a trigger whose effect (`TRIGGERS`) is ``identity`` or ``none``."""
     trigger = event.trigger_event.strip().upper()
     visit = event.visit
-    if trigger in IDENTITY_TRIGGERS or visit is None or _text(visit.visit_number) is None:
+    if trigger not in _HANDLED or visit is None or _text(visit.visit_number) is None:
         return None
     received_at = to_utc(event.received_at, zone)
     assert received_at is not None  # a required field of adt.events

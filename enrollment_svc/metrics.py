@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the store counts transitions here, so it imports this modul
 
 EVENTS = Counter(
     "wpc_enrollment_events_total",
-    "adt.events records handled, by outcome (applied, duplicate, undecodable)",
+    "adt.events records handled, by outcome (applied, duplicate, undecodable, parked)",
     ["outcome"],
 )
 DECISIONS = Counter(

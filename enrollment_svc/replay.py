@@ -34,7 +34,8 @@ from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.service import rules_of
 from enrollment_svc.store import EnrollmentStore, event_from_body
 from services import db
-from services.settings import Settings
+from services.runinfo import tool_database_url
+from services.settings import load_settings
 
 
 async def replay(conn: AsyncConnection, rules: Rules, now: dt.datetime, *, apply: bool) -> dict[str, Any]:
@@ -100,14 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    if not settings.database_url:
-        print("wpc replay: set WPC_DATABASE_URL")
-        return 2
-    rules = load_rules(args.rules) if args.rules else rules_of(settings)
+    settings = load_settings()
+    # WPC_DATABASE_URL, else the running `wpc up`'s database; none: ConfigError (exit 2)
+    url = tool_database_url(settings.database_url, settings.data_dir)
+    rules = load_rules(args.rules, setting="--rules") if args.rules else rules_of(settings)
 
     async def main() -> dict[str, Any]:
-        engine = db.create_engine(settings.database_url, pool_size=1)
+        engine = db.create_engine(url, pool_size=1)
         try:
             async with engine.begin() as conn:
                 return await replay(conn, rules, dt.datetime.now(dt.UTC), apply=args.apply)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.enrollment import PROGRAMS
+from services import icd10
+from services.configfile import ConfigError, YamlDocument, parse_yaml, read_yaml, validate
 
 __all__ = ["Rules", "load_rules", "rules_from_text"]
 
@@ -31,13 +32,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _icd10(code: str) -> str:
+    # A look-alike typo (F2l for F21) would match no diagnosis at all, silently.
+    if (problem := icd10.problem(code)) is not None:
+        raise ValueError(problem)
+    return code
+
+
+Icd10Code = Annotated[str, AfterValidator(_icd10)]
+
+
 class ValueSet(_Strict):
     """ICD-10-CM codes by prefix: a code belongs when it starts with an ``include`` prefix and
     with no ``exclude`` prefix. Codes are compared upper case without the dot (F10.21 → F1021)."""
 
     description: str = ""
-    include: tuple[str, ...]
-    exclude: tuple[str, ...] = ()
+    include: tuple[Icd10Code, ...]
+    exclude: tuple[Icd10Code, ...] = ()
 
     @field_validator("include", "exclude", mode="after")
     @classmethod
@@ -50,7 +61,7 @@ class ValueSet(_Strict):
 
 
 def canonical_code(code: str) -> str:
-    return code.strip().upper().replace(".", "")
+    return icd10.canonical(code)
 
 
 class Facility(_Strict):
@@ -166,7 +177,8 @@ class Rules(_Strict):
     def _consistent(self) -> Rules:
         unknown = set(self.priority) - set(PROGRAMS)
         if unknown or set(self.priority) != set(self.programs) or len(self.priority) != len(PROGRAMS):
-            raise ValueError(f"priority and programs must both list exactly {', '.join(PROGRAMS)}")
+            # "<key>: " first: the loader reports the line of that key (services.configfile).
+            raise ValueError(f"priority: priority and programs must both list exactly {', '.join(PROGRAMS)}")
         needed = {
             "smi",
             "sud",
@@ -178,10 +190,10 @@ class Rules(_Strict):
         }
         missing = needed - set(self.value_sets)
         if missing:
-            raise ValueError(f"value_sets lacks: {', '.join(sorted(missing))}")
+            raise ValueError(f"value_sets: lacks {', '.join(sorted(missing))} (named by the program rules)")
         stray = set(self.toc.admission_only_dx) - set(self.toc.any_of_dx)
         if stray:
-            raise ValueError(f"toc.admission_only_dx names sets not in toc.any_of_dx: {', '.join(sorted(stray))}")
+            raise ValueError(f"toc.admission_only_dx: names sets not in toc.any_of_dx: {', '.join(sorted(stray))}")
         return self
 
     @property
@@ -213,13 +225,21 @@ class Rules(_Strict):
         return dt.timedelta(days=31 * months)
 
 
-def rules_from_text(text: str) -> Rules:
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError("the rules file must be a YAML mapping")
-    data["digest"] = hashlib.sha256(text.encode()).hexdigest()
-    return Rules.model_validate(data)
+_HINT = "set WPC_RULES_FILE to a rules file (format: enrollment_svc/RULES.md, example: deploy/rules/wpc-rules.yaml)"
 
 
-def load_rules(path: Path) -> Rules:
-    return rules_from_text(path.read_text(encoding="utf-8"))
+def rules_from_text(text: str, source: str = "rules file") -> Rules:
+    """The rules in ``text``; a mistake raises `ConfigError` naming ``source`` and the line."""
+    return _rules_of(parse_yaml(text, source))
+
+
+def load_rules(path: Path, *, setting: str | None = None) -> Rules:
+    """The rules file at ``path`` (chosen by the variable ``setting``, for messages)."""
+    return _rules_of(read_yaml(path, setting=setting, hint=_HINT))
+
+
+def _rules_of(doc: YamlDocument) -> Rules:
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{doc.label}: the rules file must be a YAML mapping (see enrollment_svc/RULES.md)")
+    digest = hashlib.sha256(doc.text.encode()).hexdigest()
+    return validate(doc, Rules, {**doc.data, "digest": digest})

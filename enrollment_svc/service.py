@@ -1,10 +1,10 @@
 """Composition root of the enrollment service, and the `wpc enrollment` command.
 
 `EnrollmentService` builds everything from `Settings` (engine, rules, store, the
-`adt.events` consumer, the outbox relay, the expiry sweeper, the care team's API) and
-owns their lifecycle as one async context. Leaving it is the SIGTERM drain: stop the
-API, stop consuming (the batch in hand finishes and its offsets are committed), last
-relay publish, close.
+`adt.events` consumer and its parking, the outbox relay, the expiry sweeper, the care
+team's API and the parked records' API) and owns their lifecycle as one async context.
+Leaving it is the SIGTERM drain: stop the API, stop consuming (the batch in hand
+finishes and its offsets are committed), last relay publish, close.
 
 The relay is the shared one of `services.outbox`: it publishes every row of the
 ``outbox`` table under one advisory lock, so with the listener in the same database
@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -36,15 +37,31 @@ from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
+from services.parking import Parking, Reapply, parking_router
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "rules" / "wpc-rules.yaml"
+_GAUGE_INTERVAL_S = 60.0
 
 
 def rules_of(settings: Settings) -> Rules:
-    return load_rules(settings.rules_file or EXAMPLE_RULES)
+    if settings.rules_file is None:
+        return load_rules(EXAMPLE_RULES)
+    return load_rules(settings.rules_file, setting="WPC_RULES_FILE")
+
+
+def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
+    """The parking of the `adt.events` consumer group (`services.parking`)."""
+    return Parking(engine, settings.enrollment_group_id, settings.topic_enrollment_deadletter, on_park=on_park)
+
+
+def redrive_handler(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
+    """What `wpc redrive` needs to apply this group's parked records again, outside the service."""
+    store = EnrollmentStore(rules_of(settings), Topics(settings.topic_enrollment_candidates,
+                                                       settings.topic_enrollment_events))
+    return parking_of(settings, engine), AdtEventHandler(engine, store, lanes=1).reapply
 
 
 class EnrollmentService:
@@ -69,17 +86,22 @@ class EnrollmentService:
         self.store = EnrollmentStore(
             self.rules, Topics(settings.topic_enrollment_candidates, settings.topic_enrollment_events)
         )
+        self.parking = parking_of(settings, self.engine, on_park=self.relay.wake)
         self.handler = AdtEventHandler(
-            self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake
+            self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake, parking=self.parking
         )
         self.consumer = ConsumerLoop(
-            settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler
+            settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler,
+            max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
+            restart_window_s=settings.consumer_restart_window_s,
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
-        checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping}
+        checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping,
+                                    f"consumer {self.consumer.group}": self.consumer.check}
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(enrollment_router(self.engine, self.store))
+        app.include_router(parking_router(self.parking, self.handler.reapply))
         self.app = app
         self.http = HttpServer(app, settings.http_host, settings.enrollment_http_port)
         self._stop = asyncio.Event()
@@ -101,6 +123,10 @@ class EnrollmentService:
             asyncio.create_task(
                 lifecycle.every(self._stop, self.settings.expiry_interval_s, self._expire_once, "expiry sweep"),
                 name="enrollment-expiry",
+            ),
+            asyncio.create_task(
+                lifecycle.every(self._stop, _GAUGE_INTERVAL_S, self.parking.refresh_gauge, "parked gauge"),
+                name="enrollment-parked-gauge",
             ),
         ]
         await self.http.start()

@@ -62,7 +62,7 @@ __all__ = ["Applied", "EnrollmentStore", "Topics"]
 
 log = logging.getLogger(__name__)
 
-_MERGE_TRIGGERS = frozenset({"A34", "A40", "A47"})  # chapter 3.3.34/3.3.40/3.3.47: MRG-1 → PID-3
+_MERGE_TRIGGERS = history.MERGE_TRIGGERS  # A18 (with MRG), A34, A40, A47: MRG-1 → PID-3
 
 # A caller's SQLAlchemy connection (API, replay, tests) or the handler's driver connection.
 Conn = AsyncConnection | Sql
@@ -87,6 +87,7 @@ class Applied:
     """What one input did: for logs, metrics and tests (ids only, no PHI)."""
 
     duplicate: bool = False
+    parked: bool = False  # set aside by the handler (services.parking): nothing of it was applied
     person_id: uuid.UUID | None = None
     encounter_id: uuid.UUID | None = None
     evaluation: Evaluation | None = None
@@ -411,7 +412,8 @@ class EnrollmentStore:
         # as this event alone makes it: what a new encounter is stored as.
         new_id = uuid.uuid4()
         state = history.fold(facility, visit_number, [ev])
-        assert state is not None
+        if state is None:  # a trigger with no effect on a visit (history.TRIGGERS): nothing to store
+            return Applied(person_id=person_id)
         facts = history.facts(str(new_id), state, self.rules)
         trigger = None if late else eligibility.trigger_for(trigger_event, facts, event_time=ev.event_time)
         since = trigger.at - self.rules.longest_lookback() if trigger is not None else now
@@ -439,7 +441,8 @@ class EnrollmentStore:
         if not row["inserted"]:
             # Events already stored (a redelivered one counts once: fold dedupes by event id).
             state = history.fold(facility, visit_number, [*map(event_from_body, row["bodies"]), ev])
-            assert state is not None
+            if state is None:  # unreachable: ev folds alone (above), so it folds with the others
+                return Applied(person_id=person_id, encounter_id=encounter_id)
             facts = history.facts(str(encounter_id), state, self.rules)
             trigger = None if late else eligibility.trigger_for(trigger_event, facts, event_time=ev.event_time)
             params = _encounter_params(encounter_id, state, facts)

@@ -23,14 +23,15 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notifier.model import ChannelKind, Endpoint, EventKind
 from schemas.enrollment import PROGRAMS
+from services import icd10
+from services.configfile import ConfigError, YamlDocument, parse_yaml, read_yaml, validate
 
 
 class _Strict(BaseModel):
@@ -95,9 +96,18 @@ class PracticeConfig(RecipientConfig):
     provider_ids: list[str] = Field(default=[], description="NPIs / provider ids of its PCPs (PD1-4, ROL-4)")
 
 
+def _icd10(code: str) -> str:
+    # A typo here (F1O for F10) would let SUD diagnoses through to recipients without consent.
+    if (problem := icd10.problem(code)) is not None:
+        raise ValueError(problem)
+    return code
+
+
 class Part2Config(_Strict):
     facilities: list[str] = Field(default=[], description="Facilities (MSH-4) that are 42 CFR Part 2 programs")
-    sud_code_prefixes: list[str] = Field(min_length=1, description="ICD-10-CM prefixes that are SUD information")
+    sud_code_prefixes: list[Annotated[str, AfterValidator(_icd10)]] = Field(
+        min_length=1, description="ICD-10-CM prefixes that are SUD information"
+    )
     without_consent: Literal["redact", "omit"] = "redact"
 
 
@@ -142,19 +152,28 @@ class NotifyConfig(_Strict):
             raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
+    @field_validator("care_teams")
+    @classmethod
+    def _every_program_served(cls, teams: list[CareTeamConfig]) -> list[CareTeamConfig]:
+        # A field check, not a model check, so that the message points at the care_teams line.
+        for program in PROGRAMS:
+            if not any(program in t.programs for t in teams):
+                raise ValueError(f"no care team serves {program}: add a team with programs: [{program}] "
+                                 "(or add it to a team's programs)")
+        return teams
+
     @model_validator(mode="after")
     def _consistent(self) -> NotifyConfig:
+        # Messages start with the key they are about: the loader reports that key's line.
         ids = [r.id for r in (*self.care_teams, *self.practices)]
         if len(set(ids)) != len(ids):
-            raise ValueError("recipient ids must be unique across care teams and practices")
-        for program in PROGRAMS:
-            if not any(program in t.programs for t in self.care_teams):
-                raise ValueError(f"no care team serves {program}")
-        for r in (*self.care_teams, *self.practices):
-            if r.digest_at is not None and any(e.channel == "fhir" for e in r.endpoints):
-                # A FHIR notification message is about one event (Da Vinci Unsolicited
-                # Notifications); a digest of many has no place in it.
-                raise ValueError(f"recipient {r.id!r}: a FHIR endpoint cannot take a digest")
+            raise ValueError("care_teams: recipient ids must be unique across care teams and practices")
+        for kind, recipients in (("care_teams", self.care_teams), ("practices", self.practices)):
+            for n, r in enumerate(recipients):
+                if r.digest_at is not None and any(e.channel == "fhir" for e in r.endpoints):
+                    # A FHIR notification message is about one event (Da Vinci Unsolicited
+                    # Notifications); a digest of many has no place in it.
+                    raise ValueError(f"{kind}[{n}].digest_at: recipient {r.id!r}: a FHIR endpoint cannot take a digest")
         return self
 
     @property
@@ -204,13 +223,21 @@ def endpoints_of(recipient: RecipientConfig, secrets: Mapping[str, str]) -> dict
     return out
 
 
-def config_from_text(text: str) -> NotifyConfig:
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError("the notification configuration must be a YAML mapping")
-    data["digest"] = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return NotifyConfig.model_validate(data)
+_HINT = "set WPC_NOTIFY_FILE to a notification configuration (example: deploy/notify/wpc-notify.yaml)"
 
 
-def load_config(path: Path) -> NotifyConfig:
-    return config_from_text(path.read_text(encoding="utf-8"))
+def config_from_text(text: str, source: str = "notification configuration") -> NotifyConfig:
+    """The configuration in ``text``; a mistake raises `ConfigError` naming ``source`` and the line."""
+    return _config_of(parse_yaml(text, source))
+
+
+def load_config(path: Path, *, setting: str | None = None) -> NotifyConfig:
+    """The configuration file at ``path`` (chosen by the variable ``setting``, for messages)."""
+    return _config_of(read_yaml(path, setting=setting, hint=_HINT))
+
+
+def _config_of(doc: YamlDocument) -> NotifyConfig:
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{doc.label}: the notification configuration must be a YAML mapping")
+    digest = hashlib.sha256(doc.text.encode()).hexdigest()[:12]
+    return validate(doc, NotifyConfig, {**doc.data, "digest": digest})

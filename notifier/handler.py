@@ -9,12 +9,17 @@ both, and the PCP's enrollment notice is made when both are known, exactly once
 (``enrolled_notified``).
 
 A record that does not decode against its contract is kept in ``undecodable_event`` and
-skipped; a database error propagates, and the consumer loop re-reads the batch.
+skipped. When the batch's transaction fails, transient trouble (the database away,
+`services.consumer.is_transient`) propagates and the consumer loop re-reads the batch;
+any other failure has the batch applied again one record per transaction, and a record
+that keeps failing on its own is parked (`services.parking`) while the others are
+applied, once each.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +33,8 @@ from notifier.config import NotifyConfig
 from notifier.store import ENDED, CandidateState
 from schemas.adt_event import AdtEventV1
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
-from services.consumer import keep_undecodable
+from services.consumer import is_transient, keep_undecodable
+from services.parking import Parking, RecordRef
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +56,54 @@ class NotifierHandler:
         *,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_notice: Callable[[], None] = lambda: None,
+        parking: Parking | None = None,
     ) -> None:
         self._engine = engine
         self._cfg = cfg
         self._topics = topics
         self._clock = clock
         self._on_notice = on_notice
+        self._parking = parking  # None: a failing record fails the batch (tests of the flow)
 
     async def __call__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """A consumer batch (one partition) in one transaction: fewer commits, same guarantees,
         since every record's dedupe mark commits with its effects or not at all."""
-        await self._apply_all([(r.topic, r.value or b"", r.partition, r.offset) for r in records])
+        refs = [RecordRef.of(r) for r in records]
+        if self._parking is None:
+            await self._apply_all(refs)
+            return
+        try:
+            await self._apply_all(refs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.info("batch of %d records failed (%s); applying them one by one", len(refs), type(exc).__name__)
+            for ref in refs:
+                if await self._parking.attempt(ref, functools.partial(self._apply_all, [ref])) is None:
+                    metrics.EVENTS.labels(topic=ref.topic, outcome="parked").inc()
 
     async def apply(self, topic: str, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
-        await self._apply_all([(topic, value, partition, offset)])
+        await self._apply_all([RecordRef(topic, partition, offset, None, value)])
 
-    async def _apply_all(self, records: Sequence[tuple[str, bytes, int, int]]) -> None:
+    async def reapply(self, record: RecordRef) -> None:
+        """Apply a parked record again (`services.parking.Parking.redrive`); raises when it
+        still fails. A record applied before is a duplicate, a no-op."""
+        await self._apply_all([record])
+
+    async def _apply_all(self, records: Sequence[RecordRef]) -> int:
+        """The records in one transaction; returns the number of notices made."""
         outcomes: list[tuple[str, str]] = []
         made = 0
         async with self._engine.begin() as conn:
-            for topic, value, partition, offset in records:
-                outcome, n = await self._apply_one(conn, topic, value, partition, offset)
-                outcomes.append((topic, outcome))
+            for r in records:
+                outcome, n = await self._apply_one(conn, r.topic, r.value, r.partition, r.offset)
+                outcomes.append((r.topic, outcome))
                 made += n
         for topic, outcome in outcomes:
             metrics.EVENTS.labels(topic=topic, outcome=outcome).inc()
         if made:
             self._on_notice()
+        return made
 
     async def _apply_one(
         self, conn: AsyncConnection, topic: str, value: bytes, partition: int, offset: int

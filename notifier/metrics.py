@@ -6,7 +6,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
-    "wpc_notifier_events_total", "Kafka records handled, by topic and outcome (applied, duplicate, undecodable)",
+    "wpc_notifier_events_total",
+    "Kafka records handled, by topic and outcome (applied, duplicate, undecodable, parked)",
     ["topic", "outcome"],
 )
 NOTICES = Counter(

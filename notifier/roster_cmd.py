@@ -15,7 +15,9 @@ from pathlib import Path
 from notifier.api import load_roster, parse_roster_csv
 from notifier.service import config_of
 from services import db
-from services.settings import Settings
+from services.configfile import ConfigError
+from services.runinfo import tool_database_url
+from services.settings import Settings, load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +36,13 @@ async def _load(settings: Settings, csv_text: str, source: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    if not settings.database_url:
-        print("wpc load-roster: set WPC_DATABASE_URL")
-        return 2
+    settings = load_settings()
+    # WPC_DATABASE_URL, else the running `wpc up`'s database; none: ConfigError (exit 2)
+    settings = settings.model_copy(update={"database_url": tool_database_url(settings.database_url, settings.data_dir)})
     try:
         loaded = asyncio.run(_load(settings, args.file.read_text(encoding="utf-8"), args.source))
+    except ConfigError:
+        raise  # the notification configuration: one line and exit 2, from `wpc`
     except ValueError as exc:
         print(f"wpc load-roster: {exc}")
         return 1

@@ -1,8 +1,9 @@
 """Composition root of the notifier, and the `wpc notifier` command.
 
 `NotifierService` builds everything from `Settings` and the notification configuration
-(engine, channels, the consumer of the three topics, the dispatcher, the outbox relay for
-dead letters, the API) and owns their lifecycle as one async context. Leaving it is the
+(engine, channels, the consumer of the three topics and its parking, the dispatcher, the
+outbox relay for dead letters, the API and the parked records' API) and owns their
+lifecycle as one async context. Leaving it is the
 SIGTERM drain: stop the API, stop consuming (the batch in hand is committed), let the
 sender finish the attempts in hand and record them, last relay publish, close.
 """
@@ -15,7 +16,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from fastapi import FastAPI
@@ -32,10 +33,12 @@ from notifier.handler import NotifierHandler, Topics
 from services import db, lifecycle
 from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
+from services.configfile import ConfigError
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
+from services.parking import Parking, Reapply, parking_router
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,24 @@ _GAUGE_INTERVAL_S = 30.0
 
 def config_of(settings: Settings) -> NotifyConfig:
     if settings.notify_file is None:
-        raise SystemExit("wpc notifier: set WPC_NOTIFY_FILE to a notification configuration "
-                         "(example: deploy/notify/wpc-notify.yaml)")
-    return load_config(settings.notify_file)
+        raise ConfigError("WPC_NOTIFY_FILE is not set: the notifier needs its configuration "
+                          "(example: deploy/notify/wpc-notify.yaml)")
+    return load_config(settings.notify_file, setting="WPC_NOTIFY_FILE")
+
+
+def topics_of(settings: Settings) -> Topics:
+    return Topics(settings.topic_adt_events, settings.topic_enrollment_candidates,
+                  settings.topic_enrollment_events, settings.topic_notifications_deadletter)
+
+
+def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
+    """The parking of the notifier's consumer group (`services.parking`)."""
+    return Parking(engine, settings.notifier_group_id, settings.topic_notifier_deadletter, on_park=on_park)
+
+
+def redrive_handler(settings: Settings, engine: AsyncEngine, config: NotifyConfig) -> tuple[Parking, Reapply]:
+    """What `wpc redrive` needs to apply this group's parked records again, outside the service."""
+    return parking_of(settings, engine), NotifierHandler(engine, config, topics_of(settings)).reapply
 
 
 def channels_for(cfg: NotifyConfig, secrets: Mapping[str, str]) -> dict[str, Channel]:
@@ -88,24 +106,29 @@ class NotifierService:
         self.relay = OutboxRelay(
             self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
         )
-        topics = Topics(settings.topic_adt_events, settings.topic_enrollment_candidates,
-                        settings.topic_enrollment_events, settings.topic_notifications_deadletter)
+        topics = topics_of(settings)
         self.dispatcher = Dispatcher(
             self.engine, self.config, endpoints, self.channels, deadletter_topic=topics.deadletter,
             poll_interval_s=settings.notifier_poll_interval_s, on_deadletter=self.relay.wake,
         )
-        self.handler = NotifierHandler(self.engine, self.config, topics, on_notice=self.dispatcher.wake)
+        self.parking = parking_of(settings, self.engine, on_park=self.relay.wake)
+        self.handler = NotifierHandler(self.engine, self.config, topics, on_notice=self.dispatcher.wake,
+                                       parking=self.parking)
         self.consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers,
             [topics.candidates, topics.enrollment_events, topics.adt_events],
             settings.notifier_group_id,
             self.handler,
+            max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
+            restart_window_s=settings.consumer_restart_window_s,
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
-        checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping}
+        checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping,
+                                    f"consumer {self.consumer.group}": self.consumer.check}
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(notifier_router(self.engine, self.config, self.dispatcher.wake))
+        app.include_router(parking_router(self.parking, self.handler.reapply))
         self.app = app
         self.http = HttpServer(app, settings.http_host, settings.notifier_http_port)
         self._stop = asyncio.Event()
@@ -120,6 +143,10 @@ class NotifierService:
             asyncio.create_task(
                 lifecycle.every(self._stop, _GAUGE_INTERVAL_S, self.dispatcher.refresh_gauges, "notifier gauges"),
                 name="notifier-gauges",
+            ),
+            asyncio.create_task(
+                lifecycle.every(self._stop, _GAUGE_INTERVAL_S, self.parking.refresh_gauge, "parked gauge"),
+                name="notifier-parked-gauge",
             ),
         ]
         await self.http.start()

@@ -16,6 +16,7 @@ from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_event import AdtEventV1
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
 from schemas.notification import NotificationDeadLetterV1, NotificationV1
+from schemas.parked_event import ParkedEventV1
 
 JSON_DIR = Path(__file__).with_name("json")
 CONTRACTS: dict[str, type[BaseModel]] = {
@@ -25,6 +26,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "enrollment_event.v1.json": EnrollmentEventV1,
     "notification.v1.json": NotificationV1,
     "notification_deadletter.v1.json": NotificationDeadLetterV1,
+    "parked_event.v1.json": ParkedEventV1,
 }
 
 

@@ -30,10 +30,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.enrollment import PROGRAMS
+from services.configfile import ConfigError, read_yaml, validate
 
 
 @dataclass(frozen=True)
@@ -82,18 +83,46 @@ class Users:
         return cls({hashlib.sha256(token.encode()).hexdigest(): User(name, roles)})
 
 
-def load_users(path: Path) -> Users:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    if not isinstance(data, list):
-        raise ValueError("the users file must be a YAML list")
-    entries: dict[str, User] = {}
-    for item in data:
-        roles = frozenset(str(r) for r in item.get("roles", []))
-        unknown = {r for r in roles if r not in ("ops", "partner", "care_team:*")
-                   and not (r.startswith("care_team:") and r.split(":", 1)[1] in PROGRAMS)}
+class _Entry(BaseModel):
+    """One entry of the users file, as written (validated with the line of each mistake)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    token_sha256: str = Field(min_length=1)
+    roles: list[str] = []
+
+    @field_validator("roles")
+    @classmethod
+    def _known(cls, roles: list[str]) -> list[str]:
+        known = ("ops", "partner", "care_team:*", *(f"care_team:{p}" for p in PROGRAMS))
+        unknown = [r for r in roles if r not in known]
         if unknown:
-            raise ValueError(f"user {item.get('name')!r}: unknown roles {sorted(unknown)}")
-        entries[str(item["token_sha256"]).lower()] = User(str(item["name"]), roles)
+            raise ValueError(f"unknown roles {unknown}; use {', '.join(known)}")
+        return roles
+
+
+class _File(BaseModel):
+    entries: list[_Entry]
+
+
+_HINT = "set WPC_USERS_FILE to a users file (example: deploy/users.example.yaml)"
+
+
+def load_users(path: Path, *, setting: str | None = None) -> Users:
+    """The users file at ``path``; a mistake raises `ConfigError` with its line."""
+    doc = read_yaml(path, setting=setting, hint=_HINT)
+    if doc.data is None:
+        return Users({})
+    if not isinstance(doc.data, list):
+        raise ConfigError(f"{doc.label}: the users file must be a YAML list of users (see services/auth.py)")
+    file = validate(doc, _File, {"entries": doc.data}, wrapped_in="entries")
+    entries: dict[str, User] = {}
+    for n, e in enumerate(file.entries):
+        digest = e.token_sha256.lower()
+        if digest in entries:
+            raise ConfigError(doc.error([n, "token_sha256"], f"the same token as user {entries[digest].name!r}"))
+        entries[digest] = User(e.name, frozenset(e.roles))
     return Users(entries)
 
 

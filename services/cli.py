@@ -3,6 +3,12 @@
 Each sub-command lives in the module named below, which provides
 ``add_arguments(parser)`` and ``run(args) -> int`` (an exit status). Modules are
 imported only when their command is chosen, so `wpc send` never loads the server.
+
+Exit status of every command: 0 done; 1 the command ran and something failed, or this
+machine is not ready for it (a port in use, the database unreachable, `wpc up` already
+running: `services.preflight.StartupError`); 2 a mistake in the command line, a setting
+or a configuration file (`services.configfile.ConfigError`). Both errors end here as
+one line on stderr (two when more problems hide behind the first), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "notifier": ("notifier.service", "run the notifier (care teams and PCPs: candidates, enrollments, encounters)"),
     "load-roster": ("notifier.roster_cmd", "load a health plan's PCP attribution roster (CSV) into the database"),
     "replay": ("enrollment_svc.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
+    "redrive": ("services.redrive_cmd", "list parked consumer records, or apply them again after a fix"),
     "migrate": ("services.migrate_cmd", "apply database migrations and exit"),
     "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
     "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),
     "feed-report": ("adt_listener.feed_report", "per-facility feed-quality report from the database"),
     "bench": ("services.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`, `wpc bench notify`"),
+    "check-config": ("services.check_config", "check the settings and every configured file, start nothing"),
 }
 
 
@@ -44,8 +52,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in args_list if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(args_list)
-    status = args._module.run(args)
+    from services.configfile import ConfigError
+    from services.preflight import StartupError
+
+    try:
+        status = args._module.run(args)
+    except (ConfigError, StartupError) as exc:
+        return _refuse(args.command, str(exc), getattr(exc, "problems", ()), exc.exit_status)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        # A command that builds `Settings()` itself: the same one line as `load_settings` gives.
+        if not (isinstance(exc, ValidationError) and exc.title == "Settings"):
+            raise
+        from services.settings import settings_error
+
+        error = settings_error(exc)
+        return _refuse(args.command, str(error), error.problems, error.exit_status)
     return int(status)
+
+
+def _refuse(command: str, message: str, problems: Sequence[str], status: int) -> int:
+    print(f"wpc {command}: {message}", file=sys.stderr)
+    if len(problems) > 1:
+        print(f"wpc {command}: `wpc check-config` lists every problem", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

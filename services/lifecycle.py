@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from services import db, logs
+from services import db, logs, preflight
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def serve_one(
 ) -> int:
     """`wpc listener` / `wpc enrollment` / `wpc notifier`: one service against configured PostgreSQL and Kafka,
     until SIGINT/SIGTERM (then the service's own drain). Exit status 2 when unconfigured."""
-    settings = Settings()
+    settings = preflight.checked_settings(command)  # one line per mistake, before anything starts
     logs.configure(settings.log_level, settings.log_json)
     if not settings.database_url or not settings.kafka_bootstrap_servers:
         print(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")

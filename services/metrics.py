@@ -77,7 +77,19 @@ FRAMING_ERRORS = Counter(
     "wpc_mllp_framing_errors_total", "MLLP input that was not a well-formed frame", ["kind"]
 )
 OPEN_CONNECTIONS = Gauge("wpc_mllp_open_connections", "Open MLLP connections")
-REFUSED_CONNECTIONS = Counter("wpc_mllp_refused_connections_total", "Connections refused", ["reason"])
+REFUSED_CONNECTIONS = Counter(
+    "wpc_mllp_refused_connections_total",
+    "MLLP connections refused on accept (closing, max_connections, per_address)", ["reason"]
+)
+EVICTED_CONNECTIONS = Counter(
+    "wpc_mllp_evicted_connections_total",
+    "Idle MLLP connections closed to make room for a new one (never_sent, idle_unknown, idle_known)", ["reason"]
+)
+TLS_REFUSED = Counter(
+    "wpc_mllp_tls_refused_total",
+    "MLLP TLS connections refused (no_client_cert, unknown_ca, expired, protocol_version, not_tls, "
+    "handshake_timeout, unknown_cn, other)", ["reason"]
+)
 STORE_BATCH_SIZE = Histogram(
     "wpc_store_batch_messages", "Messages per group commit", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )

@@ -14,7 +14,8 @@ import time
 
 from services import lifecycle
 from services.db import migrate_url, schema_revisions
-from services.settings import Settings
+from services.runinfo import tool_database_url
+from services.settings import load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,11 +42,9 @@ async def wait_for_head(url: str, timeout_s: float, interval_s: float = 2.0) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    url = args.database_url or settings.database_url
-    if not url:
-        print("wpc migrate: WPC_DATABASE_URL is not set")
-        return 2
+    settings = load_settings()
+    # --database-url, else WPC_DATABASE_URL, else the running `wpc up`'s; none: ConfigError (exit 2)
+    url = tool_database_url(settings.database_url, settings.data_dir, explicit=args.database_url)
     if args.wait:
         ready, seen = lifecycle.run(wait_for_head(url, args.timeout))
         print(f"wpc migrate --wait: {seen}")

@@ -34,7 +34,7 @@ from enrollment_svc.service import EnrollmentService
 from notifier.config import NotifyConfig, load_config
 from notifier.demo_inbox import SECRET_ENV, demo_config, inbox_app
 from notifier.service import NotifierService
-from services import db, lifecycle, logs
+from services import db, lifecycle, logs, preflight
 from services.auth import Users, load_users
 from services.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.httpserver import HttpServer
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["notifier_http_port"] = args.notifier_port
     if args.inbox_port is not None:
         overrides["demo_inbox_port"] = args.inbox_port
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = preflight.checked_settings("up", overrides)  # one line per mistake, before anything starts
     logs.configure(settings.log_level, settings.log_json and not sys.stdout.isatty())
     lifecycle.run(serve(settings))
     return 0

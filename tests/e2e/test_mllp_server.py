@@ -6,121 +6,42 @@ frames to be "in flight" (read by the server, not yet committed) it holds a lock
 adt_message from another database session, so the store's group commit waits for the
 test instead of for luck.
 
-Metrics are process-global counters: tests compare deltas.
+Metrics are process-global counters: tests compare deltas. Who gets a slot when the
+server is full or flooded, and TLS refusals: test_mllp_lockout.py, test_mllp_tls_refusals.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 
 from adt_listener import server as server_module
-from adt_listener.mllp import START, Frame, MllpFramer, encode
+from adt_listener.mllp import END, START, encode
 from adt_listener.synthetic import synthetic_feed
-from services.db import normalize_url
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, eventually, msa_control_id
+from tests.e2e.mllp_client import (
+    Peer,
+    TableLock,
+    evicted,
+    framing_errors,
+    open_connections,
+    refused,
+    tls_refused,
+)
+from tests.e2e.pki import KNOWN_CN, client_tls, make_pki
 
 ACCEPTED = ("AA", "CA")
 REJECTED = ("AR", "CR")
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def framing_errors(kind: str) -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_framing_errors_total", {"kind": kind}) or 0.0
-
-
-def refused(reason: str) -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_refused_connections_total", {"reason": reason}) or 0.0
-
-
-def open_connections() -> float:
-    return REGISTRY.get_sample_value("wpc_mllp_open_connections") or 0.0
-
-
-class Peer:
-    """A raw MLLP connection: write frames, read ACK payloads, notice the server closing."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self._framer = MllpFramer()
-        self._frames: list[bytes] = []
-
-    @classmethod
-    async def open(cls, port: int, *, tls: ssl.SSLContext | None = None) -> Peer:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 5)
-        return cls(reader, writer)
-
-    def send(self, *messages: bytes) -> None:
-        self.writer.write(b"".join(encode(m) for m in messages))
-
-    async def acks(self, n: int, timeout_s: float = 10.0) -> list[bytes]:
-        """The next ``n`` frames from the server; fails on EOF or after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            while len(self._frames) < n:
-                data = await self.reader.read(65_536)
-                assert data, f"server closed the connection after {len(self._frames)} of {n} ACKs"
-                for event in self._framer.feed(data):
-                    assert isinstance(event, Frame), f"server broke MLLP framing: {event}"
-                    self._frames.append(event.payload)
-        out, self._frames = self._frames[:n], self._frames[n:]
-        return out
-
-    async def closed_by_server(self, timeout_s: float = 2.0, *, reset_ok: bool = False) -> None:
-        """Wait for the server to close (EOF), with no frame left unread."""
-        async with asyncio.timeout(timeout_s):
-            try:
-                data = await self.reader.read(65_536)
-            except ConnectionResetError:
-                if not reset_ok:
-                    raise
-                data = b""
-        assert data == b"", f"expected EOF, got {data[:80]!r}"
-        assert not self._frames
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):  # ssl.SSLError included: the server may have closed first
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-
-
-class TableLock:
-    """LOCK TABLE adt_message IN SHARE MODE from another session: the store's INSERT waits
-    until `release`, so frames handed to the store stay in flight meanwhile."""
-
-    def __init__(self, conn: asyncpg.Connection, tx: Any) -> None:
-        self._conn = conn
-        self._tx = tx
-
-    @classmethod
-    async def acquire(cls, database_url: str) -> TableLock:
-        dsn = normalize_url(database_url).replace("postgresql+asyncpg", "postgresql")
-        conn = await asyncpg.connect(dsn)
-        tx = conn.transaction()
-        await tx.start()
-        await conn.execute("LOCK TABLE adt_message IN SHARE MODE")
-        return cls(conn, tx)
-
-    async def release(self) -> None:
-        if self._conn.is_closed():
-            return
-        try:
-            await self._tx.rollback()
-        finally:
-            await self._conn.close()
 
 
 async def stored_control_ids(database_url: str) -> list[str]:
@@ -213,42 +134,71 @@ async def test_stalled_frame_is_closed_after_read_timeout_and_not_stored(
     assert await stored_control_ids(database_url) == [control_id(complete)]
 
 
-# --- 3. connection cap --------------------------------------------------------------------------
+# --- 3. connection cap: evict the idle, never a frame begun or unanswered --------------------
 
 
-async def test_connection_over_the_cap_is_refused_until_a_slot_frees(start_listener: StartListener) -> None:
-    feed = synthetic_feed(8, seed=303)
-    async with start_listener(mllp_max_connections=2) as listener:
+def server_sees(listener: Any, state: str) -> bool:
+    """Whether some connection of the listener is mid-frame (``in_frame``) or has frames at the store (``busy``)."""
+    return any(getattr(c, state) for c in listener.mllp._connections)
+
+
+async def test_full_server_evicts_idle_connections_but_never_one_mid_frame_or_with_frames_unanswered(
+    start_listener: StartListener, database_url: str
+) -> None:
+    feed = synthetic_feed(6, seed=303)
+    async with start_listener(mllp_max_connections=3, mllp_first_frame_timeout_s=60) as listener:
         port = listener.endpoints.mllp_port
         refused_before = refused("max_connections")
+        idle_before, never_before = evicted("idle_unknown"), evicted("never_sent")
         base = open_connections()
-        first, second = await Peer.open(port), await Peer.open(port)
-        # An ACK on each proves the server admitted both before the third arrives.
-        for peer, message in ((first, feed[0]), (second, feed[1])):
-            peer.send(message)
-            assert [msa_control_id(a) for a in await peer.acks(1)] == [control_id(message)]
-        assert open_connections() - base == 2
 
-        third = await Peer.open(port)
-        await third.closed_by_server(timeout_s=1)
-        assert refused("max_connections") - refused_before == 1
-        assert open_connections() - base == 2
-        await third.close()
+        # idle: sent a frame, got its ACK, then silence.
+        idle = await Peer.open(port)
+        idle.send(feed[0])
+        assert [msa_control_id(a) for a in await idle.acks(1)] == [control_id(feed[0])]
+        lock = await TableLock.acquire(database_url)
+        try:
+            # stored: a frame read and at the store, its ACK not yet written (the lock holds it).
+            stored = await Peer.open(port)
+            stored.send(feed[1])
+            await eventually(lambda: server_sees(listener, "busy"), what="the frame never reached the store")
+            # mid: half a frame.
+            mid = await Peer.open(port)
+            mid.writer.write(START + feed[2][:40])
+            await eventually(lambda: server_sees(listener, "in_frame"), what="the server never read the half frame")
+            assert open_connections() - base == 3
 
-        # The two admitted ones still work.
-        for peer, message in ((first, feed[2]), (second, feed[3])):
-            peer.send(message)
-            assert [msa_control_id(a) for a in await peer.acks(1)] == [control_id(message)]
+            # Full. A newcomer takes the idle connection's slot, not the other two.
+            newcomer = await Peer.open(port)
+            await idle.closed_by_server()
+            assert evicted("idle_unknown") - idle_before == 1
+            # The next one takes the newcomer's (it never sent a frame) ...
+            second = await Peer.open(port)
+            await newcomer.closed_by_server(reset_ok=True)
+            assert evicted("never_sent") - never_before == 1
+            second.writer.write(START + feed[3][:40])
+            await eventually(lambda: sum(c.in_frame for c in listener.mllp._connections) == 2,
+                             what="the server never read the second half frame")
+            # ... and with every connection mid-frame or waiting for the store, the next is refused.
+            third = await Peer.open(port)
+            await third.closed_by_server()
+            assert refused("max_connections") - refused_before == 1
+            assert open_connections() - base == 3
+        finally:
+            await lock.release()
 
-        # One leaves: its slot is free for a newcomer.
-        await first.close()
-        await eventually(lambda: open_connections() - base == 1, what="server did not notice the close")
-        fourth = await Peer.open(port)
-        fourth.send(feed[4], feed[5])
-        assert [msa_control_id(a) for a in await fourth.acks(2)] == [control_id(m) for m in feed[4:6]]
-        assert refused("max_connections") - refused_before == 1
-        await second.close()
-        await fourth.close()
+        # Nothing the kept connections sent was lost.
+        [ack1] = await stored.acks(1)
+        mid.writer.write(feed[2][40:] + END)
+        second.writer.write(feed[3][40:] + END)
+        [ack2], [ack3] = await mid.acks(1), await second.acks(1)
+        assert [msa_control_id(a) for a in (ack1, ack2, ack3)] == [control_id(m) for m in feed[1:4]]
+        assert all(ack_code(a) in ACCEPTED for a in (ack1, ack2, ack3))
+        assert evicted("idle_unknown") - idle_before == 1 and evicted("never_sent") - never_before == 1
+        for peer in (idle, stored, mid, newcomer, second, third):
+            await peer.close()
+
+    assert sorted(await stored_control_ids(database_url)) == sorted(control_id(m) for m in feed[:4])
 
 
 # --- 4. pipelining and flow control -------------------------------------------------------------
@@ -312,39 +262,9 @@ async def test_half_closed_sender_still_gets_its_acks(start_listener: StartListe
 
 # --- 6. mutual TLS ------------------------------------------------------------------------------
 
-KNOWN_CN = "county-general-mirth"
-UNKNOWN_CN = "somebody-else"
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1/localhost and two client certificates signed
-    by the CA (one with a registered CN, one not), made with openssl as in
-    tests/integration/test_sender.py."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("mllp-pki")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "1", "-subj", "/CN=test-ca")
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name, cn in (("server", "localhost"), ("known", KNOWN_CN), ("unknown", UNKNOWN_CN)):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={cn}")
-        extra = ["-extfile", "server.ext"] if name == "server" else []
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "1", *extra)
-    return d
-
-
-def client_tls(pki: Path, name: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=pki / "ca.pem")
-    if name is not None:
-        context.load_cert_chain(pki / f"{name}.pem", pki / f"{name}.key")
-    return context
+    return make_pki(tmp_path_factory.mktemp("mllp-pki"))
 
 
 async def test_mutual_tls_names_the_sender_and_refuses_unknown_or_missing_certificates(
@@ -371,7 +291,7 @@ async def test_mutual_tls_names_the_sender_and_refuses_unknown_or_missing_certif
     }
     async with start_listener(**settings) as listener:
         port = listener.endpoints.mllp_port
-        unknown_before = refused("unknown_certificate")
+        unknown_before = tls_refused("unknown_cn")
         base = open_connections()
 
         # The registered certificate: its own facility accepted, another sender's rejected.
@@ -387,7 +307,7 @@ async def test_mutual_tls_names_the_sender_and_refuses_unknown_or_missing_certif
         # Signed by the CA but named by no sender: closed right after the handshake.
         stranger = await Peer.open(port, tls=client_tls(pki, "unknown"))
         await stranger.closed_by_server(timeout_s=2)
-        assert refused("unknown_certificate") - unknown_before == 1
+        assert tls_refused("unknown_cn") - unknown_before == 1
         await stranger.close()
 
         # No certificate at all: the handshake fails. Under TLS 1.2 the client sees it in the
@@ -402,7 +322,7 @@ async def test_mutual_tls_names_the_sender_and_refuses_unknown_or_missing_certif
         with contextlib.suppress(ssl.SSLError, ConnectionError):
             await anonymous.closed_by_server(timeout_s=2)  # EOF, or the alert as an error
         await anonymous.close()
-        assert refused("unknown_certificate") - unknown_before == 1
+        assert tls_refused("unknown_cn") - unknown_before == 1
         await eventually(lambda: open_connections() == base, what="a connection was left open")
 
     rows = await db_fetch(database_url, "SELECT control_id, sender, ack_code FROM adt_message ORDER BY control_id")

@@ -86,7 +86,8 @@ async def test_every_notification_arrives_exactly_once_through_outages(database_
                 assert sorted(d["status"] for d in listed) == ["delivered"] * 6
                 assert (await client.get("/v1/deliveries")).status_code == 401
                 ready = await client.get("/readyz")
-                assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+                assert ready.status_code == 200 and ready.json()["checks"] == {
+                    "database": "ok", "broker": "ok", f"consumer {s.notifier_group_id}": "ok"}
                 metrics = (await client.get("/metrics")).text
                 assert 'wpc_notifier_deliveries_total{channel="webhook",outcome="delivered"} 6.0' in metrics
         # A restart re-reads nothing it committed and sends nothing twice.

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 
+import pytest
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from services.bus import KafkaPublisher, Record
 from services.consumer import ConsumerLoop
+from services.health import Verdict
 from tests.conftest import Broker
+from tests.e2e.helpers import eventually
 
 
 async def _until(predicate: object, timeout_s: float = 30.0) -> None:
@@ -61,3 +66,76 @@ async def test_a_failed_batch_is_read_again_and_committed_work_is_not(broker: Br
     await task
     await publisher.close()
     assert later == [b"v5"]
+
+
+async def test_a_handler_failing_again_and_again_makes_the_loop_unready_until_a_batch_commits(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"consumer.{uuid.uuid4().hex[:8]}"
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    publisher = KafkaPublisher(broker.bootstrap)
+    await publisher.publish([Record(topic, b"k", f"v{i}".encode()) for i in range(3)])
+    await publisher.close()
+    seen: list[bytes] = []
+    database_down = True
+
+    async def handler(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        if database_down:
+            raise ConnectionRefusedError("connect to 10.0.0.7:5432 refused")
+        seen.extend(r.value for r in records)
+
+    caplog.set_level(logging.WARNING, logger="services.consumer")
+    stop = asyncio.Event()
+    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.2, session_timeout_ms=6000,
+                        max_restarts=2, restart_window_s=120)
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        assert loop.health().ok
+        await eventually(lambda: not loop.health().ok, 60, "the loop never said it was failing", interval_s=0.05)
+        reason = loop.health().reason
+        assert group in reason and "ConnectionRefusedError" in reason and "restarts" in reason
+        assert (REGISTRY.get_sample_value("wpc_consumer_restarts_total", {"group": group}) or 0) >= 3
+        database_down = False
+        await eventually(lambda: len(seen) == 3, 60, "the batch was not applied once the database came back")
+        assert loop.health().ok
+    finally:
+        stop.set()
+        await task
+    # The first failure is logged with where it came from (code locations), the repeats by class only,
+    # and never the exception's text.
+    first, *repeats = [r.getMessage() for r in caplog.records if group in r.getMessage()]
+    assert "ConnectionRefusedError" in first and "test_consumer.py" in first
+    assert repeats and all("again" in r and "File " not in r for r in repeats)
+    assert not any("10.0.0.7" in r.getMessage() for r in caplog.records)
+
+
+async def test_lag_past_the_bound_makes_the_loop_unready_and_catching_up_ready(broker: Broker) -> None:
+    topic = f"consumer.{uuid.uuid4().hex[:8]}"
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    publisher = KafkaPublisher(broker.bootstrap)
+    await publisher.publish([Record(topic, b"k", f"v{i}".encode()) for i in range(5)])
+    await publisher.close()
+    seen: list[bytes] = []
+    stuck = True
+
+    async def handler(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        if stuck:
+            raise TimeoutError
+        seen.extend(r.value for r in records)
+
+    stop = asyncio.Event()
+    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.2, session_timeout_ms=6000,
+                        max_lag=4, max_restarts=10**6, lag_interval_s=0.05)
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await eventually(lambda: loop.lag is not None, 60, "lag never measured", interval_s=0.05)
+        assert loop.lag == 5
+        assert loop.health() == Verdict(False, f"consumer {group}: 5 records behind (bound 4)")
+        assert REGISTRY.get_sample_value("wpc_consumer_lag", {"group": group, "topic": topic}) == 5
+        stuck = False
+        await eventually(lambda: loop.lag == 0, 60, "lag never came back to 0", interval_s=0.05)
+        assert loop.health().ok and len(seen) == 5
+        assert REGISTRY.get_sample_value("wpc_consumer_lag", {"group": group, "topic": topic}) == 0
+    finally:
+        stop.set()
+        await task

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import shutil
 import socket
 import ssl
@@ -289,6 +291,7 @@ def test_all_accepted_exits_0_and_prints_ids_not_phi(
         f"{batch}#1  B1  ->  AA",
         f"{batch}#2  B2  ->  AA",
         f"{single}  S1  ->  AA",
+        "sent 3: AA 3, AE 0, AR 0, duplicates 0, no ACK expected 0, unanswered 0",
     ]
     assert server.received == [message("B1"), message("B2"), message("S1")]
     assert server.connections == 1
@@ -320,17 +323,114 @@ def test_ack_for_another_message_is_a_failure(tmp_path: Path, capsys: pytest.Cap
     assert "AA  (MSA-2 is OTHER, not this message's MSH-10)" in capsys.readouterr().out
 
 
-def test_ne_message_is_not_awaited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("msh15", ["NE", "ER", "er"])
+def test_a_message_acknowledged_on_error_only_is_not_awaited(
+    msh15: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Enhanced mode (HL7 v2 chapter 2, 2.9.3): ER and NE get no ACK when the message is taken.
     def reply(payload: bytes) -> Reply:
-        return None if b"|NE\r" in payload else encode(ack(payload))
+        return None if f"|{msh15}\r".encode() in payload else encode(ack(payload))
 
-    path = write(tmp_path, "ne.hl7", message("N1", msh15="NE"), message("C2"))
+    path = write(tmp_path, "er.hl7", message("N1", msh15=msh15), message("C2"))
     with MllpServer(reply) as server:
-        assert wpc_send(["--port", str(server.port), "--timeout", "5", str(path)]) == 0
+        # Without the grace, the first message would wait the whole --timeout and count unanswered.
+        assert wpc_send(["--port", str(server.port), "--timeout", "20", "--grace", "0.2", str(path)]) == 0
+        assert server.connections == 1
     assert capsys.readouterr().out.splitlines() == [
-        f"{path}#1  N1  ->  not awaited (MSH-15 = NE)",
+        f"{path}#1  N1  ->  sent, no ACK expected (MSH-15 = {msh15.upper()})",
         f"{path}#2  C2  ->  AA",
+        "sent 2: AA 1, AE 0, AR 0, duplicates 0, no ACK expected 1, unanswered 0",
     ]
+
+
+def test_an_error_ack_within_the_grace_is_shown_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = b"ERR||PID^1^3^1|101^Required field missing^HL70357|E\r"
+    with MllpServer(lambda p: encode(ack(p, b"CE", err))) as server:
+        path = write(tmp_path, "er.hl7", message("E1", msh15="ER"))
+        assert wpc_send(["--port", str(server.port), "--grace", "5", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}  E1  ->  CE  ERR PID^1^3^1 101^Required field missing^HL70357",
+        "sent 1: AA 0, AE 1, AR 0, duplicates 0, no ACK expected 0, unanswered 0",
+    ]
+
+
+def test_an_error_ack_after_the_grace_is_paired_by_control_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The receiver answers the ER message late, just before the next message's ACK.
+    held: list[bytes] = []
+
+    def reply(payload: bytes) -> Reply:
+        if msh10(payload) == b"E1":
+            held.append(payload)
+            return None
+        return [encode(ack(held[0], b"CR")), encode(ack(payload, b"CA"))]
+
+    path = write(tmp_path, "er.hl7", message("E1", msh15="ER"), message("C2", msh15="AL"))
+    with MllpServer(reply) as server:
+        assert wpc_send(["--port", str(server.port), "--grace", "0.1", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}#1  E1  ->  sent, no ACK expected (MSH-15 = ER)",
+        f"{path}#1  E1  ->  late answer: CR",
+        f"{path}#2  C2  ->  CA",
+        "sent 2: AA 1, AE 0, AR 1, duplicates 0, no ACK expected 0, unanswered 0",
+    ]
+
+
+def test_stored_ack_of_a_retransmission_is_marked_duplicate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: set[bytes] = set()
+
+    def reply(payload: bytes) -> Reply:
+        first = payload not in seen
+        seen.add(payload)
+        text = b"" if first else b"|Retransmission: the stored acknowledgement of the first copy"
+        return encode(ack(payload).rstrip(b"\r") + text + b"\r")
+
+    path = write(tmp_path, "d.hl7", message("D1"), message("D1"), message("D2"))
+    with MllpServer(reply) as server:
+        assert wpc_send(["--port", str(server.port), str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}#1  D1  ->  AA",
+        f"{path}#2  D1  ->  AA (duplicate: stored acknowledgement)",
+        f"{path}#3  D2  ->  AA",
+        "sent 3: AA 3, AE 0, AR 0, duplicates 1, no ACK expected 0, unanswered 0",
+    ]
+
+
+def test_su_message_without_ack_is_unanswered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # SU: the receiver acknowledges success only, so silence is not success.
+    with MllpServer(lambda p: None) as server:
+        path = write(tmp_path, "su.hl7", message("S1", msh15="SU"))
+        assert wpc_send(["--port", str(server.port), "--timeout", "0.3", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}  S1  ->  no ACK within 0.3 s (MSH-15 = SU: the receiver acknowledges success only)",
+        "sent 1: AA 0, AE 0, AR 0, duplicates 0, no ACK expected 0, unanswered 1",
+    ]
+
+
+def test_control_id_compared_without_blanks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A sample (088_santedb_A01) writes MSH-10 with a leading blank; receivers trim it.
+    def reply(payload: bytes) -> Reply:
+        return encode(ack(payload).replace(b"MSA|AA| X1", b"MSA|AA|X1"))
+
+    path = write(tmp_path, "b.hl7", message(" X1"))
+    with MllpServer(reply) as server:
+        assert wpc_send(["--port", str(server.port), str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{path}  X1  ->  AA"
+
+
+def test_port_of_the_running_wpc_up(
+    server: MllpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.upper().startswith("WPC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WPC_DATA_DIR", str(tmp_path))
+    (tmp_path / "run.json").write_text(json.dumps({"pid": os.getpid(), "ports": {"mllp": server.port}}))
+    assert wpc_send([str(write(tmp_path, "a.hl7", message("C1")))]) == 0
+    assert server.received == [message("C1")]
+    assert f"running here (pid {os.getpid()}), MLLP port {server.port}" in capsys.readouterr().err
 
 
 def test_ack_to_an_ne_message_is_skipped(
@@ -355,6 +455,7 @@ def test_timeout_exits_1_and_goes_on_with_a_new_connection(
     assert capsys.readouterr().out.splitlines() == [
         f"{path}#1  SLOW  ->  no ACK within 0.3 s",
         f"{path}#2  C2  ->  AA",
+        "sent 2: AA 1, AE 0, AR 0, duplicates 0, no ACK expected 0, unanswered 1",
     ]
 
 
@@ -363,7 +464,10 @@ def test_lost_connection_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with MllpServer(lambda p: b"CLOSE") as server:
         assert wpc_send(["--port", str(server.port), str(path)]) == 2
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == [f"{path}#1  C1  ->  connection lost"]
+    assert captured.out.splitlines() == [
+        f"{path}#1  C1  ->  connection lost",
+        "sent 1: AA 0, AE 0, AR 0, duplicates 0, no ACK expected 0, unanswered 1",
+    ]
     assert "1 message(s) not sent" in captured.err
 
 
@@ -493,7 +597,7 @@ def test_mutual_tls(pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
         ]
         assert wpc_send(args) == 0
         assert server.received == [message("C1")]
-    assert capsys.readouterr().out.splitlines() == [f"{path}  C1  ->  AA"]
+    assert capsys.readouterr().out.splitlines()[0] == f"{path}  C1  ->  AA"
     [cert] = server.peer_certs
     assert isinstance(cert, dict) and (("commonName", "test-client"),) in cert["subject"]
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from notifier.config import NotifyConfig, config_from_text, endpoints_of, load_config
 from notifier.model import Endpoint, EventKind
+from services.configfile import ConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "notify"
 EXAMPLE = DEPLOY / "wpc-notify.yaml"
@@ -172,18 +173,24 @@ def test_unknown_timezone(zone: str) -> None:
         NotifyConfig.model_validate(minimal(timezone=zone))
 
 
+def _line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), start=1) if needle in line)
+
+
 def test_unknown_timezone_in_a_file() -> None:
     text = EXAMPLE.read_text(encoding="utf-8").replace("timezone: America/Los_Angeles", "timezone: Mars/Olympus")
-    with pytest.raises(ValidationError, match="Mars/Olympus"):
-        config_from_text(text)
+    with pytest.raises(ConfigError, match="Mars/Olympus") as info:
+        config_from_text(text, "notify.yaml")
+    assert str(info.value).startswith(f"notify.yaml line {_line_of(text, 'Mars/Olympus')}: timezone: ")
 
 
 def test_unquoted_digest_time_is_not_read_as_seconds() -> None:
     # YAML 1.1 reads `7:30` as the sexagesimal integer 450; pydantic would take that as 00:07:30.
     text = EXAMPLE.read_text(encoding="utf-8").replace('digest_at: "07:30"', "digest_at: 7:30")
     assert "digest_at: 7:30" in text
-    with pytest.raises(ValidationError, match="digest_at"):
-        config_from_text(text)
+    with pytest.raises(ConfigError, match="digest_at") as info:
+        config_from_text(text, "notify.yaml")
+    assert f"line {_line_of(text, 'digest_at: 7:30')}: practices[1].digest_at: " in str(info.value)
 
 
 def test_unknown_keys_are_rejected() -> None:
