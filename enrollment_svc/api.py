@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from enrollment_svc import measures
+from enrollment_svc import findings, measures
 from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
@@ -313,5 +313,14 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             result = await measures.compute(conn, dt.date(year, mon, 1), program)
         return result
 
-    return router
+    @router.get("/feed-findings")
+    async def feed_findings(user: CurrentUser, facility: str | None = None) -> list[dict[str, Any]]:
+        """Feed-quality findings of the ADT this service applied, per facility and kind
+        (`enrollment_svc.findings`: visit numbers reused for another patient, event times ahead
+        of receipt), with counts and when first and last seen. No PHI."""
+        if not user.has("ops"):
+            raise HTTPException(403, "feed findings are ops work: they need the ops role")
+        async with engine.connect() as conn:
+            return await findings.report(conn, facility)
 
+    return router

@@ -605,3 +605,25 @@ async def test_business_days_are_counted_in_local_dates(
     r = await client.get("/v1/measures", params={"month": "2026-11", "program": "TOC"}, headers=OPS)
     assert r.status_code == 200
     assert r.json()["programs"]["TOC"]["visit_within_3_business_days_share"] == 1.0
+
+
+async def test_feed_findings_per_facility_for_ops_without_phi(
+    engine: AsyncEngine, store: EnrollmentStore, client: httpx.AsyncClient
+) -> None:
+    at = NOW - dt.timedelta(hours=6)
+    # STMARY gives two patients one visit number; its clock runs 8 hours ahead on both messages.
+    for mrn, mc in (("R-1", "91111111A"), ("R-2", "92222222B")):
+        raw = adt("A04", facility="STMARY", mrn=mrn, visit="V77", patient_class="E", at=at + dt.timedelta(hours=8),
+                  admit=at, medi_cal_id=mc)
+        await apply(engine, store, event(raw, received_at=at), NOW)
+    r = await client.get("/v1/feed-findings", headers=OPS)
+    assert r.status_code == 200
+    found = {(f["facility"], f["kind"]): f for f in r.json()}
+    assert {k: f["count"] for k, f in found.items()} == {
+        ("STMARY", "clock_ahead"): 2, ("STMARY", "visit_number_reused"): 1
+    }
+    assert set(found["STMARY", "clock_ahead"]) == {"facility", "kind", "count", "first_seen", "last_seen"}
+    assert "R-1" not in r.text and "R-2" not in r.text and "V77" not in r.text
+    r = await client.get("/v1/feed-findings", params={"facility": "COUNTYGEN"}, headers=OPS)
+    assert r.status_code == 200 and r.json() == []
+    assert (await client.get("/v1/feed-findings", headers=TOC)).status_code == 403
