@@ -44,7 +44,9 @@ class ActionIn(_Body):
 
 
 class ServiceIn(_Body):
-    kind: Literal["pre_discharge_visit", "home_visit", "pcp_appointment", "pcp_notified"]
+    # No "pcp_notified": the notifier records PCP notices as it delivers them, and the
+    # PCP-notified measure is its figure (enrollment_svc.reported), one number.
+    kind: Literal["pre_discharge_visit", "home_visit", "pcp_appointment"]
     at: dt.datetime
 
 
@@ -186,7 +188,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
 
     @router.post("/candidates/{candidate_id}/services", status_code=201)
     async def record_service(candidate_id: uuid.UUID, body: ServiceIn, user: CurrentUser) -> dict[str, Any]:
-        """A service delivered (for the measures): visit, home visit, PCP appointment or notice."""
+        """A service delivered (for the measures): pre-discharge visit, home visit, PCP appointment."""
         async with engine.begin() as conn:
             row = await _one(conn, user, candidate_id, write=True)
             await conn.execute(

@@ -130,7 +130,8 @@ async def _serve(
             f"{f'  delivered to the demo inbox http://127.0.0.1:{ready.demo_inbox_port}/' if demo_inbox else ''}\n"
             f"  Kafka               {ready.kafka_bootstrap_servers}  topics "
             f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}, {ready.topic_enrollment_candidates}, "
-            f"{ready.topic_enrollment_events}, {ready.topic_notifications_deadletter}\n"
+            f"{ready.topic_enrollment_events}, {ready.topic_notifications_deadletter}, "
+            f"{ready.topic_notifications_measures}\n"
             "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
             f"{ep.mllp_port}\nCtrl-C stops.",
             flush=True,

@@ -327,7 +327,8 @@ ENROLLMENT = Service(
     subcommand="enrollment",
     ports={"http": "enrollment_http_port"},
     file_fields=("rules_file", "users_file"),
-    topic_fields=("topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events"),
+    topic_fields=("topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events",
+                  "topic_notifications_measures"),
     routes=_enrollment_routes,
 )
 NOTIFIER = Service(
@@ -340,6 +341,7 @@ NOTIFIER = Service(
         "topic_enrollment_candidates",
         "topic_enrollment_events",
         "topic_notifications_deadletter",
+        "topic_notifications_measures",
     ),
     routes=_notifier_routes,
 )

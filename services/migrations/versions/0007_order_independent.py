@@ -11,6 +11,9 @@
   encounter, and ``feed_finding`` counts it for the facility, beside event times ahead
   of receipt (no PHI: facility, kind, counts, times). The counters are sharded by lane
   (``shard``) so that lanes applying one facility's events do not queue on one row.
+* One PCP-notified measure: the notifier computes it and records what it published
+  (``notifier_measure``); the enrollment service keeps the latest published figure
+  (``reported_measure``) and reports it instead of counting on its own.
 
 Revision ID: 0007
 """
@@ -44,9 +47,37 @@ def upgrade() -> None:
         sa.Column("last_seen", _TS, nullable=False),
         sa.PrimaryKeyConstraint("facility", "kind", "shard"),
     )
+    # The notifier: the figures it last put on notifications.measures (schemas/measure.py).
+    op.create_table(
+        "notifier_measure",
+        sa.Column("measure", sa.Text, nullable=False),
+        sa.Column("program", sa.Text, nullable=False),
+        sa.Column("month", sa.Text, nullable=False),
+        sa.Column("enrolled", sa.Integer, nullable=False),
+        sa.Column("notified", sa.Integer, nullable=False),
+        sa.Column("published_at", _TS, nullable=False),
+        sa.PrimaryKeyConstraint("measure", "program", "month"),
+    )
+    # The enrollment service: the latest figure received of each (measure, program, month).
+    op.create_table(
+        "reported_measure",
+        sa.Column("measure", sa.Text, nullable=False),
+        sa.Column("program", sa.Text, nullable=False),
+        sa.Column("month", sa.Text, nullable=False),
+        sa.Column("timezone", sa.Text, nullable=False),
+        sa.Column("enrolled", sa.Integer, nullable=False),
+        sa.Column("notified", sa.Integer, nullable=False),
+        sa.Column("share", sa.Float),
+        sa.Column("computed_at", _TS, nullable=False),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("received_at", _TS, nullable=False, server_default=sa.func.now()),
+        sa.PrimaryKeyConstraint("measure", "program", "month"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("reported_measure")
+    op.drop_table("notifier_measure")
     op.drop_table("feed_finding")
     reused = op.get_bind().execute(
         sa.text("SELECT count(*) FROM (SELECT 1 FROM encounter GROUP BY facility, visit_number HAVING count(*) > 1) r")
