@@ -15,13 +15,25 @@ everything the previous holder wrote. The partial unique index
 capacity is counted under a row lock on ``program_capacity``, again in a later statement
 than the lock.
 
+Arrival order: the person row keeps ``events_through``, the newest event time applied.
+An event in order (not older than it) is decided here on its own trigger, which is what
+the in-order feed decides. An event older than it arrived late, and a merge, a link, an
+unlink or a flag change whose history the earlier decisions saw: then the person's
+current triggers are decided again (`_redecide`, the plan of `enrollment_svc.decide`).
+Person-level facts keep the newest event's value per fact (``*_at`` columns). An
+encounter is one person's (unique on facility, visit number and person): a visit number
+reused for another patient is a new encounter and a feed finding
+(`enrollment_svc.findings`), as are event times ahead of receipt.
+
 Cost per event does not grow with the table: every read is by primary key, by
 (facility, visit number), or by (person, start time) inside the rules' longest window.
 The common ADT event (a known patient, a new visit, no candidate) is two statements: one
 marks the event processed, finds the identity and updates (locks) the person; one
-stores the encounter and its event and reads the person's window of history. Statements
-run on the asyncpg connection beneath SQLAlchemy (`enrollment_svc.sql`), prepared once
-per connection.
+stores the encounter and its event and reads the person's window of history. A late
+event costs a few more (the person's window with the events of its recent encounters,
+flags and candidates) and a replay in Python, only for persons with a current trigger.
+Statements run on the asyncpg connection beneath SQLAlchemy (`enrollment_svc.sql`),
+prepared once per connection.
 """
 
 from __future__ import annotations
