@@ -34,6 +34,13 @@ __all__ = ["Persons"]
 
 _LOAD_HISTORY = f"SELECT {HISTORY_COLUMNS} FROM person h WHERE h.id = :p"
 
+# An identity and every identity merged into it, directly or through others (A40 chains, and
+# MRNs merged before their own events came: their encounters and flags keep their own key).
+_MERGED_INTO = (
+    "WITH RECURSIVE tree(key) AS (SELECT CAST(:k AS text) UNION "
+    "SELECT i.key FROM identity i JOIN tree t ON i.merged_into = t.key) SELECT key FROM tree"
+)
+
 # A person's encounters in the window for deciding again (`_redecide`), with the events of
 # those that may hold a current trigger (a time of theirs within ``candidate_max_age_hours``).
 _RECORD_ENCOUNTERS = (
@@ -131,7 +138,8 @@ class Persons:
         prior_person: uuid.UUID = row["person_id"]
         if prior_person != survivor_person:
             await self.lock(db, prior_person)
-        moving = await db.fetch("SELECT id FROM encounter WHERE identity_key = :k", {"k": prior_key})
+        keys = [r["key"] for r in await db.fetch(_MERGED_INTO, {"k": prior_key})]
+        moving = await db.fetch("SELECT id FROM encounter WHERE identity_key = ANY(:keys)", {"keys": keys})
         kept = await self.combine_visits(db, survivor_person, [r["id"] for r in moving])
         # Encounters keep their (facility, visit number) key, so moving them can never double count.
         await db.execute(
@@ -139,8 +147,8 @@ class Persons:
             {"s": survivor_key, "p": survivor_person, "ids": kept},
         )
         await db.execute(
-            "UPDATE patient_flag SET identity_key = :s, person_id = :p WHERE identity_key = :k",
-            {"s": survivor_key, "p": survivor_person, "k": prior_key},
+            "UPDATE patient_flag SET identity_key = :s, person_id = :p WHERE identity_key = ANY(:keys)",
+            {"s": survivor_key, "p": survivor_person, "keys": keys},
         )
         if prior_person != survivor_person:
             remaining = await db.scalar(
@@ -148,7 +156,7 @@ class Persons:
                 {"p": prior_person, "k": prior_key},
             )
             await db.execute(
-                "UPDATE identity SET person_id = :s WHERE key = :k", {"s": survivor_person, "k": prior_key}
+                "UPDATE identity SET person_id = :s WHERE key = ANY(:keys)", {"s": survivor_person, "keys": keys}
             )
             await self.carry_events_through(db, prior_person, survivor_person)
             if not remaining:
@@ -337,8 +345,7 @@ class Persons:
         await self.lock(db, person)
         new_person = uuid.uuid4()
         await db.execute("INSERT INTO person (id) VALUES (:p)", {"p": new_person})
-        merged = await db.fetch("SELECT key FROM identity WHERE merged_into = :k", {"k": key})
-        keys = [key, *(r["key"] for r in merged)]
+        keys = [r["key"] for r in await db.fetch(_MERGED_INTO, {"k": key})]
         params = {"n": new_person, "keys": keys}
         await db.execute("UPDATE identity SET person_id = :n WHERE key = ANY(:keys)", params)
         await db.execute("UPDATE encounter SET person_id = :n WHERE identity_key = ANY(:keys)", params)

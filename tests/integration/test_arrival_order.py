@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from enrollment_svc.store import EnrollmentStore
+from enrollment_svc.store import EnrollmentStore, identity_key
 from schemas.adt_event import AdtEventV1
 from services.db import create_engine
 from tests.adt_builder import adt, event
@@ -228,3 +228,40 @@ async def test_event_times_ahead_of_receipt_are_a_clock_finding_and_the_event_is
         encounters = await conn.scalar(text("SELECT count(*) FROM encounter"))
     assert [(f.facility, f.kind, f.count) for f in findings] == [("STMARY", "clock_ahead", 2)]
     assert encounters == 3
+
+
+async def test_a_chain_of_early_merges_brings_every_mrns_stays_to_the_survivor(engine: AsyncEngine) -> None:
+    store = EnrollmentStore(rules())
+    day = dt.timedelta(days=1)
+    # OLD-2 was merged into OLD-1, then OLD-1 into NEW-1; the merges come before any stay.
+    first = event(adt("A40", mrn="OLD-1", prior_mrn="OLD-2", visit=None, at=NOW - 3 * day, medi_cal_id=None))
+    second = event(adt("A40", mrn="NEW-1", prior_mrn="OLD-1", visit=None, at=NOW - 2 * day, medi_cal_id=None))
+    old = stay(1, days_ago=90, mrn="OLD-2", medi_cal_id=None) + stay(2, days_ago=40, mrn="OLD-1", medi_cal_id=None)
+    today = stay(3, days_ago=0, mrn="NEW-1", dx=("Z59.00",), medi_cal_id=None, discharged=False)
+    # OLD-2's stay arrives between the two merges, OLD-1's after both, today's in the middle.
+    await apply_all(engine, store, [first, old[0], old[1], second, *today, old[2], old[3]])
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(DISTINCT person_id) FROM encounter")) == 1
+    found = await candidates(engine)
+    assert active(found) == [("TOC", "pending", "NEW-1-V3")]
+    assert admissions_evidence(found[0]["decision"]) == 3
+
+
+async def test_a_link_by_hand_decides_the_joined_person_again_and_an_unlink_undoes_it(engine: AsyncEngine) -> None:
+    store = EnrollmentStore(rules())
+    # One patient under two MRNs without a Medi-Cal id to join them: no candidate on either.
+    await apply_all(engine, store, stay(1, days_ago=100, facility="STMARY", mrn="S-9", medi_cal_id=None)
+                    + stay(2, days_ago=50, facility="STMARY", mrn="S-9", medi_cal_id=None)
+                    + stay(3, days_ago=0, mrn="C-9", dx=("F10.20",), medi_cal_id=None, discharged=False))
+    assert active(await candidates(engine)) == []
+    async with engine.begin() as conn:
+        await store.link(conn, identity_key("STMARY", "S-9"), identity_key("COUNTYGEN", "C-9"), actor="olga.ops",
+                         reason="same patient, checked by phone", now=NOW)
+    found = await candidates(engine)
+    assert active(found) == [("TOC", "pending", "C-9-V3")] and admissions_evidence(found[0]["decision"]) == 3
+    # The link was wrong after all: the candidate made on the other MRN's history goes.
+    async with engine.begin() as conn:
+        await store.unlink(conn, identity_key("STMARY", "S-9"), actor="olga.ops", reason="not the same person",
+                           now=NOW)
+    assert active(await candidates(engine)) == []
+    assert [c["status_reason"] for c in await candidates(engine)] == ["superseded: facts arrived late"]
