@@ -19,6 +19,7 @@ import random
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from adt_listener.sender import MllpClient
@@ -99,6 +100,7 @@ async def outcome(engine: Any) -> list[tuple[Any, ...]]:
     )
 
 
+@pytest.mark.slow  # 10-30 s on a shared 2-core machine
 async def test_a_burst_over_several_connections_and_two_instances_decides_as_in_order(
     start_listener: StartListener, database_url: str, broker: Broker, topics: dict[str, str]
 ) -> None:

@@ -265,3 +265,23 @@ async def test_a_link_by_hand_decides_the_joined_person_again_and_an_unlink_undo
                            now=NOW)
     assert active(await candidates(engine)) == []
     assert [c["status_reason"] for c in await candidates(engine)] == ["superseded: facts arrived late"]
+
+
+async def test_a_superseded_candidates_slot_goes_to_the_queue_and_its_replacement_takes_its_own(
+    engine: AsyncEngine,
+) -> None:
+    store = EnrollmentStore(rules(SUD_ENS=1))
+    # Two patients qualify for SUD-ENS on what has arrived; one slot: the second waits.
+    for mrn, mc in (("X-1", "91000011A"), ("Y-1", "91000022A")):
+        eds = []
+        for n, days in enumerate((200, 120, 40), start=1):
+            at = NOW - dt.timedelta(days=days)
+            eds.append(event(adt("A04", mrn=mrn, visit=f"{mrn}-ED{n}", patient_class="E", at=at, admit=at,
+                                 dx=("F11.20",), medi_cal_id=mc)))
+        await apply_all(engine, store, eds + stay(3, days_ago=0, mrn=mrn, dx=("F10.20",), medi_cal_id=mc,
+                                                  discharged=False))
+    assert active(await candidates(engine)) == [("SUD-ENS", "pending", "X-1-V3"), ("SUD-ENS", "queued", "Y-1-V3")]
+    # X's earlier stays arrive late: in order X was a TOC candidate, so the SUD-ENS slot was Y's.
+    await apply_all(engine, store, stay(1, days_ago=100, mrn="X-1", medi_cal_id="91000011A")
+                    + stay(2, days_ago=50, mrn="X-1", medi_cal_id="91000011A"))
+    assert active(await candidates(engine)) == [("SUD-ENS", "pending", "Y-1-V3"), ("TOC", "pending", "X-1-V3")]

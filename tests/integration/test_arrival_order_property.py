@@ -3,7 +3,7 @@
 Hypothesis draws a few multi-hospital patients (one Medi-Cal id, an MRN per hospital,
 past and current ED visits and stays with or without diagnoses, updates, discharges),
 applies their events once in event-time order, one at a time (the reference), then in
-a drawn arrival order, spread over Kafka partitions by patient key (each key's records
+a drawn arrival order with some records delivered twice, spread over Kafka partitions by patient key (each key's records
 in arrival order, as Kafka keeps them), the partitions split between two service
 instances that apply their batches at the same time, each over several lanes with
 group commit. Both runs must end with the same candidates: program, status, triggering
@@ -131,6 +131,7 @@ async def empty(engine: AsyncEngine, store: EnrollmentStore) -> None:
         await store.sync_capacity(conn)
 
 
+@pytest.mark.slow  # 10-30 s on a shared 2-core machine
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(drawn=patients, data=st.data())
 async def test_any_arrival_order_over_lanes_and_two_instances_decides_as_the_in_order_feed(
@@ -146,6 +147,9 @@ async def test_any_arrival_order_over_lanes_and_two_instances_decides_as_the_in_
 
     await empty(engine, store)
     arrival = data.draw(st.permutations(events), label="arrival order")
+    # Kafka redelivers: some records come twice (a retried batch, a rebalance), anywhere later.
+    for again in data.draw(st.lists(st.integers(0, len(events) - 1), max_size=4), label="redelivered"):
+        arrival.insert(data.draw(st.integers(again + 1, len(arrival)), label="at"), arrival[again])
     batch = data.draw(st.integers(1, 6), label="batch size")
     instances = [AdtEventHandler(engine, EnrollmentStore(rules()), lanes=2, clock=lambda: NOW) for _ in range(2)]
     # Each instance owns half the partitions and reads its records in arrival order, in batches.
