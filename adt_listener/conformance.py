@@ -44,6 +44,8 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.reaper import die_with_parent
+
 log = logging.getLogger(__name__)
 
 FindingKind = Literal[
@@ -446,12 +448,16 @@ def sample_selected(mode: Literal["off", "sampled", "all"], rate: float, message
 # --- the worker ---------------------------------------------------------------------------
 
 
-def _worker_init() -> None:
+def _worker_init(listener_pid: int) -> None:
     """The checking process: low priority, and deaf to Ctrl-C. A terminal's Ctrl-C goes to the
     whole process group; the service drains on it and then shuts this pool down, which a
-    KeyboardInterrupt in the middle of an hl7apy parse would only turn into a traceback."""
+    KeyboardInterrupt in the middle of an hl7apy parse would only turn into a traceback.
+    And gone with the listener: one killed without its drain (SIGKILL, out of memory) cannot
+    shut the pool down, and the worker (with multiprocessing's resource tracker, which
+    waits for it) would idle on forever."""
     os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(listener_pid)
 
 
 def _check_batch(items: list[tuple[bytes, str | None]]) -> list[list[ConformanceFinding]]:
@@ -509,7 +515,8 @@ class ConformanceWorker:
             # Niced, and fed small batches: its CPU comes in short slices of low priority, so a
             # backlog of checks never delays an ACK (measured: open-loop p99 38 → 15 ms).
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init, initargs=(os.getpid(),),
             )
         return self._pool
 
@@ -571,9 +578,14 @@ class ConformanceWorker:
 
     def close(self) -> None:
         """Shut the pool process down (waits for a running check to finish)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """`close` off the event loop: the wait for a check in hand must not stall the loop
+        (nor the drain's deadline and a second Ctrl-C, which it serves)."""
+        await asyncio.to_thread(self.close)
 
 
 # --- `wpc validate FILE...` ----------------------------------------------------------------

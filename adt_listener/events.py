@@ -38,8 +38,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -55,6 +53,8 @@ from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize
 from schemas.adt_event import AdtEventV1
 from services.bus import Record
+from services.reaper import die_with_parent
+from services.replay import Kept
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,19 @@ WHERE NOT EXISTS (SELECT 1 FROM adt_message m WHERE m.id = q.message_id)
 ORDER BY q.id LIMIT $1
 """
 _DELETE = "DELETE FROM adt_event_queue WHERE id = ANY($1::bigint[])"
+# Published rows some consumer group reads are kept (services.replay), as a reference: the
+# event is derived again, byte for byte, if the broker loses it.
+_SETTLE = """
+WITH gone AS (DELETE FROM adt_event_queue WHERE id = ANY($1::bigint[]) RETURNING id, message_id)
+INSERT INTO adt_event_sent (id, message_id, topic, partition, "offset")
+SELECT g.id, g.message_id, $5, k.p, k.o
+FROM gone g JOIN unnest($2::bigint[], $3::int[], $4::bigint[]) AS k(i, p, o) ON k.i = g.id
+"""
+_SENT = """
+SELECT s.id, m.id AS message_id, m.raw, m.received_at, m.event_id, m.patient_key
+FROM adt_event_sent s JOIN adt_message m ON m.id = s.message_id
+WHERE s.id > $1 ORDER BY s.id LIMIT $2
+"""
 _COUNT = "SELECT count(*) FROM adt_event_queue"
 
 
@@ -112,27 +125,23 @@ def derive_batch(
 
 def _worker_init(listener_pid: int) -> None:
     """The deriving process: low priority, deaf to Ctrl-C (the listener drains on it, then
-    shuts the pool down), and gone when the listener is: a listener killed without its
-    drain (SIGKILL, out of memory) cannot shut the pool down, and the worker would idle
-    on forever. The listener's pid is passed in, not read here: if the listener died
-    while the worker was starting, the parent read here would already be init."""
+    shuts the pool down), and gone when the listener is (`services.reaper.die_with_parent`):
+    a listener killed without its drain (SIGKILL, out of memory) cannot shut the pool
+    down, and the worker would idle on forever."""
     os.nice(_WORKER_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == listener_pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="listener-watch", daemon=True).start()
+    die_with_parent(listener_pid)
 
 
 class DerivedEvents:
-    """`services.outbox.OutboxSource` of ``adt_event_queue``: derive, then publish to ``topic``.
+    """`services.outbox.OutboxSource` of ``adt_event_queue``: derive, then publish to ``topic``;
+    published rows are kept in ``adt_event_sent`` while consumers may need them again.
 
     ``in_process=True`` derives in the calling process (tests, tools); otherwise in
     a worker process started on first use. `close` stops the worker.
     """
+
+    journal = "adt_event_sent"
 
     def __init__(self, topic: str, policy: IntakePolicy, *, in_process: bool = False) -> None:
         self._topic = topic
@@ -166,7 +175,7 @@ class DerivedEvents:
                 pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[Record]]:
+    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[tuple[int, Record]]]:
         rows = await driver.fetch(_SELECT, limit)
         if not rows:
             # A queue row without its message cannot come from the store (one statement
@@ -175,24 +184,44 @@ class DerivedEvents:
             if orphans:
                 log.error("adt.events relay: %d queue rows without a message, dropped", len(orphans))
             return [r[0] for r in orphans], []
+        return [r[0] for r in rows], await self._records(rows)
+
+    async def _records(self, rows: Sequence[Any]) -> list[tuple[int, Record]]:
+        """(row id, record) of each row whose event derives; the others are logged and counted."""
         payloads = await self._derive([(r[1], bytes(r[2]), r[3]) for r in rows])
-        records: list[Record] = []
+        records: list[tuple[int, Record]] = []
         for row, payload in zip(rows, payloads, strict=True):
             if payload is None:
                 UNDERIVABLE.inc()
                 log.error("adt.events relay: no event for message %s (kept in adt_message)", row[1])
                 continue
             key = row[5]
-            records.append(Record(
+            records.append((row[0], Record(
                 topic=self._topic,
                 key=key.encode() if key is not None else None,
                 value=payload,
                 headers=(("event_id", str(row[4]).encode()),),
-            ))
-        return [r[0] for r in rows], records
+            )))
+        return records
 
-    async def delete(self, driver: Any, ids: Sequence[int]) -> None:
-        await driver.execute(_DELETE, list(ids))
+    async def settle(self, driver: Any, ids: Sequence[int], kept: Sequence[Kept]) -> None:
+        if kept:
+            await driver.execute(_SETTLE, list(ids), [k.id for k in kept], [k.partition for k in kept],
+                                 [k.offset for k in kept], self._topic)
+        else:
+            await driver.execute(_DELETE, list(ids))
+
+    async def replayable(self, driver: Any, after_id: int, limit: int) -> list[tuple[int, Record]]:
+        rows = await driver.fetch(_SENT, after_id, limit)
+        if not rows:
+            return []
+        records = await self._records(rows)
+        if len(records) < len(rows):
+            # Not derivable now: nothing to publish again for them; past them, not stuck on them.
+            derived = {row_id for row_id, _ in records}
+            gone = [r[0] for r in rows if r[0] not in derived]
+            await driver.execute("DELETE FROM adt_event_sent WHERE id = ANY($1::bigint[])", gone)
+        return records
 
     async def count(self, driver: Any) -> int:
         return int(await driver.fetchval(_COUNT))
@@ -203,3 +232,7 @@ class DerivedEvents:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """`close` off the event loop (the drain's deadline and a second Ctrl-C run on it)."""
+        await asyncio.to_thread(self.close)

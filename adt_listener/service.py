@@ -38,6 +38,7 @@ from services import db, lifecycle
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
+from services.replay import retention_of
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,23 +70,23 @@ class Listener:
     ) -> None:
         self.settings = settings
         self.engine = engine or db.create_engine(settings.database_url)
-        self.publisher: Publisher = publisher or KafkaPublisher(
-            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
-        )
+        self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
         self.senders: Senders = load_senders(settings.senders_file)
         policy = IntakePolicy(
             accepted_processing_ids=settings.processing_ids(),
             medi_cal_authorities=settings.medi_cal_authority_set(),
         )
+        retention = retention_of(settings)
         self.relay = OutboxRelay(
             self.engine, self.publisher,
-            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s, retention=retention,
         )
         self.event_source = DerivedEvents(settings.topic_adt_events, policy)
         self.events = OutboxRelay(
             self.engine, self.publisher,
             lock_key=EVENTS_LOCK_KEY, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             source=self.event_source, backlog_gauge=EVENT_BACKLOG, leader_gauge=EVENT_RELAY_LEADER,
+            retention=retention,
         )
         self.store = MessageStore(
             self.engine,
@@ -127,14 +128,20 @@ class Listener:
         return Endpoints(self.mllp.port, self.settings.listener_http_port)
 
     async def __aenter__(self) -> Listener:
-        await self.store.start()
-        if self._run_relay:
-            self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
-            self._tasks.append(asyncio.create_task(self.events.run(self._stop), name="adt-events-relay"))
-        if self.conformance is not None:
-            self._tasks.append(asyncio.create_task(self.conformance.run(self._stop), name="conformance"))
-        await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
-        await self.http.start()
+        try:
+            await self.store.start()
+            if self._run_relay:
+                self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+                self._tasks.append(asyncio.create_task(self.events.run(self._stop), name="adt-events-relay"))
+            if self.conformance is not None:
+                self._tasks.append(asyncio.create_task(self.conformance.run(self._stop), name="conformance"))
+            await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
+            await self.http.start()
+        except BaseException:
+            # A failed start (a port in use) must not leave tasks, worker processes and
+            # connections behind: nobody calls __aexit__ after a failed __aenter__.
+            await self.__aexit__(None, None, None)
+            raise
         log.info("listener up: mllp %s, http %s", self.mllp.port, self.settings.listener_http_port)
         return self
 
@@ -145,9 +152,9 @@ class Listener:
         await self.http.stop()
         await self.store.stop()
         await stop_with_last_publish(self._stop, self._tasks, (self.events, self.relay))
-        self.event_source.close()
+        await self.event_source.aclose()
         if self.conformance is not None:
-            self.conformance.close()
+            await self.conformance.aclose()
         await self.publisher.close()
         await self.engine.dispose()
         log.info("listener stopped")

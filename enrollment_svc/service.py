@@ -39,6 +39,7 @@ from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
+from services.replay import retention_of
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,10 @@ class EnrollmentService:
         self.settings = settings
         self.rules = rules or rules_of(settings)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=settings.enrollment_lanes + 2)
-        self.publisher: Publisher = publisher or KafkaPublisher(
-            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
-        )
+        self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
+            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            retention=retention_of(settings),
         )
         self.store = EnrollmentStore(
             self.rules, Topics(settings.topic_enrollment_candidates, settings.topic_enrollment_events)
@@ -95,6 +95,7 @@ class EnrollmentService:
             settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler,
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
+            session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         )
         # The notifier's PCP-notified figures, which the measures report (enrollment_svc.reported): a
         # group of their own, so this small topic never waits behind an adt.events backlog.

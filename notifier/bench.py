@@ -86,7 +86,7 @@ async def _feed(settings: Settings, rate: float, duration: float, sent: dict[str
     try:
         total = int(rate * duration)
         start = time.perf_counter()
-        pending: list[asyncio.Task[None]] = []
+        pending: list[asyncio.Task[object]] = []
         for i in range(total):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:

@@ -41,6 +41,7 @@ from services.health import Check, ops_router
 from services.httpserver import HttpServer
 from services.outbox import OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
+from services.replay import retention_of
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,10 @@ class NotifierService:
         endpoints = {r.id: endpoints_of(r, secrets) for r in (*self.config.care_teams, *self.config.practices)}
         self.channels = dict(channels) if channels is not None else channels_for(self.config, secrets)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=8)
-        self.publisher: Publisher = publisher or KafkaPublisher(
-            settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s
-        )
+        self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s
+            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            retention=retention_of(settings),
         )
         topics = topics_of(settings)
         self.dispatcher = Dispatcher(
@@ -123,6 +123,7 @@ class NotifierService:
             self.handler,
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
+            session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))

@@ -43,6 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.health import Verdict
+from services.lifecycle import until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +222,13 @@ class ConsumerLoop:
             heartbeat_interval_ms=max(1000, self._session_timeout_ms // 4),
             metadata_max_age_ms=5_000,
         )
-        await consumer.start()
-        self.running = True
         try:
+            # start() waits for a group assignment without bound (the broker gone mid-join:
+            # for ever); a stop must not wait for it, and a half-started consumer is stopped.
+            started, _ = await until_stopped(stop, consumer.start())
+            if not started:
+                return
+            self.running = True
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
                 self.assigned = frozenset(consumer.assignment())

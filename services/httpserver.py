@@ -39,10 +39,11 @@ class HttpServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name="http")
+        task = self._task = asyncio.create_task(self._server.serve(), name="http")
         while not self._server.started:
-            if self._task.done():
-                await self._task  # re-raise the startup failure (port in use, ...)
+            if task.done():
+                self._task = None  # nothing to stop: a later stop() must not raise this again
+                await task  # re-raise the startup failure (port in use, ...)
                 raise RuntimeError("HTTP server stopped during startup")
             await asyncio.sleep(0.01)
 

@@ -1,7 +1,18 @@
-"""Process lifecycle shared by every command: the event loop and the stop signal.
+"""Process lifecycle shared by every command: the event loop, the stop signal, the bound.
 
 One lifespan per service (style.md): a command builds its services as async contexts,
-waits on `stop_on_signals()`, and leaving the contexts is the drain.
+waits on the stop event, and leaving the contexts is the drain.
+
+Stopping always ends (`Shutdown`):
+
+- the first SIGINT / SIGTERM sets the stop event: the services drain;
+- from then on the drain has ``WPC_SHUTDOWN_TIMEOUT_S`` (20 s): past it, the process
+  says in one line what had not finished, runs its emergency steps (`Shutdown.at_exit`:
+  `wpc up` stops its embedded servers there) and exits with status 1;
+- a second SIGINT / SIGTERM does the same at once (status 128 + signal).
+
+The deadline runs on a thread of its own, not on the event loop: a drain stuck in a
+blocking call (or a loop that never gets control back) must not stop the clock.
 """
 
 from __future__ import annotations
@@ -9,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import uvloop
 
@@ -22,6 +36,8 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+EXIT_DRAIN_TIMEOUT = 1
 
 
 async def every(stop: asyncio.Event, interval_s: float, step: Callable[[], Awaitable[object]], what: str) -> None:
@@ -37,13 +53,32 @@ async def every(stop: asyncio.Event, interval_s: float, step: Callable[[], Await
             await asyncio.wait_for(stop.wait(), interval_s)
 
 
+async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, T | None]:
+    """Await ``work`` unless ``stop`` is set first, in which case ``work`` is cancelled.
+    Returns (finished, result). For calls that may wait without bound on a peer (a Kafka
+    consumer's start waits for its group assignment for as long as it takes)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return False, None
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's main coroutine on uvloop (a pinned dependency)."""
     return uvloop.run(coro)
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM; call it first, so a signal during start-up counts too."""
+    """An event set by SIGINT or SIGTERM, without a bound (the bench's helper processes,
+    which their parent stops)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,24 +86,120 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+class Shutdown:
+    """The stop event of a command, and the bound on how long stopping may take."""
+
+    def __init__(self, command: str, timeout_s: float) -> None:
+        self.command = command
+        self.timeout_s = timeout_s
+        self.stop = asyncio.Event()
+        self.stage = ""  # what is being stopped now, for the message if it does not finish
+        self._signals = 0
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._emergency: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> asyncio.Event:
+        """Take over SIGINT and SIGTERM (call first thing in the main coroutine, so that a
+        signal during start-up counts too)."""
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+        return self.stop
+
+    def at_exit(self, step: Callable[[], None]) -> Callable[[], None]:
+        """Register a step for a forced exit (blocking, quick, bounded); the last registered
+        runs first. Returns a function that unregisters it."""
+        self._emergency.append(step)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._emergency.remove(step)
+
+        return remove
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.stop.set()
+            self.arm()
+        else:
+            name = signal.Signals(sig).name
+            self.force(f"second {name}: exiting without finishing the drain", 128 + sig)
+
+    def arm(self) -> None:
+        """Start the clock (once): past ``timeout_s`` the process exits whatever is left."""
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.timeout_s, self._expired)
+                self._timer.daemon = True  # also runs while the interpreter waits for threads at exit
+                self._timer.start()
+
+    def _expired(self) -> None:
+        stage = f"{self.stage} " if self.stage else "the drain "
+        pending = self._pending_tasks()
+        still = f" (still running: {', '.join(pending)})" if pending else ""
+        self.force(f"{stage}did not finish within {self.timeout_s:g} s{still}; exiting anyway", EXIT_DRAIN_TIMEOUT)
+
+    def _pending_tasks(self) -> list[str]:
+        """Named tasks not yet done (read from another thread: best effort, for a message)."""
+        if self._loop is None:
+            return []
+        try:
+            tasks = asyncio.all_tasks(self._loop)
+        except RuntimeError:
+            return []
+        names = sorted({t.get_name() for t in tasks if not t.done() and not t.get_name().startswith("Task-")})
+        return names[:8]
+
+    def force(self, reason: str, code: int) -> NoReturn:
+        """Say why, run the emergency steps, exit ``code`` (from any thread)."""
+        with self._lock:  # one forced exit, even if the deadline and a signal race
+            print(f"wpc {self.command}: {reason}", file=sys.stderr, flush=True)
+            for step in reversed(self._emergency):
+                try:
+                    step()
+                except Exception as exc:  # the next step must still run
+                    print(f"wpc {self.command}: emergency stop step failed: {type(exc).__name__}", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+
+def run_until_stopped(
+    command: str, main: Callable[[Shutdown], Coroutine[Any, Any, None]], timeout_s: float
+) -> int:
+    """Run ``main(shutdown)`` on uvloop; stopping, whether by signal or by an error, is
+    bounded by ``timeout_s``."""
+    shutdown = Shutdown(command, timeout_s)
+    try:
+        uvloop.run(main(shutdown))
+    finally:
+        # After an error too: what is left of the stop (thread joins at exit) gets the bound.
+        shutdown.arm()
+    return 0
+
+
 def serve_one(
     command: str, service: Callable[[Settings], AbstractAsyncContextManager[object]], *, migrate: bool
 ) -> int:
     """`wpc listener` / `wpc enrollment` / `wpc notifier`: one service against configured PostgreSQL and Kafka,
-    until SIGINT/SIGTERM (then the service's own drain). Exit status 2 when unconfigured."""
+    until SIGINT/SIGTERM (then the service's own drain, bounded). Exit status 2 when unconfigured."""
     settings = preflight.checked_settings(command)  # one line per mistake, before anything starts
     logs.configure(settings.log_level, settings.log_json)
     if not settings.database_url or not settings.kafka_bootstrap_servers:
         print(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
         return 2
 
-    async def main() -> None:
-        stop = stop_on_signals()
+    async def main(shutdown: Shutdown) -> None:
+        stop = shutdown.install()
         if migrate:
             await db.migrate_url(settings.database_url)
         async with service(settings):
             await stop.wait()
-            log.info("signal received: draining")
+            log.info("signal received: draining (at most %.0f s)", settings.shutdown_timeout_s)
+            shutdown.stage = f"stopping the {command}"
 
-    run(main())
-    return 0
+    return run_until_stopped(command, main, settings.shutdown_timeout_s)

@@ -1,7 +1,7 @@
 """The outbox relay: from the `outbox` table to Kafka, in order, at least once.
 
 Writers put rows in `outbox` in the same statement as their domain rows. The relay
-publishes them in id order and deletes them once the broker acknowledged. If the
+publishes them in id order and settles them once the broker acknowledged. If the
 broker is down, rows wait and the relay retries with backoff; producers of rows
 (the listener's ACKs) are not affected.
 
@@ -14,7 +14,11 @@ What is relayed comes from an `OutboxSource`: by default `OutboxTable` (rows tha
 carry their topic, key and payload). A service whose records are cheaper to derive
 after the commit than before it (the listener's `adt.events`, see
 `adt_listener.events`) passes a source of its own and its own ``lock_key``; the
-ordering, leadership, backoff and delete-after-ack rules stay the ones here.
+ordering, leadership, backoff and settle-after-ack rules stay the ones here.
+
+With a `services.replay.Retention`, a published row is not forgotten but moved to the
+source's journal until every consumer group has read it, and the leader watches the
+broker for a loss, after which it publishes the kept rows again (`services.replay`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import metrics
 from services.bus import BusUnavailable, Publisher, Record
+from services.replay import Kept, ReplayKeeper, Retention
 
 log = logging.getLogger(__name__)
 
@@ -40,49 +45,79 @@ _BACKLOG_COUNT_INTERVAL_S = 5.0
 
 _SELECT = "SELECT id, topic, key, payload, event_id FROM outbox ORDER BY id LIMIT $1"
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# Forget the published rows, keeping (with where the broker put them) those some consumer
+# group reads: one statement, as the plain delete was.
+_SETTLE = """
+WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id, topic, key, payload, event_id)
+INSERT INTO outbox_sent (id, topic, key, payload, event_id, partition, "offset")
+SELECT g.id, g.topic, g.key, g.payload, g.event_id, k.p, k.o
+FROM gone g JOIN unnest($2::bigint[], $3::int[], $4::bigint[]) AS k(i, p, o) ON k.i = g.id
+"""
+_SENT = 'SELECT id, topic, key, payload, event_id FROM outbox_sent WHERE id > $1 ORDER BY id LIMIT $2'
 _COUNT = "SELECT count(*) FROM outbox"
 
 
 class OutboxSource(Protocol):
-    """Where a relay reads its records, in order, and how it forgets them once published.
+    """Where a relay reads its records, in order, and how it forgets (or keeps) them once
+    published.
 
     Each method gets the leader's asyncpg connection; each statement is its own
     transaction (no snapshot is held while the broker takes its time).
     """
 
-    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[Record]]:
-        """Up to ``limit`` rows in publishing order: (their ids, the records to publish).
+    journal: str  # the table published rows are kept in (services.replay)
 
-        A row may yield no record (``ids`` then has more entries than ``records``):
-        it is deleted with the others."""
+    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[tuple[int, Record]]]:
+        """Up to ``limit`` rows in publishing order: (their ids, (id, record) to publish).
 
-    async def delete(self, driver: Any, ids: Sequence[int]) -> None: ...
+        A row may yield no record: it is settled with the others, and not kept."""
+
+    async def settle(self, driver: Any, ids: Sequence[int], kept: Sequence[Kept]) -> None:
+        """The rows ``ids`` were published: forget them, but keep ``kept`` in the journal."""
 
     async def count(self, driver: Any) -> int:
         """Rows waiting (for the backlog gauge; may scan)."""
+
+    async def replayable(self, driver: Any, after_id: int, limit: int) -> list[tuple[int, Record]]:
+        """Kept rows above ``after_id``, in id order, as the records to publish again."""
+
+
+def _record(topic: str, key: str | None, payload: bytes, event_id: object) -> Record:
+    return Record(
+        topic=topic,
+        key=key.encode() if key is not None else None,
+        value=bytes(payload),
+        headers=(("event_id", str(event_id).encode()),),
+    )
+
+
+async def settle_rows(driver: Any, delete: str, move: str, ids: Sequence[int], kept: Sequence[Kept]) -> None:
+    """``delete`` the published rows, or ``move`` them (same first parameter; then the kept
+    ids, partitions, offsets) when some are kept."""
+    if kept:
+        await driver.execute(move, list(ids), [k.id for k in kept], [k.partition for k in kept],
+                             [k.offset for k in kept])
+    else:
+        await driver.execute(delete, list(ids))
 
 
 class OutboxTable:
     """The ``outbox`` table: every row carries its topic, key, payload and event id."""
 
-    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[Record]]:
-        rows = await driver.fetch(_SELECT, limit)
-        records = [
-            Record(
-                topic=topic,
-                key=key.encode() if key is not None else None,
-                value=bytes(payload),
-                headers=(("event_id", str(event_id).encode()),),
-            )
-            for _id, topic, key, payload, event_id in rows
-        ]
-        return [r[0] for r in rows], records
+    journal = "outbox_sent"
 
-    async def delete(self, driver: Any, ids: Sequence[int]) -> None:
-        await driver.execute(_DELETE, list(ids))
+    async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[tuple[int, Record]]]:
+        rows = await driver.fetch(_SELECT, limit)
+        return [r[0] for r in rows], [(r[0], _record(r[1], r[2], r[3], r[4])) for r in rows]
+
+    async def settle(self, driver: Any, ids: Sequence[int], kept: Sequence[Kept]) -> None:
+        await settle_rows(driver, _DELETE, _SETTLE, ids, kept)
 
     async def count(self, driver: Any) -> int:
         return int(await driver.fetchval(_COUNT))
+
+    async def replayable(self, driver: Any, after_id: int, limit: int) -> list[tuple[int, Record]]:
+        return [(r[0], _record(r[1], r[2], r[3], r[4])) for r in await driver.fetch(_SENT, after_id, limit)]
 
 
 class _Gauge(Protocol):
@@ -104,9 +139,12 @@ class OutboxRelay:
         source: OutboxSource | None = None,
         backlog_gauge: _Gauge | None = None,
         leader_gauge: _Gauge | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self._engine = engine
         self._source: OutboxSource = source or OutboxTable()
+        # Without a retention (tools, tests of the relay alone), published rows are forgotten.
+        self._keeper = ReplayKeeper(retention, self._source, publisher) if retention is not None else None
         # A process may run two relays (two sources, two lock keys): each reports its own.
         self._backlog_gauge: _Gauge = backlog_gauge or metrics.OUTBOX_BACKLOG
         self._leader_gauge: _Gauge = leader_gauge or metrics.RELAY_LEADER
@@ -176,13 +214,23 @@ class OutboxRelay:
         # pre-ping round trip) per batch, and every poll doubles as the keep-alive that
         # tells us the lock is still held.
         driver = await _driver(lock_conn)
+        keeper = self._keeper
         backoff = self._poll
+        starting = True
         while not stop.is_set():
             self._wake.clear()  # before reading: a commit from now on wakes the next round
             try:
+                if keeper is not None and starting:
+                    # Before publishing anything new: what was kept may be lost (a new broker).
+                    await keeper.start(driver)
+                    starting = False
+                elif keeper is not None and keeper.due():
+                    await keeper.check(driver, stop)
                 published = await self._publish(driver)
             except BusUnavailable as exc:
                 metrics.RELAY_ERRORS.inc()
+                if keeper is not None:
+                    keeper.disturbed()
                 log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, backoff)
                 await _wait(stop, backoff + random.uniform(0, backoff / 2))
                 backoff = min(self._max_backoff, backoff * 2)
@@ -198,7 +246,7 @@ class OutboxRelay:
                     await _wait(stop, self._linger)
 
     async def publish_once(self) -> int:
-        """Publish one batch; return how many rows were published and deleted."""
+        """Publish one batch; return how many rows were published (and settled)."""
         async with self._engine.connect() as conn:
             return await self._publish(await _driver(conn))
 
@@ -206,13 +254,14 @@ class OutboxRelay:
         """One batch over an asyncpg connection, each statement in its own transaction:
         no snapshot is held open while the broker takes its time, and with one leader
         nobody else deletes rows between our read and our delete."""
-        ids, records = await self._source.fetch(driver, self._batch)
+        ids, pairs = await self._source.fetch(driver, self._batch)
         if not ids:
             self._backlog(0)
             return 0
-        if records:
-            await self._publisher.publish(records)
-        await self._source.delete(driver, ids)
+        records = [record for _id, record in pairs]
+        acks = await self._publisher.publish(records) if records else []
+        kept = self._keeper.kept(pairs, acks) if self._keeper is not None else []
+        await self._source.settle(driver, ids, kept)
         if len(ids) < self._batch:
             self._backlog(0)  # we read everything there was
         elif time.monotonic() - self._counted_at >= _BACKLOG_COUNT_INTERVAL_S:

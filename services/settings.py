@@ -162,6 +162,35 @@ class Settings(BaseSettings):
         if not 0 <= value <= 65_535:
             raise ValueError("not a TCP port (1-65535; 0 picks a free one)")
         return value
+    # --- stopping, and what a broker loss must not lose (issue 10 parts 2 and 3) ----------------
+    shutdown_timeout_s: float = Field(
+        default=20.0, gt=0,
+        description="SIGTERM/SIGINT drain for at most this long, then the process exits anyway (status 1, "
+        "saying what did not finish); a second signal exits at once",
+    )
+    kafka_session_timeout_s: float = Field(
+        default=6.0, ge=1,
+        description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "
+        "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
+    )
+    kafka_idempotence: bool = Field(
+        default=False, description="Idempotent producer (no duplicates from its own retries); Kafka yes, Tansu no",
+    )
+    replay_retain_max: int = Field(
+        default=200_000, ge=0,
+        description="Published records kept in PostgreSQL until every consumer group has read them, to publish "
+        "again should the broker lose them; beyond this many the oldest are dropped (0: keep none)",
+    )
+    replay_check_interval_s: float = Field(
+        default=2.0, gt=0,
+        description="How often a relay compares the broker with what it published (lost records, consumer "
+        "groups' offsets) and drops what every group has read",
+    )
+    replay_settle_s: float = Field(
+        default=8.0, ge=0,
+        description="After a broker loss seen while consumers run, wait this long before publishing again, so "
+        "they rejoin the new broker and read its log from the start (keep above the session timeout)",
+    )
 
     def processing_ids(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.accepted_processing_ids.split(",") if p.strip())

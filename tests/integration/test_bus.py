@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -86,3 +88,68 @@ async def test_kafka_batches_land_where_the_default_partitioner_puts_each_key(br
         assert dict(r.headers)["event_id"] == r.value[3000:]
     for key in {r.key for r in records}:
         assert [g.value for g in got if g.key == key] == [r.value for r in records if r.key == key]
+
+
+async def test_publish_says_where_each_record_landed(publisher: Publisher, broker: Broker) -> None:
+    topic = f"contract.{uuid.uuid4().hex[:8]}"
+    records = [Record(topic, f"p{i % 5}".encode(), f"v{i}".encode()) for i in range(20)]
+    acks = await publisher.publish(records)
+    assert len(acks) == len(records)
+    if isinstance(publisher, MemoryPublisher):
+        landed = {(a.partition, a.offset): publisher.logs[(topic, a.partition)][a.offset].value for a in acks}
+    else:
+        landed = {(r.partition, r.offset): r.value for r in await read_topic(broker.bootstrap, topic, expect=20)}
+    assert [landed[(a.partition, a.offset)] for a in acks] == [r.value for r in records]
+    assert all(a.base <= a.offset for a in acks)
+
+
+async def test_broker_view_reads_back_ends_and_committed_offsets(publisher: Publisher, broker: Broker) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from services.bus import BrokerView
+
+    view = cast(BrokerView, publisher)
+    topic, group = f"contract.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    acks = await publisher.publish([Record(topic, b"k", f"v{i}".encode()) for i in range(3)])
+    tp = (topic, acks[0].partition)
+    assert (await view.end_offsets([tp]))[tp] > acks[-1].base
+    assert await view.committed(group, [tp]) == {}
+    if isinstance(publisher, MemoryPublisher):
+        publisher.commit(group, topic, tp[1], 2)
+    else:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(*tp)])
+            await consumer.commit({TopicPartition(*tp): 2})
+        finally:
+            await consumer.stop()
+    assert await view.committed(group, [tp]) == {tp: 2}
+    assert await view.cluster_id() == await view.cluster_id()
+
+
+async def test_a_restarted_broker_is_a_new_cluster_with_empty_logs(own_broker: Broker) -> None:
+    """What services.replay relies on to notice the embedded broker restarted."""
+    pub = KafkaPublisher(own_broker.bootstrap, timeout_s=3.0)
+    try:
+        topic = f"contract.{uuid.uuid4().hex[:8]}"
+        acks = await pub.publish([Record(topic, b"k", b"v")])
+        tp = (topic, acks[0].partition)
+        before = await pub.cluster_id()
+        assert before and (await pub.end_offsets([tp]))[tp] == 1
+        own_broker.stop()
+        own_broker.start()
+        for _ in range(50):  # the view reconnects on its next question
+            try:
+                after = await pub.cluster_id()
+                break
+            except BusUnavailable:
+                await asyncio.sleep(0.1)
+        assert after and after != before
+        assert (await pub.end_offsets([tp]))[tp] == 0
+        fake = MemoryPublisher()
+        first = await fake.cluster_id()
+        fake.lose()
+        assert await fake.cluster_id() != first
+    finally:
+        await pub.close()

@@ -327,8 +327,10 @@ ENROLLMENT = Service(
     subcommand="enrollment",
     ports={"http": "enrollment_http_port"},
     file_fields=("rules_file", "users_file"),
-    topic_fields=("topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events",
-                  "topic_notifications_measures"),
+    topic_fields=(
+        "topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events", "topic_enrollment_deadletter",
+        "topic_notifications_measures",
+    ),
     routes=_enrollment_routes,
 )
 NOTIFIER = Service(
@@ -341,6 +343,7 @@ NOTIFIER = Service(
         "topic_enrollment_candidates",
         "topic_enrollment_events",
         "topic_notifications_deadletter",
+        "topic_notifier_deadletter",
         "topic_notifications_measures",
     ),
     routes=_notifier_routes,
@@ -1014,17 +1017,84 @@ def test_compose_service_waits_for_its_dependencies(svc: Service) -> None:
                 assert services[dep].get("restart", "no") == "no", dep
 
 
+def _kafka_nodes() -> dict[str, dict[str, str]]:
+    """The compose services that run a Kafka broker: name -> environment."""
+    return {n: _compose_env(s) for n, s in _services().items()
+            if s.get("image", "").startswith("apache/kafka:") and "KAFKA_NODE_ID" in _compose_env(s)}
+
+
 @each_service
 def test_compose_kafka_is_kraft_and_the_service_reaches_it(svc: Service) -> None:
     services = _services()
-    kafka = _compose_env(services["kafka"])
-    assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    advertised = {a.split("://", 1)[1] for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    nodes = _kafka_nodes()
+    advertised: set[str] = set()
+    for kafka in nodes.values():
+        assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        advertised |= {a.split("://", 1)[1] for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
     bootstrap = _compose_env(services[svc.name])[_env_name("kafka_bootstrap_servers")]
+    assert {s.split(":")[0] for s in bootstrap.split(",")} == set(nodes), "bootstrap from every node"
     for server in bootstrap.split(","):
         assert server in advertised, f"{server} is not an advertised Kafka listener {advertised}"
         assert server.split(":")[0] in services
+    for node in nodes:
+        assert services[svc.name]["depends_on"][node]["condition"] == "service_healthy", node
+
+
+def test_compose_kafka_keeps_what_it_acknowledged() -> None:
+    """Three nodes of one KRaft cluster; every topic (ours, by the topic job, and the brokers'
+    internal ones) on three replicas, acknowledged with two in sync, no unclean election: a
+    record the relay saw acknowledged (acks=all) survives the loss of any one node."""
+    nodes = _kafka_nodes()
+    assert len(nodes) == 3
+    ids = {env["KAFKA_NODE_ID"] for env in nodes.values()}
+    assert len(ids) == 3 and len({env["CLUSTER_ID"] for env in nodes.values()}) == 1
+    for env in nodes.values():
+        voters = {v.split("@")[1].split(":")[0] for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")}
+        assert voters == set(nodes)
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+    creator, created = _compose_created_topics()
+    script = " ".join(_services()[creator]["command"])
+    variables = dict(re.findall(r"(\w+)='([^']*)'", script))
+    commands = [c for c in script.split("&&") if "kafka-topics.sh" in c]
+    assert len(commands) == len(created)
+    for command in commands:
+        flags = re.sub(r"\$\$(\w+)", lambda m: variables[m.group(1)], command)
+        topic = re.search(r"--topic\s+(\S+)", flags)
+        assert topic is not None
+        assert re.search(r"--replication-factor\s+3\b", flags), topic.group(1)
+        assert "--config min.insync.replicas=2" in flags, topic.group(1)
+        assert "--config unclean.leader.election.enable=false" in flags, topic.group(1)
+        assert all(node in _services()[creator]["depends_on"] for node in nodes)
+
+
+def test_deployed_producers_are_idempotent_and_the_embedded_default_is_not() -> None:
+    # Tansu (the embedded broker of `wpc up`) has no idempotent producer; Kafka has.
+    assert _default("kafka_idempotence") is False
+    assert _configmap()[_env_name("kafka_idempotence")] == "true"
+    for s in SERVICES:
+        assert _compose_env(_services()[s.name])[_env_name("kafka_idempotence")] == "true", s.name
+
+
+def test_k8s_topics_are_documented_durable() -> None:
+    # Kafka is outside the manifests: deploy/README.md says how to create the topics.
+    readme = (DEPLOY / "README.md").read_text()
+    for flag in ("--replication-factor 3", "min.insync.replicas=2", "unclean.leader.election.enable=false"):
+        assert flag in readme, flag
+
+
+@each_service
+def test_the_drain_bound_is_within_the_grace_before_sigkill(svc: Service) -> None:
+    """The service's own bound on stopping (WPC_SHUTDOWN_TIMEOUT_S) ends before the
+    orchestrator's SIGKILL, so the last word is ours (what did not finish, logged)."""
+    grace = _pod(svc.name)["spec"]["terminationGracePeriodSeconds"]
+    for env in (_k8s_env(svc.name), _compose_env(_services()[svc.name])):
+        bound = float(env.get(_env_name("shutdown_timeout_s"), _default("shutdown_timeout_s")))
+        assert bound < grace, (svc.name, bound, grace)
 
 
 def test_compose_database_url_points_at_the_postgres_service() -> None:
