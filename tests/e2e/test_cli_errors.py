@@ -4,6 +4,7 @@ started. The real `wpc` command runs as a subprocess, as a person would run it."
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -177,7 +178,10 @@ def test_database_unreachable(env: dict[str, str]) -> None:
 def test_a_second_wpc_up_named_by_its_run_file(env: dict[str, str], tmp_path: Path) -> None:
     run_file = tmp_path / "data" / "run.json"
     run_file.parent.mkdir()
-    run_file.write_text(f'{{"pid": {os.getpid()}, "started_at": "2026-01-01T00:00:00Z", "ports": {{}}}}')
+    # Written now, by a live process that started before it: what a running `wpc up` leaves
+    # (a file older than its pid's process would be a dead run's, its pid reused).
+    now = dt.datetime.now(dt.UTC).isoformat()
+    run_file.write_text(f'{{"pid": {os.getpid()}, "started_at": "{now}", "ports": {{}}}}')
     refused(wpc("up", env=env), 1, f"wpc up is already running (pid {os.getpid()}")
 
 

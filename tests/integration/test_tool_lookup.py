@@ -3,6 +3,7 @@ WPC_DATABASE_URL is unset; and say in one line where they looked when there is n
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -25,7 +26,8 @@ def run_wpc(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProce
 def write_run_file(data_dir: Path, pid: int, database_url: str) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "run.json").write_text(json.dumps({
-        "pid": pid, "started_at": "2026-01-01T00:00:00+00:00", "database_url": database_url,
+        # written now, as `wpc up` writes it once up: after its process started
+        "pid": pid, "started_at": dt.datetime.now(dt.UTC).isoformat(), "database_url": database_url,
         "kafka_bootstrap_servers": "127.0.0.1:9092", "postgres": None, "broker": None,
         "ports": {"mllp": 2575, "listener_http": 8080, "enrollment_http": 8081, "notifier_http": 8082,
                   "demo_inbox": 8083},
