@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc.api import enrollment_router
 from enrollment_svc.handler import AdtEventHandler
+from enrollment_svc.reported import MeasureHandler
 from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.store import EnrollmentStore, Topics
 from services import db, lifecycle
@@ -96,6 +97,12 @@ class EnrollmentService:
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         )
+        # The notifier's PCP-notified figures, which the measures report (enrollment_svc.reported): a
+        # group of their own, so this small topic never waits behind an adt.events backlog.
+        self.measures_consumer = ConsumerLoop(
+            settings.kafka_bootstrap_servers, [settings.topic_notifications_measures],
+            f"{settings.enrollment_group_id}.measures", MeasureHandler(self.engine),
+        )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
         checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping,
@@ -121,6 +128,7 @@ class EnrollmentService:
         self._tasks = [
             asyncio.create_task(self.relay.run(self._stop), name="enrollment-relay"),
             asyncio.create_task(self.consumer.run(self._stop), name="enrollment-consumer"),
+            asyncio.create_task(self.measures_consumer.run(self._stop), name="enrollment-measures-consumer"),
             asyncio.create_task(
                 lifecycle.every(self._stop, self.settings.expiry_interval_s, self._expire_once, "expiry sweep"),
                 name="enrollment-expiry",

@@ -112,6 +112,15 @@ class Settings(BaseSettings):
     demo_inbox_port: int = Field(default=8083, description="`wpc up` without WPC_NOTIFY_FILE: the demo inbox")
     notifier_poll_interval_s: float = Field(default=1.0, description="How often due notices and retries are checked")
 
+    # --- the PCP-notified measure: computed by the notifier, reported by both APIs (issue 12) --
+    topic_notifications_measures: str = Field(
+        default="notifications.measures",
+        description="The notifier's PCP-notified figures (schemas/measure.py), consumed by the enrollment service",
+    )
+    measure_publish_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the notifier publishes the PCP-notified figures that changed"
+    )
+
     # --- consumers: parking and readiness (services/consumer.py, services/parking.py) ----------
     topic_enrollment_deadletter: str = Field(
         default="enrollment.deadletter",

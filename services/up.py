@@ -280,7 +280,7 @@ async def _serve(
             f"  Kafka               {ready.kafka_bootstrap_servers}  topics "
             f"{ready.topic_adt_events}, {ready.topic_adt_deadletter}, {ready.topic_enrollment_candidates}, "
             f"{ready.topic_enrollment_events}, {ready.topic_enrollment_deadletter}, {ready.topic_notifier_deadletter}, "
-            f"{ready.topic_notifications_deadletter}\n"
+            f"{ready.topic_notifications_deadletter}, {ready.topic_notifications_measures}\n"
             f"  database            {make_url(ready.database_url).render_as_string(hide_password=True)}\n"
             f"  run state           {ready.data_dir / RUN_FILE}  (how the tools find this system)\n"
             "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
