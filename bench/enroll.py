@@ -12,6 +12,10 @@
    applies what has queued up for it with the service's own handler
    (`AdtEventHandler.lane`: dedupe, identity, encounter fold, window counts, decision,
    candidate and outbox, group-committed), the way the consumer applies a fetched batch.
+   With ``--late-share``, that share of the events are instead month-old ED visits of
+   persons admitted earlier in the run, arriving now: late events, each making the
+   service decide its person's current triggers again (the path a backfill or the
+   catch-up after an outage takes), so its cost shows beside the in-order path's.
 3. Prints decisions/s, p50/p99/max latency from the event's scheduled time to its
    commit, candidates made, mean group size, CPU per event of this process and of the
    lanes' PostgreSQL backends, how busy the whole machine was, the longest garbage
@@ -214,8 +218,18 @@ def _admission(run: str, index: int, person: int, facility: str, now: dt.datetim
     )
 
 
+def _backfill(run: str, index: int, person: int, facility: str, at: dt.datetime) -> AdtEventV1:
+    """An ED visit of a month ago, arriving now: older than the person's admission in this run,
+    so it is late and the person's current triggers are decided again (`enrollment_svc.decide`)."""
+    event = _admission(run, index, person, facility, at)
+    assert event.visit is not None
+    visit = event.visit.model_copy(update={"patient_class": "E", "visit_number": f"LATE{run}-{index}"})
+    return event.model_copy(update={"trigger_event": "A04", "visit": visit})
+
+
 async def replay_live(
-    url: str, rules: Rules, persons: int, rate: float, duration: float, lanes: int, group_max: int, facility: str
+    url: str, rules: Rules, persons: int, rate: float, duration: float, lanes: int, group_max: int, facility: str,
+    late_share: float = 0.0,
 ) -> dict[str, Any]:
     engine = db.create_engine(url, pool_size=lanes + 2)
     store = EnrollmentStore(rules)
@@ -232,9 +246,18 @@ async def replay_live(
     # the lanes pay for decoding, as the consumer's do.
     t0 = dt.datetime.now(dt.UTC)
     feed: list[tuple[int, bytes]] = []
+    admitted: list[int] = []
+    late = 0
     for i in range(total):
-        person = rng.randint(1, persons)
-        event = _admission(run, i, person, facility, t0 + dt.timedelta(seconds=i / rate))
+        at = t0 + dt.timedelta(seconds=i / rate)
+        if admitted and rng.random() < late_share:
+            person = rng.choice(admitted)
+            event = _backfill(run, i, person, facility, at - dt.timedelta(days=30))
+            late += 1
+        else:
+            person = rng.randint(1, persons)
+            event = _admission(run, i, person, facility, at)
+            admitted.append(person)
         feed.append((lane_of(patient_key("BENCH", f"M{person}").encode(), lanes), event.model_dump_json().encode()))
     queues: list[asyncio.Queue[tuple[float, bytes] | None]] = [asyncio.Queue() for _ in range(lanes)]
     latencies: list[float] = []
@@ -293,6 +316,7 @@ async def replay_live(
 
     return {
         "events": total,
+        "late_events": late,
         "decisions_per_s": round(total / elapsed, 1) if total else 0.0,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
@@ -319,6 +343,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "service's default WPC_ENROLLMENT_LANES=8 (fewer, larger groups; shorter waits for the capacity row)",
     )
     parser.add_argument("--group-max", type=int, default=64, help="most events one lane commits together")
+    parser.add_argument(
+        "--late-share", type=float, default=0.0,
+        help="share of events that arrive late: a month-old ED visit of a person admitted earlier in the run, "
+        "which makes the service decide that person's current triggers again (0: every event in order)",
+    )
     reuse = parser.add_mutually_exclusive_group()
     reuse.add_argument("--keep-db", metavar="NAME", help="load into database NAME and keep it afterwards")
     reuse.add_argument("--reuse-db", metavar="NAME", help="replay against NAME, loaded by an earlier --keep-db")
@@ -373,7 +402,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         url, drop, load_s = await _prepare(args, base, facility)
         try:
             live = await replay_live(url, rules, args.persons, args.rate, args.duration, args.lanes, args.group_max,
-                                     facility)
+                                     facility, args.late_share)
         finally:
             if drop is not None:
                 await db.drop_database(url, drop)
@@ -396,7 +425,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wpc bench enroll: {report['persons']:,} persons, {report['encounters']:,} encounters ({loaded})")
     print(f"live feed {report['rate_per_s']:.0f} events/s for {report['duration_s']:.0f} s, {report['lanes']} lanes: "
           f"{report['decisions_per_s']} decisions/s, p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms, "
-          f"max {report['max_ms']} ms, candidates {report['candidates']}, mean group {report['mean_group']}, "
+          f"max {report['max_ms']} ms, late events {report['late_events']}, candidates {report['candidates']}, "
+          f"mean group {report['mean_group']}, "
           f"CPU per event: bench {report['bench_cpu_ms_per_event']} ms, database {report['db_cpu_ms_per_event']} ms; "
           f"machine CPU busy {report['machine_cpu_busy']}; longest GC pause {report['gc_longest_pause_ms']} ms")
     print(f"goal: p99 < 100 ms at 500 events/s ........ {report['goal_p99_lt_100ms_at_500']}")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from enrollment_svc import measures
+from enrollment_svc import findings, measures
 from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
@@ -45,7 +45,9 @@ class ActionIn(_Body):
 
 
 class ServiceIn(_Body):
-    kind: Literal["pre_discharge_visit", "home_visit", "pcp_appointment", "pcp_notified"]
+    # No "pcp_notified": the notifier records PCP notices as it delivers them, and the
+    # PCP-notified measure is its figure (enrollment_svc.reported), one number.
+    kind: Literal["pre_discharge_visit", "home_visit", "pcp_appointment"]
     at: dt.datetime
 
 
@@ -184,7 +186,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
 
     @router.post("/candidates/{candidate_id}/services", status_code=201)
     async def record_service(candidate_id: uuid.UUID, body: ServiceIn, user: CurrentUser) -> dict[str, Any]:
-        """A service delivered (for the measures): visit, home visit, PCP appointment or notice."""
+        """A service delivered (for the measures): pre-discharge visit, home visit, PCP appointment."""
         async with engine.begin() as conn:
             row = await _one(conn, user, candidate_id, write=True)
             await conn.execute(
@@ -311,5 +313,14 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             result = await measures.compute(conn, dt.date(year, mon, 1), program)
         return result
 
-    return router
+    @router.get("/feed-findings")
+    async def feed_findings(user: CurrentUser, facility: str | None = None) -> list[dict[str, Any]]:
+        """Feed-quality findings of the ADT this service applied, per facility and kind
+        (`enrollment_svc.findings`: visit numbers reused for another patient, event times ahead
+        of receipt), with counts and when first and last seen. No PHI."""
+        if not user.has("ops"):
+            raise HTTPException(403, "feed findings are ops work: they need the ops role")
+        async with engine.connect() as conn:
+            return await findings.report(conn, facility)
 
+    return router

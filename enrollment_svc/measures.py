@@ -2,8 +2,11 @@
 
 For the enrollments of one calendar month (candidates that became ``enrolled`` in it):
 
-* ``pcp_notified_share``: enrollees with a ``pcp_notified`` service record (the notifier
-  writes it when a PCP notice is delivered; target 50%).
+* ``pcp_notified_share`` (target 50%) is not computed here: it is the notifier's figure
+  (the notifier alone knows which enrollment notices were delivered), received on
+  ``notifications.measures`` (`enrollment_svc.reported`) and shown with its source, its
+  counts, the zone its month is read in and when it was computed (``pcp_notified``);
+  None until the notifier has published one. One number, the same in both APIs.
 * TOC: ``visit_within_3_business_days_share`` (a pre-discharge visit before discharge,
   or a home visit within 3 business days after it) and ``pcp_appointment_within_1_month_share``,
   of enrollees whose triggering stay has ended.
@@ -24,6 +27,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from enrollment_svc import reported
 from enrollment_svc.eligibility import months_before
 
 _INPATIENT = ["inpatient", "psych_inpatient"]
@@ -83,12 +87,18 @@ async def compute(
         )
     ).all()
     out: dict[str, Any] = {"month": month.strftime("%Y-%m"), "business_days": "Mon-Fri, no holidays", "programs": {}}
-    for prog in sorted({r.program for r in rows} | ({program} if program else set())):
+    notified = await reported.pcp_notified(conn, month)
+    if program is not None:
+        notified = {p: v for p, v in notified.items() if p == program}
+    for prog in sorted({r.program for r in rows} | set(notified) | ({program} if program else set())):
         mine = [r for r in rows if r.program == prog]
         services = [list(zip(r.kinds, r.ats, strict=True)) for r in mine]
+        figure = notified.get(prog)
         result: dict[str, Any] = {
             "enrolled": len(mine),
-            "pcp_notified_share": _share(sum(any(k == "pcp_notified" for k, _ in s) for s in services), len(mine)),
+            "pcp_notified_share": figure["share"] if figure else None,
+            "pcp_notified": figure or {"source": "notifier", "share": None,
+                                       "detail": "no figure received from the notifier for this month"},
         }
         discharged = [(r, s) for r, s in zip(mine, services, strict=True) if r.end_at is not None]
         if prog == "TOC":

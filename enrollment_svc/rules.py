@@ -85,6 +85,9 @@ class Site(_Strict):
     psychiatric_units: tuple[str, ...] = ()  # PV1-3.1 points of care that are psychiatric units
     medi_cal_plan_ids: tuple[str, ...] = ()  # IN1-2 / IN1-3 values meaning Medi-Cal (plans and the state)
     medi_cal_financial_classes: tuple[str, ...] = ()  # PV1-20 values meaning Medi-Cal
+    # An event time (EVN-2 / MSH-7) further than this after the message's receipt is a feed finding
+    # (`enrollment_svc.findings`): the sender's clock or time zone is wrong. The event is still used.
+    clock_ahead_margin_minutes: int = Field(default=15, ge=0)
 
     @field_validator("timezone")
     @classmethod

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc.api import enrollment_router
 from enrollment_svc.handler import AdtEventHandler
+from enrollment_svc.reported import MeasureHandler
 from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore, Topics
@@ -99,11 +100,17 @@ class EnrollmentService:
             self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake, parking=self.parking
         )
         self.consumer = ConsumerLoop(
-            settings.kafka_bootstrap_servers, list(settings.consumed_topics()), settings.enrollment_group_id,
-            self.handler,
+            settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler,
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+            client_options=settings.kafka_client_options(),
+        )
+        # The notifier's PCP-notified figures, which the measures report (enrollment_svc.reported): a
+        # group of their own, so this small topic never waits behind an adt.events backlog.
+        self.measures_consumer = ConsumerLoop(
+            settings.kafka_bootstrap_servers, [settings.topic_notifications_measures],
+            settings.measures_group_id(), MeasureHandler(self.engine),
             client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")
@@ -131,6 +138,7 @@ class EnrollmentService:
         self._tasks = [
             asyncio.create_task(self.relay.run(self._stop), name="enrollment-relay"),
             asyncio.create_task(self.consumer.run(self._stop), name="enrollment-consumer"),
+            asyncio.create_task(self.measures_consumer.run(self._stop), name="enrollment-measures-consumer"),
             asyncio.create_task(
                 lifecycle.every(self._stop, self.settings.expiry_interval_s, self._expire_once, "expiry sweep"),
                 name="enrollment-expiry",

@@ -22,10 +22,15 @@ class EnrollmentSettings(DownstreamSettings):
         return (self.topic_enrollment_candidates, self.topic_enrollment_events, self.topic_enrollment_deadletter)
 
     def consumed_topics(self) -> tuple[str, ...]:
-        return (self.topic_adt_events,)
+        return (self.topic_adt_events, self.topic_notifications_measures)
 
     def consumer_groups(self) -> tuple[str, ...]:
-        return (self.enrollment_group_id,)
+        return (self.enrollment_group_id, self.measures_group_id())
+
+    def measures_group_id(self) -> str:
+        """The group of its notifications.measures consumer: one of its own, so that small topic
+        never waits behind an adt.events backlog."""
+        return f"{self.enrollment_group_id}.measures"
 
     enrollment_http_port: int = 8081
     rules_file: Path | None = Field(

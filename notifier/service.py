@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import logging
 import os
@@ -25,6 +26,7 @@ from types import TracebackType
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notifier import measures
 from notifier.api import notifier_router
 from notifier.channels.base import Channel
 from notifier.channels.email import EmailChannel
@@ -150,6 +152,12 @@ class NotifierService:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    async def _publish_measures(self) -> None:
+        """Put the PCP-notified figures that changed on notifications.measures (notifier.measures)."""
+        if await measures.publish_changed(self.engine, self.settings.topic_notifications_measures,
+                                          self.config.timezone, dt.datetime.now(dt.UTC), self.outbox):
+            self.relay.wake()
+
     async def __aenter__(self) -> NotifierService:
         self._tasks = [
             asyncio.create_task(self.relay.run(self._stop), name="notifier-relay"),
@@ -163,6 +171,11 @@ class NotifierService:
             asyncio.create_task(
                 lifecycle.every(self._stop, _GAUGE_INTERVAL_S, self.parking.refresh_gauge, "parked gauge"),
                 name="notifier-parked-gauge",
+            ),
+            asyncio.create_task(
+                lifecycle.every(self._stop, self.settings.measure_publish_interval_s, self._publish_measures,
+                                "PCP-notified measure"),
+                name="notifier-measures",
             ),
         ]
         await self.http.start()

@@ -19,7 +19,7 @@ class NotifierSettings(DownstreamSettings):
     service: ClassVar[str] = "notifier"
 
     def published_topics(self) -> tuple[str, ...]:
-        return (self.topic_notifications_deadletter, self.topic_notifier_deadletter)
+        return (self.topic_notifications_deadletter, self.topic_notifier_deadletter, self.topic_notifications_measures)
 
     def consumed_topics(self) -> tuple[str, ...]:
         return (self.topic_enrollment_candidates, self.topic_enrollment_events, self.topic_adt_events)
@@ -34,6 +34,9 @@ class NotifierSettings(DownstreamSettings):
         "empty under `wpc up`: the demo inbox",
     )
     notifier_poll_interval_s: float = Field(default=1.0, description="How often due notices and retries are checked")
+    measure_publish_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the notifier publishes the PCP-notified figures that changed"
+    )
     demo_inbox_port: int = Field(
         default=8083, description="`wpc up` without WPC_NOTIFY_FILE: the demo inbox the notifier delivers to"
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_event import AdtEventV1
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
+from schemas.measure import PcpNotifiedV1
 from schemas.notification import NotificationDeadLetterV1, NotificationV1
 from schemas.parked_event import ParkedEventV1
 
@@ -25,6 +26,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "enrollment_candidate.v1.json": EnrollmentCandidateV1,
     "enrollment_event.v1.json": EnrollmentEventV1,
     "notification.v1.json": NotificationV1,
+    "notifications_measure.v1.json": PcpNotifiedV1,
     "notification_deadletter.v1.json": NotificationDeadLetterV1,
     "parked_event.v1.json": ParkedEventV1,
 }

@@ -95,6 +95,10 @@ class ServiceSettings(BaseSettings):
         default="notifier.deadletter",
         description="Records the notifier could not apply (parked); not notifications.deadletter (failed deliveries)",
     )
+    topic_notifications_measures: str = Field(
+        default="notifications.measures",
+        description="The notifier's PCP-notified figures (schemas/measure.py), consumed by the enrollment service",
+    )
     enrollment_group_id: str = "wpc-enrollment"
     notifier_group_id: str = "wpc-notifier"
 

@@ -1,7 +1,9 @@
-"""`wpc bench ingest` end to end, very short: the figures are printed, not asserted.
+"""`wpc bench ingest` end to end, and `wpc bench enroll`'s live feed, very short: the
+figures are printed, not asserted.
 
 What is asserted: the last line is the JSON report, every target accepted messages,
-and every AA our listener sent is a row in adt_message (custody before the ACK).
+and every AA our listener sent is a row in adt_message (custody before the ACK); every
+event of the enrollment feed, in order or late, is applied.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import asyncpg
 import pytest
 
 from adt_listener.settings import ListenerSettings
+from bench.enroll import _dsn, load_county, replay_live
 from bench.ingest import IngestOptions, ingest
+from enrollment_svc.service import rules_of
+from enrollment_svc.settings import EnrollmentSettings
 from tests.conftest import ADMIN_DSN, Broker
 
 
@@ -54,3 +59,20 @@ async def test_bench_ingest_smoke(
     durability = report["durability"]
     assert durability["adt_message_aa_rows"] == durability["aa_acks"]
     assert durability["result"] == "PASS"
+
+
+async def test_bench_enroll_smoke_with_late_events(database_url: str) -> None:
+    """`wpc bench enroll` on a tiny county: in-order admissions and late backfilled visits, all applied."""
+    rules = rules_of(EnrollmentSettings.model_construct())
+    facility = next(f for f, spec in rules.site.facilities.items() if spec.participating)
+    await load_county(_dsn(database_url), 200, 1000, facility)
+    report = await replay_live(database_url, rules, 200, rate=200, duration=0.5, lanes=2, group_max=8,
+                               facility=facility, late_share=0.3)
+    assert report["events"] == 100 and 0 < report["late_events"] < 100
+    conn = await asyncpg.connect(_dsn(database_url))
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM processed_event") == 100
+        assert await conn.fetchval("SELECT count(*) FROM encounter WHERE visit_number LIKE 'LATE%'") == \
+            report["late_events"]
+    finally:
+        await conn.close()

@@ -341,6 +341,7 @@ ENROLLMENT = Service(
     file_fields=("rules_file", "users_file"),
     topic_fields=(
         "topic_adt_events", "topic_enrollment_candidates", "topic_enrollment_events", "topic_enrollment_deadletter",
+        "topic_notifications_measures",
     ),
     routes=_enrollment_routes,
 )
@@ -355,6 +356,7 @@ NOTIFIER = Service(
         "topic_enrollment_events",
         "topic_notifications_deadletter",
         "topic_notifier_deadletter",
+        "topic_notifications_measures",
     ),
     routes=_notifier_routes,
 )

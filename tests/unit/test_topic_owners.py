@@ -40,7 +40,7 @@ def test_the_expected_owners() -> None:
     listener, enrollment, notifier = (set(s.published_topics()) for s in SETTINGS)
     assert listener == {"adt.events", "adt.deadletter"}
     assert enrollment == {"enrollment.candidates", "enrollment.events", "enrollment.deadletter"}
-    assert notifier == {"notifications.deadletter", "notifier.deadletter"}
+    assert notifier == {"notifications.deadletter", "notifier.deadletter", "notifications.measures"}
 
 
 def test_each_relay_has_its_own_lock_key() -> None:

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-# The lead re-chains this file after issue 12's 0007 (see the report): until then it follows 0006.
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

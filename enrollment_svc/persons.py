@@ -1,0 +1,382 @@
+"""Persons and their identities: resolving, merging, linking, and reading what deciding needs.
+
+A person is every identity (one hospital MRN with its assigning authority, keyed by the
+listener's patient key) linked by Medi-Cal id, an explicit link, or an A40-family merge
+(an identity merged away points at its survivor, ``identity.merged_into``; an MRN merged
+before any event of its own is recorded so, and its events join the survivor). Two
+persons becoming one bring their encounters, flags and candidates together; two
+encounters of one facility and visit number then become one (`combine_visits`), as one
+visit of one patient is one encounter.
+
+The reads are what the use cases decide on: the window of history of the in-order path
+(`history`), and the person's record for deciding again (`record`, `unfold`).
+
+Methods run in the caller's transaction, on the store's `Sql`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+from enrollment_svc import decide, history
+from enrollment_svc.candidates import Candidates
+from enrollment_svc.model import EncounterFacts, Flag, PersonHistory
+from enrollment_svc.rows import HISTORY_COLUMNS, SAVE_ENCOUNTER, encounter_params, event_from_body, json_value
+from enrollment_svc.rules import Rules
+from enrollment_svc.sql import Sql
+from enrollment_svc.status import ACTIVE
+from schemas.adt_event import Identifier
+
+__all__ = ["Persons"]
+
+_LOAD_HISTORY = f"SELECT {HISTORY_COLUMNS} FROM person h WHERE h.id = :p"
+
+# An identity and every identity merged into it, directly or through others (A40 chains, and
+# MRNs merged before their own events came: their encounters and flags keep their own key).
+_MERGED_INTO = (
+    "WITH RECURSIVE tree(key) AS (SELECT CAST(:k AS text) UNION "
+    "SELECT i.key FROM identity i JOIN tree t ON i.merged_into = t.key) SELECT key FROM tree"
+)
+
+# A person's encounters in the window for deciding again (`_redecide`), with the events of
+# those that may hold a current trigger (a time of theirs within ``candidate_max_age_hours``).
+_RECORD_ENCOUNTERS = (
+    "SELECT e.id, e.facility, e.visit_number, e.kind, e.status, e.start_at, e.end_at, e.dx_flags, e.last_event_time, "
+    "CASE WHEN GREATEST(e.last_event_time, e.start_at, e.end_at) >= :recent "
+    "THEN ARRAY(SELECT v.body FROM encounter_event v WHERE v.encounter_id = e.id) END AS bodies "
+    "FROM encounter e WHERE e.person_id = :p AND e.start_at >= :since"
+)
+
+
+class Persons:
+    """The persons' repository: identities, merges and links, and the reads of deciding."""
+
+    def __init__(self, rules: Rules, candidates: Candidates) -> None:
+        self.rules = rules
+        self.candidates = candidates
+
+    async def resolve(
+        self,
+        db: Sql,
+        key: str,
+        ident: Identifier,
+        authority: str,
+        medi_cal_id: str | None,
+        row: Any,
+    ) -> tuple[uuid.UUID, bool]:
+        """The person of an identity (``row``: its identity row, None when new), creating or
+        linking (by Medi-Cal id) as needed; and whether two persons were merged for it.
+
+        No lock is taken to create: two transactions creating the same identity or the same
+        Medi-Cal person collide on a unique key, and the handler retries the loser, which then
+        finds the winner's rows. Merging two persons locks both."""
+        seen: set[str] = set()
+        while row is not None and row["merged_into"] is not None and row["merged_into"] not in seen:
+            seen.add(row["merged_into"])  # an A40-merged MRN: history lives with the survivor
+            row = await db.row("SELECT person_id, merged_into FROM identity WHERE key = :k", {"k": row["merged_into"]})
+        by_medi_cal: uuid.UUID | None = None
+        if medi_cal_id:
+            by_medi_cal = await db.scalar("SELECT id FROM person WHERE medi_cal_id = :m", {"m": medi_cal_id})
+        if row is not None:
+            person_id: uuid.UUID = row["person_id"]
+            if by_medi_cal is not None and by_medi_cal != person_id:
+                # The same Medi-Cal id at two hospitals: one person (programs.md, identity across hospitals).
+                for p in sorted((person_id, by_medi_cal), key=str):
+                    await self.lock(db, p)
+                await self.merge_persons(db, person_id, by_medi_cal, actor="medi-cal-id", reason="same Medi-Cal id")
+                return by_medi_cal, True
+            if by_medi_cal is None and medi_cal_id:
+                await db.execute(
+                    "UPDATE person SET medi_cal_id = :m WHERE id = :p AND medi_cal_id IS NULL",
+                    {"m": medi_cal_id, "p": person_id},
+                )
+            return person_id, False
+        person_id = by_medi_cal or uuid.uuid4()
+        if by_medi_cal is None:
+            await db.execute("INSERT INTO person (id, medi_cal_id) VALUES (:p, :m)", {"p": person_id, "m": medi_cal_id})
+        await db.execute(
+            "INSERT INTO identity (key, person_id, authority, value, type_code) VALUES (:k, :p, :a, :v, :t)",
+            {"k": key, "p": person_id, "a": authority, "v": ident.value, "t": ident.type_code},
+        )
+        # A new identity of a known person (same Medi-Cal id) joins it: no history to regroup,
+        # and its events are late or not by the person's ``events_through``.
+        return person_id, False
+
+    async def lock(self, db: Sql, person_id: uuid.UUID) -> None:
+        """Serialize deciding for one person: the person row's lock, held until commit (the
+        UPDATE of the person in `apply_adt_event` takes the same lock for ADT events)."""
+        await db.execute("SELECT 1 FROM person WHERE id = :p FOR UPDATE", {"p": person_id})
+
+    async def merge_identity(
+        self, db: Sql, prior_key: str, survivor_key: str, survivor_person: uuid.UUID,
+        now: dt.datetime, *, actor: str, prior: Identifier, prior_authority: str,
+    ) -> bool:
+        """A40 (merge patient identifier list): the prior MRN's history moves to the survivor.
+
+        A prior MRN not seen yet is recorded as merged already (an early merge): its events,
+        whenever they come, join the survivor. True when the merge is new (not a redelivery).
+        """
+        row = await db.row("SELECT person_id, merged_into FROM identity WHERE key = :k", {"k": prior_key})
+        if row is not None and row["merged_into"] == survivor_key:
+            return False  # already merged: a redelivered A40
+        await db.execute(
+            "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('merge', :a, :b, :who, 'A40')",
+            {"a": prior_key, "b": survivor_key, "who": actor},
+        )
+        if row is None:
+            await db.execute(
+                "INSERT INTO identity (key, person_id, authority, value, type_code, merged_into) "
+                "VALUES (:k, :p, :a, :v, :t, :s)",
+                {"k": prior_key, "p": survivor_person, "a": prior_authority, "v": prior.value,
+                 "t": prior.type_code, "s": survivor_key},
+            )
+            return False  # nothing of it is stored yet: nothing to decide again
+        await db.execute("UPDATE identity SET merged_into = :s WHERE key = :k", {"s": survivor_key, "k": prior_key})
+        prior_person: uuid.UUID = row["person_id"]
+        if prior_person != survivor_person:
+            await self.lock(db, prior_person)
+        keys = [r["key"] for r in await db.fetch(_MERGED_INTO, {"k": prior_key})]
+        moving = await db.fetch("SELECT id FROM encounter WHERE identity_key = ANY(:keys)", {"keys": keys})
+        kept = await self.combine_visits(db, survivor_person, [r["id"] for r in moving])
+        # Encounters keep their (facility, visit number) key, so moving them can never double count.
+        await db.execute(
+            "UPDATE encounter SET identity_key = :s, person_id = :p WHERE id = ANY(:ids)",
+            {"s": survivor_key, "p": survivor_person, "ids": kept},
+        )
+        await db.execute(
+            "UPDATE patient_flag SET identity_key = :s, person_id = :p WHERE identity_key = ANY(:keys)",
+            {"s": survivor_key, "p": survivor_person, "keys": keys},
+        )
+        if prior_person != survivor_person:
+            remaining = await db.scalar(
+                "SELECT count(*) FROM identity WHERE person_id = :p AND merged_into IS NULL AND key <> :k",
+                {"p": prior_person, "k": prior_key},
+            )
+            await db.execute(
+                "UPDATE identity SET person_id = :s WHERE key = ANY(:keys)", {"s": survivor_person, "keys": keys}
+            )
+            await self.carry_events_through(db, prior_person, survivor_person)
+            if not remaining:
+                await self.candidates.move(db, prior_person, survivor_person, now, actor=actor)
+        return True
+
+    async def merge_persons(
+        self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID, *, actor: str, reason: str
+    ) -> None:
+        """One person of two (the caller holds both locks): identities, encounters, flags, candidates."""
+        moving = await db.fetch("SELECT id FROM encounter WHERE person_id = :f", {"f": from_person})
+        kept = await self.combine_visits(db, into_person, [r["id"] for r in moving])
+        await db.execute("UPDATE encounter SET person_id = :i WHERE id = ANY(:ids)", {"i": into_person, "ids": kept})
+        for table in ("identity", "patient_flag"):
+            await db.execute(
+                f"UPDATE {table} SET person_id = :i WHERE person_id = :f", {"i": into_person, "f": from_person}
+            )
+        await self.carry_events_through(db, from_person, into_person)
+        await self.candidates.move(db, from_person, into_person, dt.datetime.now(dt.UTC), actor=actor)
+        mc = await db.scalar("SELECT medi_cal_id FROM person WHERE id = :f", {"f": from_person})
+        if mc is not None:
+            await db.execute("UPDATE person SET medi_cal_id = NULL WHERE id = :f", {"f": from_person})
+            await db.execute(
+                "UPDATE person SET medi_cal_id = COALESCE(medi_cal_id, :m) WHERE id = :i", {"m": mc, "i": into_person}
+            )
+
+    async def carry_events_through(self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID) -> None:
+        await db.execute(
+            "UPDATE person SET events_through = GREATEST(events_through, "
+            "(SELECT events_through FROM person WHERE id = :f)) WHERE id = :i",
+            {"f": from_person, "i": into_person},
+        )
+
+    async def combine_visits(self, db: Sql, into_person: uuid.UUID, moving: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Of the encounters ``moving`` to ``into_person``, fold each one whose facility and visit
+        number the person has already into that encounter (one visit of one patient is one
+        encounter: the events of both, re-folded); the others are returned, to be moved."""
+        pairs = await db.fetch(
+            "SELECT b.id AS gone, a.id AS kept FROM encounter b JOIN encounter a ON a.facility = b.facility "
+            "AND a.visit_number = b.visit_number AND a.person_id = :i AND a.id <> b.id WHERE b.id = ANY(:ids)",
+            {"i": into_person, "ids": moving},
+        )
+        for pair in pairs:
+            ids = {"k": pair["kept"], "g": pair["gone"]}
+            await db.execute("UPDATE encounter_event SET encounter_id = :k WHERE encounter_id = :g", ids)
+            await db.execute("UPDATE candidate SET encounter_id = :k WHERE encounter_id = :g", ids)
+            await db.execute("DELETE FROM encounter WHERE id = :g", ids)
+            await self._refold(db, pair["kept"])
+        gone = {pair["gone"] for pair in pairs}
+        return [i for i in moving if i not in gone]
+
+    async def _refold(self, db: Sql, encounter_id: uuid.UUID) -> None:
+        row = await db.one(
+            "SELECT facility, visit_number, ARRAY(SELECT body FROM encounter_event WHERE encounter_id = e.id) "
+            "AS bodies FROM encounter e WHERE id = :e",
+            {"e": encounter_id},
+        )
+        state = history.fold(row["facility"], row["visit_number"], map(event_from_body, row["bodies"]))
+        if state is not None:
+            await db.execute(
+                SAVE_ENCOUNTER, encounter_params(encounter_id, state, history.facts(str(encounter_id), state,
+                                                                                      self.rules))
+            )
+
+    async def history(self, db: Sql, person_id: uuid.UUID, since: dt.datetime, row: Any) -> PersonHistory:
+        """The person's history from ``row`` (`_HISTORY_COLUMNS`, read already) or read now."""
+        if row is None:
+            row = await db.one(_LOAD_HISTORY, {"p": person_id, "active": list(ACTIVE), "since": since})
+        encounters = tuple(
+            EncounterFacts(
+                id=str(e_id), facility=facility, visit_number=visit_number, kind=kind, status=status,
+                start=start, end=end, dx_flags=frozenset(flags),
+            )
+            for e_id, facility, visit_number, kind, status, start, end, flags in row["encounters"]
+        )
+        flags: tuple[Flag, ...] = ()
+        if row["has_flags"]:
+            flags = tuple(
+                Flag(
+                    id=str(r["id"]), kind=r["kind"], source=r["source"], effective=r["effective"], until=r["until"],
+                    detail=r["detail"],
+                )
+                for r in await db.fetch(
+                    "SELECT id, kind, source, effective, until, detail FROM patient_flag "
+                    "WHERE person_id = :p AND (effective >= :since OR until IS NULL OR until >= :since)",
+                    {"p": person_id, "since": since},
+                )
+            )
+        return PersonHistory(
+            person_id=str(person_id),
+            birth_date=row["birth_date"],
+            medi_cal=row["medi_cal"],
+            county_resident=row["county_resident"],
+            encounters=encounters,
+            flags=flags,
+            active_program=row["active_program"],
+        )
+
+    async def record(self, db: Sql, person_id: uuid.UUID, now: dt.datetime) -> decide.PersonRecord:
+        """The person as `decide.plan` reads it: encounters in the window (with their events when
+        they may hold a current trigger), flags, candidates."""
+        recent = now - dt.timedelta(hours=self.rules.candidate_max_age_hours)
+        person = await db.one(
+            "SELECT birth_date, medi_cal, county_resident FROM person WHERE id = :p", {"p": person_id}
+        )
+        encounters = tuple(
+            decide.StoredEncounter(
+                facts=EncounterFacts(
+                    id=str(r["id"]), facility=r["facility"], visit_number=r["visit_number"], kind=r["kind"],
+                    status=r["status"], start=r["start_at"], end=r["end_at"], dx_flags=frozenset(r["dx_flags"]),
+                ),
+                last_event_time=r["last_event_time"],
+                events=tuple(map(event_from_body, r["bodies"])) if r["bodies"] is not None else None,
+            )
+            for r in await db.fetch(_RECORD_ENCOUNTERS, {
+                "p": person_id, "since": recent - self.rules.longest_lookback(), "recent": recent,
+            })
+        )
+        flags = tuple(
+            decide.RecordedFlag(
+                Flag(id=str(r["id"]), kind=r["kind"], source=r["source"], effective=r["effective"], until=r["until"],
+                     detail=r["detail"]),
+                r["recorded_at"],
+            )
+            for r in await db.fetch(
+                "SELECT id, kind, source, effective, until, detail, recorded_at FROM patient_flag WHERE person_id = :p",
+                {"p": person_id},
+            )
+        )
+        candidates = tuple(
+            decide.PastCandidate(
+                id=str(r["id"]), program=r["program"], status=r["status"], status_reason=r["status_reason"],
+                encounter_id=str(r["encounter_id"]) if r["encounter_id"] is not None else None,
+                decision=json_value(r["decision"]), rule_version=r["rule_version"],
+            )
+            for r in await db.fetch(
+                "SELECT id, program, status, status_reason, encounter_id, decision, rule_version FROM candidate "
+                "WHERE person_id = :p ORDER BY seq",
+                {"p": person_id},
+            )
+        )
+        return decide.PersonRecord(
+            person_id=str(person_id), birth_date=person["birth_date"], medi_cal=person["medi_cal"],
+            county_resident=person["county_resident"], encounters=encounters, flags=flags, candidates=candidates,
+        )
+
+    async def unfold(self, db: Sql, record: decide.PersonRecord, ids: list[str]) -> decide.PersonRecord:
+        """The record with the events of encounters ``ids`` loaded."""
+        rows = await db.fetch(
+            "SELECT encounter_id, array_agg(body) AS bodies FROM encounter_event WHERE encounter_id = ANY(:ids) "
+            "GROUP BY encounter_id",
+            {"ids": [uuid.UUID(i) for i in ids]},
+        )
+        events = {str(r["encounter_id"]): tuple(map(event_from_body, r["bodies"])) for r in rows}
+        return dataclasses.replace(record, encounters=tuple(
+            dataclasses.replace(s, events=events[s.facts.id]) if s.facts.id in events else s
+            for s in record.encounters
+        ))
+
+    async def link(self, db: Sql, key_a: str, key_b: str, *, actor: str, reason: str) -> tuple[uuid.UUID, bool]:
+        """Two identities as one person, recorded with who and why; the person, and whether two
+        persons became one."""
+        persons = []
+        for key in (key_a, key_b):
+            person = await db.scalar("SELECT person_id FROM identity WHERE key = :k", {"k": key})
+            if person is None:
+                raise LookupError("unknown identity")
+            persons.append(person)
+        for p in sorted(set(persons), key=str):
+            await self.lock(db, p)
+        if persons[0] != persons[1]:
+            await self.merge_persons(db, persons[1], persons[0], actor=actor, reason=reason)
+        await db.execute(
+            "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('link', :a, :b, :w, :r)",
+            {"a": key_a, "b": key_b, "w": actor, "r": reason},
+        )
+        survivor: uuid.UUID = persons[0]
+        return survivor, persons[0] != persons[1]
+
+    async def split(self, db: Sql, key: str, *, actor: str, reason: str) -> tuple[uuid.UUID, uuid.UUID]:
+        """One identity off its person into a new person, with the MRNs merged into it (A40),
+        their encounters and flags; (the person it left, the new person). Candidates stay."""
+        person = await db.scalar("SELECT person_id FROM identity WHERE key = :k", {"k": key})
+        if person is None:
+            raise LookupError("unknown identity")
+        await self.lock(db, person)
+        new_person = uuid.uuid4()
+        await db.execute("INSERT INTO person (id) VALUES (:p)", {"p": new_person})
+        keys = [r["key"] for r in await db.fetch(_MERGED_INTO, {"k": key})]
+        params = {"n": new_person, "keys": keys}
+        await db.execute("UPDATE identity SET person_id = :n WHERE key = ANY(:keys)", params)
+        await db.execute("UPDATE encounter SET person_id = :n WHERE identity_key = ANY(:keys)", params)
+        await db.execute("UPDATE patient_flag SET person_id = :n WHERE identity_key = ANY(:keys)", params)
+        await db.execute(
+            "UPDATE person SET events_through = (SELECT max(last_event_time) FROM encounter WHERE person_id = :n) "
+            "WHERE id = :n",
+            {"n": new_person},
+        )
+        await db.execute(
+            "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('unlink', :a, :a, :w, :r)",
+            {"a": key, "w": actor, "r": reason},
+        )
+        left: uuid.UUID = person
+        return left, new_person
+
+    async def add_flag(self, db: Sql, key: str, flag: Flag, *, recorded_by: str, now: dt.datetime) -> uuid.UUID:
+        """Record a partner system's fact for the person of ``key`` (locked); the person."""
+        person_id: uuid.UUID | None = await db.scalar("SELECT person_id FROM identity WHERE key = :k", {"k": key})
+        if person_id is None:
+            raise LookupError("unknown identity")
+        await self.lock(db, person_id)
+        await db.execute(
+            "INSERT INTO patient_flag (id, person_id, identity_key, kind, source, effective, until, detail, "
+            "recorded_by, recorded_at) VALUES (:id, :p, :k, :kind, :src, :eff, :until, :detail, :by, :now)",
+            {"id": uuid.UUID(flag.id), "p": person_id, "k": key, "kind": flag.kind, "src": flag.source,
+             "eff": flag.effective, "until": flag.until, "detail": flag.detail, "by": recorded_by, "now": now},
+        )
+        # A flag takes its place in the order when recorded: an ADT event older than it is late.
+        await db.execute(
+            "UPDATE person SET events_through = GREATEST(events_through, :now) WHERE id = :p",
+            {"now": now, "p": person_id},
+        )
+        return person_id
