@@ -37,9 +37,9 @@ ENV PATH=/opt/wpc/bin:$PATH \
 WORKDIR /tmp
 USER 10001:10001
 
-# Defaults of Settings.mllp_port (MLLP, HL7 v2 over TCP), Settings.listener_http_port,
-# Settings.enrollment_http_port (`wpc enrollment`: care team API, probes, metrics) and
-# Settings.notifier_http_port (`wpc notifier`: its API, probes, metrics). Each sub-command
+# Defaults of ListenerSettings.mllp_port (MLLP, HL7 v2 over TCP), .listener_http_port,
+# EnrollmentSettings.enrollment_http_port (`wpc enrollment`: care team API, probes, metrics) and
+# NotifierSettings.notifier_http_port (`wpc notifier`: its API, probes, metrics). Each sub-command
 # listens only on its own; EXPOSE is documentation, it publishes nothing.
 EXPOSE 2575 8080 8081 8082
 

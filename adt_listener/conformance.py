@@ -18,9 +18,7 @@ values are dropped, only element names survive (``PID.PID_8`` becomes location `
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import codecs
 import contextlib
 import functools
 import hashlib
@@ -33,17 +31,17 @@ import signal
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adt_listener.er7 import text_of
+from services import lifecycle
 from services.reaper import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -95,56 +93,10 @@ _ADT_STRUCTURES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("A61", "A62"), ("ADT_A61",)),
 }
 
-# MSH-18 (HL7 table 0211) names that Python's codec registry does not know.
-_MSH18_CODECS = {
-    "ASCII": "ascii",
-    "8859/1": "latin-1",
-    "8859/2": "iso8859-2",
-    "8859/5": "iso8859-5",
-    "8859/7": "iso8859-7",
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8",
-    "UNICODE": "utf-8",
-}
-
 _VERSION_RE = re.compile(r"2(\.\d+){1,2}")
 _SEGMENT_RE = re.compile(r"[A-Z][A-Z0-9]{2}")
 _NUMBERED_RE = re.compile(r"([A-Z][A-Z0-9]{1,2})_(\d+)")
 _ELEMENT_REPR_RE = re.compile(r"<(Message|Group|Segment|Field|Component|SubComponent)(?: ([A-Z0-9_]+))?")
-
-
-# --- decoding ----------------------------------------------------------------------------
-
-
-def decode(raw: bytes, charset: str | None = None) -> str:
-    """Bytes to ER7 text: declared charset, else UTF-8, else cp1252 (never fails).
-
-    Segment terminators are normalised to CR (HL7 v2 chapter 2.5.1: segments end with CR;
-    files and interface engines often use LF or CRLF) and a UTF-8 BOM is dropped.
-    """
-    text_: str | None = None
-    for codec in (_codec_of(charset), "utf-8"):
-        if codec is None:
-            continue
-        try:
-            text_ = raw.decode(codec)
-            break
-        except UnicodeDecodeError:
-            continue
-    if text_ is None:
-        text_ = raw.decode("cp1252", errors="replace")
-    text_ = text_.lstrip("\ufeff")
-    return text_.replace("\r\n", "\r").replace("\n", "\r")
-
-
-def _codec_of(charset: str | None) -> str | None:
-    if not charset:
-        return None
-    name = _MSH18_CODECS.get(charset.strip().upper(), charset.strip())
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
 
 
 # --- the check ---------------------------------------------------------------------------
@@ -160,7 +112,7 @@ def check_message(raw: bytes, *, charset: str | None = None) -> list[Conformance
     from hl7apy.exceptions import HL7apyException, InvalidEncodingChars, ParserError
     from hl7apy.parser import get_message_info
 
-    er7 = decode(raw, charset).strip()
+    er7 = text_of(raw, charset).strip()  # decoded as the listener decodes (adt_listener.er7)
     findings: list[ConformanceFinding] = []
     try:
         encoding_chars, _structure, declared = get_message_info(er7)
@@ -557,24 +509,17 @@ class ConformanceWorker:
         """Work until ``stop`` is set: at once while there is a backlog, else every interval.
 
         A failed round (database down, pool crashed) is logged by exception type only, and
-        retried after a backoff that doubles up to a minute.
+        retried after a backoff that doubles up to a minute (`services.lifecycle.repeat`).
         """
-        backoff = self._interval_s
-        while not stop.is_set():
+
+        async def round_() -> float:
             started = time.monotonic()
-            try:
-                checked = await self.run_once()
-            except Exception as exc:  # keep working through outages
-                log.warning("conformance: round failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                delay = backoff
-                backoff = min(max(backoff, 0.1) * 2, 60.0)
-            else:
-                backoff = self._interval_s
-                delay = 0.0 if checked == self._batch else self._interval_s
-                delay = max(delay, checked / self._max_per_s - (time.monotonic() - started))
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            checked = await self.run_once()
+            delay = 0.0 if checked == self._batch else self._interval_s
+            return max(delay, checked / self._max_per_s - (time.monotonic() - started))
+
+        await lifecycle.repeat(stop, round_, what="conformance round",
+                               backoff=lifecycle.Backoff(max(self._interval_s, 0.1), 60.0))
 
     def close(self) -> None:
         """Shut the pool process down (waits for a running check to finish)."""
@@ -587,59 +532,3 @@ class ConformanceWorker:
         (nor the drain's deadline and a second Ctrl-C, which it serves)."""
         await asyncio.to_thread(self.close)
 
-
-# --- `wpc validate FILE...` ----------------------------------------------------------------
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """Split a file into messages at every segment that starts with ``MSH``."""
-    normalised = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    messages: list[bytes] = []
-    current: list[bytes] = []
-    for segment in normalised.split(b"\r"):
-        if segment.startswith(b"MSH") and current:
-            messages.append(b"\r".join(current))
-            current = []
-        if segment.strip() or current:
-            current.append(segment)
-    if current:
-        messages.append(b"\r".join(current))
-    return [m.strip(b"\r") for m in messages if m.strip()]
-
-
-def _msh_summary(raw: bytes) -> tuple[str, str]:
-    """(MSH-12 version, MSH-9 type^trigger), read without hl7apy; '?' when absent."""
-    msh = decode(raw).split("\r", 1)[0]
-    if len(msh) < 8 or not msh.startswith("MSH"):
-        return "?", "?"
-    fields = msh.split(msh[3])
-    component = msh[4] if len(msh) > 4 else "^"
-    version = fields[11].split(component)[0] if len(fields) > 11 and fields[11] else "?"
-    kind = "^".join(fields[8].split(component)[:2]) if len(fields) > 8 and fields[8] else "?"
-    return version, kind
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files of ER7 messages")
-    parser.add_argument(
-        "--charset", default=None, help="decode with this charset (default: UTF-8, then cp1252)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    kinds: Counter[str] = Counter()
-    total = with_findings = 0
-    for path in args.files:
-        for index, raw in enumerate(split_messages(path.read_bytes()), start=1):
-            total += 1
-            version, kind = _msh_summary(raw)
-            findings = check_message(raw, charset=args.charset)
-            print(f"{path}#{index}: {kind} v{version}: {len(findings)} finding(s)")
-            for f in findings:
-                print(f"  {f.kind:<20} {f.location or '-':<12} {f.detail}")
-            if findings:
-                with_findings += 1
-                kinds.update(f.kind for f in findings)
-    summary = ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"
-    print(f"{total} message(s), {with_findings} with findings; findings by kind: {summary}")
-    return 1 if with_findings else 0

@@ -23,7 +23,11 @@ What it accepts, and why:
 * Character set (MSH-18, HL7 table 0211): the declared one when we know it and the
   bytes decode with it; otherwise UTF-8, and failing that windows-1252 with the five
   bytes cp1252 leaves undefined read as latin-1. Decoding never fails; the charset
-  actually used is `Message.charset` so the ACK can be encoded the same way.
+  actually used is `Message.charset` so the ACK can be encoded the same way. This is the
+  one decoding of ER7 bytes: `text_of` gives the same text to hl7apy (the conformance
+  check, `wpc validate`), from a stored `Message.charset` or an MSH-18 name.
+* Files and batches (`split_messages`): what `wpc send` and `wpc validate` read is cut into
+  messages here, batch envelopes dropped (chapter 2, section 2.10.3).
 
 Field numbering follows the standard: ``segment.field(n)`` is ``SEG-n``; for MSH,
 ``field(1)`` is the field separator itself and ``field(2)`` the encoding characters.
@@ -33,13 +37,17 @@ Field numbering follows the standard: ``segment.field(n)`` is ``SEG-n``; for MSH
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from adt_listener.errors import Er7Error
 
-__all__ = ["Delimiters", "Message", "Segment", "decode", "encode", "escape", "unescape"]
+__all__ = [
+    "Delimiters", "Message", "Segment", "codec_of", "decode", "encode", "escape", "split_messages", "text_of",
+    "unescape",
+]
 
 _BOM = b"\xef\xbb\xbf"
 _LEADING_WS = b" \t\r\n\x0b\x0c"
@@ -58,6 +66,7 @@ _CHARSETS: dict[str, str] = {
     "8859/9": "iso8859-9",
     "8859/15": "iso8859-15",
     "UNICODE UTF-8": "utf-8",
+    "UNICODE": "utf-8",
     "UTF-8": "utf-8",
     "GB 18030-2000": "gb18030",
     "KS X 1001": "euc_kr",
@@ -106,6 +115,37 @@ def decode(data: bytes, declared: str = "") -> tuple[str, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         return _decode_windows_1252(data), "windows-1252"
+
+
+def codec_of(charset: str) -> str | None:
+    """The codec of an MSH-18 name (table 0211, and the spellings seen in the wild), or of a
+    codec name as `Message.charset` holds it or a person types it ("latin-1"); None if neither."""
+    label = charset.strip()
+    if not label:
+        return None
+    codec = _CHARSETS.get(label.upper())
+    if codec is not None:
+        return codec
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def text_of(raw: bytes, charset: str | None = None) -> str:
+    """A whole message as text, for a reader other than ours (hl7apy): decoded with
+    ``charset`` (`codec_of`) when the bytes fit it, else as `decode` does; a UTF-8 byte order
+    mark dropped and every segment terminator made CR (chapter 2.5.1). Never fails."""
+    codec = codec_of(charset) if charset else None
+    text: str | None = None
+    if codec is not None:
+        try:
+            text = _decode_as(raw, codec)
+        except UnicodeDecodeError:
+            text = None
+    if text is None:
+        text = decode(raw)[0]
+    return text.lstrip("\ufeff").replace("\r\n", "\r").replace("\n", "\r")
 
 
 def encode(text: str, charset: str) -> bytes:
@@ -471,3 +511,58 @@ class Message:
         if seg is None:
             return ""
         return seg.get(field, rep, comp, sub)
+
+
+# --- files and batches -------------------------------------------------------------------
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+# Batch envelope segments (HL7 v2 chapter 2, section 2.10.3): a file or batch header or
+# trailer wraps the messages of a batch file but is not part of any message.
+_ENVELOPE = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
+
+
+def split_messages(data: bytes) -> list[bytes]:
+    """Split the contents of an HL7 file into messages, each segment ended by CR.
+
+    A file may hold one message or many (a batch file, or files joined with `cat`).
+    A new message starts at each line beginning with the segment id MSH; batch
+    envelope segments (FHS, BHS, BTS, FTS) are dropped. Lines may end with CR, LF
+    or CRLF, because files are edited on every platform, but HL7 v2 (chapter 2,
+    section 2.5.3) terminates a segment with CR alone, so that is what each message
+    gets, including after its last segment. Empty and whitespace-only lines are not
+    segments and are dropped. A UTF-8 byte order mark at the start of a line (the
+    start of the file, or of a file joined with `cat`) is dropped. All other bytes
+    are kept as they are: nothing is decoded, so a message in latin-1 is sent in
+    latin-1, as the receiver's MSH-18 handling expects.
+
+    Lines before the first MSH (other than an envelope) form a message of their own,
+    rather than being dropped silently: the receiver is the judge of a malformed
+    message, and will answer it with AR.
+    """
+    messages: list[list[bytes]] = []
+    current: list[bytes] = []
+    for raw_line in _LINE_BREAK.split(data):
+        line = raw_line[len(_BOM) :] if raw_line.startswith(_BOM) else raw_line
+        if not line.strip():
+            continue
+        segment_id = _segment_id(line)
+        if segment_id in _ENVELOPE:
+            continue
+        if segment_id == b"MSH" and current:
+            messages.append(current)
+            current = []
+        current.append(line)
+    if current:
+        messages.append(current)
+    return [b"\r".join(segments) + b"\r" for segments in messages]
+
+
+def _segment_id(line: bytes) -> bytes | None:
+    """The three-character segment id, or None when the line does not start with one.
+
+    The id is followed by the field separator, which is never alphanumeric (chapter 2,
+    MSH-1), so "MSHX|..." is not an MSH segment.
+    """
+    if len(line) > 3 and line[3:4].isalnum():
+        return None
+    return line[:3]

@@ -142,6 +142,7 @@ class DerivedEvents:
     """
 
     journal = "adt_event_sent"
+    journal_scope: str | None = None  # the listener's tables alone: no service column to scope by
 
     def __init__(self, topic: str, policy: IntakePolicy, *, in_process: bool = False) -> None:
         self._topic = topic
@@ -222,6 +223,9 @@ class DerivedEvents:
             gone = [r[0] for r in rows if r[0] not in derived]
             await driver.execute("DELETE FROM adt_event_sent WHERE id = ANY($1::bigint[])", gone)
         return records
+
+    async def start(self, driver: Any) -> None:
+        """Nothing to prepare: ``adt_event_queue`` holds the listener's rows only."""
 
     async def count(self, driver: Any) -> int:
         return int(await driver.fetchval(_COUNT))

@@ -8,7 +8,7 @@ and release 2, section "Block format") wraps every HL7 message in a block::
 This module knows nothing about sockets, asyncio or HL7 content, in the manner of
 python-hyper/h11: `MllpFramer.feed` turns whatever a read returned into a list of
 events, and `encode` turns a payload into the bytes to write. The server and the
-client (`adt_listener.sender`) are thin drivers around it, and the framing rules
+client (`wpc.tools.send`) are thin drivers around it, and the framing rules
 are tested as tables of bytes -> events, without a socket.
 
 Decisions where the specification is silent or real peers stray from it:

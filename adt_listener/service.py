@@ -1,20 +1,20 @@
-"""Composition root of the ADT listener, and the `wpc listener` command.
+"""Composition root of the ADT listener.
 
-`Listener` builds everything from `Settings` (engine, Kafka publisher, store, the two
+`Listener` builds everything from `ListenerSettings` (engine, Kafka publisher, store, the two
 relays, conformance worker, MLLP and HTTP servers) and owns their lifecycle as one
 async context: entering starts them, leaving is the SIGTERM drain, in this order:
 
     stop accepting (MLLP, HTTP) → finish frames in hand, their ACKs written →
     store writes what is queued → relays make a last publish attempt → close
 
-Two relays: ``events`` publishes `adt.events`, derived from the stored messages
-(`adt_listener.events`, lock key 2); ``relay`` is the shared outbox relay (dead
-letters here, and every other service's rows when they share the database).
+Two relays, each under a lock key of its own, publish the listener's topics and no
+other (`services.outbox.Outbox`): ``events`` publishes `adt.events`, derived from the
+stored messages (`adt_listener.events`); ``relay`` publishes the listener's rows of the
+``outbox`` table, the dead letters of `adt.deadletter`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import logging
@@ -33,20 +33,22 @@ from adt_listener.ingest import Ingestor
 from adt_listener.intake import IntakePolicy
 from adt_listener.senders import Senders, load_senders
 from adt_listener.server import MllpLimits, MllpServer
+from adt_listener.settings import ListenerSettings
 from adt_listener.store import MessageStore, Topics
-from services import db, lifecycle
+from services import db
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay, stop_with_last_publish
+from services.outbox import Outbox, OutboxRelay, stop_with_last_publish
 from services.replay import retention_of
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EVENTS_LOCK_KEY = 2  # the shared outbox relay holds key 1 (services.outbox)
+# Advisory lock keys of the relays (one leader each; the other services hold 3 and 4).
+OUTBOX_LOCK_KEY = 1
+EVENTS_LOCK_KEY = 2
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
     if settings.tls_cert_file is None:
         return None
     return tls.server_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
@@ -61,7 +63,7 @@ class Endpoints:
 class Listener:
     def __init__(
         self,
-        settings: Settings,
+        settings: ListenerSettings,
         *,
         engine: AsyncEngine | None = None,
         publisher: Publisher | None = None,
@@ -77,13 +79,14 @@ class Listener:
             medi_cal_authorities=settings.medi_cal_authority_set(),
         )
         retention = retention_of(settings)
+        self.outbox = Outbox.of(settings.service, settings.published_topics())
         self.relay = OutboxRelay(
-            self.engine, self.publisher,
+            self.engine, self.publisher, owner=self.outbox, lock_key=OUTBOX_LOCK_KEY,
             batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s, retention=retention,
         )
-        self.event_source = DerivedEvents(settings.topic_adt_events, policy)
+        self.event_source = DerivedEvents(self.outbox.check(settings.topic_adt_events), policy)
         self.events = OutboxRelay(
-            self.engine, self.publisher,
+            self.engine, self.publisher, owner=self.outbox,
             lock_key=EVENTS_LOCK_KEY, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             source=self.event_source, backlog_gauge=EVENT_BACKLOG, leader_gauge=EVENT_RELAY_LEADER,
             retention=retention,
@@ -94,6 +97,7 @@ class Listener:
             max_batch=settings.commit_batch_max,
             on_events=self.events.wake,
             on_dead_letters=self.relay.wake,
+            outbox=self.outbox,
         )
         self.ingestor = Ingestor(self.store, policy, self.senders)
         self.mllp = MllpServer(
@@ -158,11 +162,3 @@ class Listener:
         await self.publisher.close()
         await self.engine.dispose()
         log.info("listener stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-
-
-def run(args: argparse.Namespace) -> int:
-    return lifecycle.serve_one("listener", Listener, migrate=args.migrate)

@@ -8,7 +8,7 @@ returned. No crash, restart or broker outage after that can lose the message:
 * an accepted message gets a row in ``adt_event_queue``; its `adt.events` record is
   derived from the stored raw message afterwards and published by the events relay
   (`adt_listener.events`), so the ACK never waits for the event to be built;
-* a rejected one gets its dead letter, built here, in ``outbox`` (the shared relay).
+* a rejected one gets its dead letter, built here, in ``outbox`` (the listener's rows: its relay).
 
 Throughput comes from group commit: a writer takes everything that queued up while
 it was busy and writes it in a single round trip, so 16 busy connections cost one
@@ -56,9 +56,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adt_listener.ack import mark_retransmission
 from adt_listener.intake import Intake
+from adt_listener.settings import ListenerSettings
 from schemas.adt_deadletter import AdtDeadLetterV1
 from schemas.adt_deadletter import Finding as DeadLetterFinding
 from services import metrics
+from services.db import driver_connection
+from services.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,8 @@ WITH incoming AS (
     WHERE i.payload IS NULL
     ORDER BY i.ord
 ), dead AS (
-    INSERT INTO outbox (topic, key, payload, event_id)
-    SELECT i.topic, i.key, i.payload, coalesce(i.event_id, i.id)
+    INSERT INTO outbox (service, topic, key, payload, event_id)
+    SELECT $22::text, i.topic, i.key, i.payload, coalesce(i.event_id, i.id)
     FROM incoming i JOIN stored s ON s.id = i.id
     WHERE i.payload IS NOT NULL
     ORDER BY i.ord
@@ -180,8 +183,8 @@ class _Lane:
     """One writer's own connection, kept across batches: a pool checkout would cost a
     pre-ping round trip per commit. Reconnects after any failure.
 
-    The asyncpg connection under it is looked up once: SQLAlchemy's
-    `get_raw_connection` runs through a greenlet, a cost paid per commit otherwise."""
+    The asyncpg connection under it (`services.db.driver_connection`) is looked up once:
+    it runs through a greenlet, a cost paid per commit otherwise."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -192,8 +195,7 @@ class _Lane:
         if self._raw is None:
             if self._conn is None:
                 self._conn = await self._engine.connect()
-            raw_conn = await self._conn.get_raw_connection()
-            self._raw = raw_conn.driver_connection
+            self._raw = await driver_connection(self._conn)
         return self._raw
 
     async def drop(self) -> None:
@@ -224,13 +226,17 @@ class MessageStore:
         writers: int = 2,
         on_events: Callable[[], None] | None = None,
         on_dead_letters: Callable[[], None] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         """``on_events`` / ``on_dead_letters``: called after a commit that queued events /
-        wrote dead letters, to wake the relay that publishes them."""
+        wrote dead letters, to wake the relay that publishes them. ``outbox``: the listener's
+        (`services.outbox`; by default one of these two topics)."""
         if writers < 1:
             raise ValueError(f"writers must be positive, got {writers}")
         self._engine = engine
         self._topics = topics
+        self._outbox = outbox or Outbox.of(ListenerSettings.service, (topics.adt_events, topics.adt_deadletter))
+        self._outbox.check(topics.adt_deadletter)  # the one topic this store writes to the outbox
         self._max_batch = max_batch
         self._on_events = on_events
         self._on_dead_letters = on_dead_letters
@@ -370,7 +376,7 @@ class MessageStore:
 
         driver = await lane.driver()
         try:
-            rows = await driver.fetch(_INSERT, *cols)
+            rows = await driver.fetch(_INSERT, *cols, self._outbox.service)
             inserted = {r["id"] for r in rows}
             results: list[Stored | None] = [
                 Stored(item.intake.message_id, item.intake.ack, False) if item.intake.message_id in inserted

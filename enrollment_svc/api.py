@@ -22,6 +22,7 @@ from enrollment_svc import findings, measures
 from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
+from services import audit
 from services.auth import User, current_user
 from services.httpserver import utc_time
 
@@ -73,10 +74,7 @@ class UnlinkIn(_Body):
 async def _audit(
     conn: AsyncConnection, user: User, action: str, *, person: Any = None, candidate: Any = None, detail: str = ""
 ) -> None:
-    await conn.execute(
-        text("INSERT INTO audit (actor, action, person_id, candidate_id, detail) VALUES (:a, :x, :p, :c, :d)"),
-        {"a": user.name, "x": action, "p": person, "c": candidate, "d": detail},
-    )
+    await audit.record(conn, user.name, action, person_id=person, candidate_id=candidate, detail=detail)
 
 
 _CANDIDATE_COLUMNS = (

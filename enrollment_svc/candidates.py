@@ -13,7 +13,8 @@ it began). One active candidate per person: the partial unique index
 ``candidate_one_active_uq``; when two persons become one, the survivor's active
 candidate stays and the other's is withdrawn (`decide.MERGED`).
 
-Methods run in the caller's transaction, on the store's `Sql`.
+Methods run in the caller's transaction, on the store's `Sql`. The outbox rows are the
+enrollment service's own (`services.outbox.Outbox`): its name, and only its topics.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import uuid
 from enrollment_svc import decide, metrics
 from enrollment_svc.model import Evaluation, Trigger
 from enrollment_svc.rules import Rules
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import ACTIVE, HOLDS_SLOT, next_status
 from schemas.adt_event import Identifier, Provider
@@ -37,6 +39,7 @@ from schemas.enrollment import (
     candidate_event_id,
     transition_event_id,
 )
+from services.outbox import Outbox
 
 __all__ = ["Candidates", "Topics"]
 
@@ -58,9 +61,13 @@ class _Proposal:
 class Candidates:
     """The candidates' repository and lifecycle rules (slots, one active per person)."""
 
-    def __init__(self, rules: Rules, topics: Topics = Topics()) -> None:
+    def __init__(self, rules: Rules, topics: Topics = Topics(), outbox: Outbox | None = None) -> None:
         self.rules = rules
         self.topics = topics
+        # The service's outbox: the two topics written here must be its own (checked now).
+        self.outbox = outbox or Outbox.of(EnrollmentSettings.service, (topics.candidates, topics.events))
+        self.outbox.check(topics.candidates)
+        self.outbox.check(topics.events)
 
     async def sync_capacity(self, db: Sql) -> None:
         """Make ``program_capacity`` say what the rules say (run at start, in a transaction)."""
@@ -100,8 +107,8 @@ class Candidates:
             "t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
             "event_id) SELECT id, NULL, 'queued', 'system', NULL, CAST(:now AS timestamptz), CAST(:te AS uuid) "
             "FROM c), "
-            "o AS (INSERT INTO outbox (topic, key, payload, event_id) SELECT CAST(:topic AS text), CAST(:key AS text), "
-            "CAST(:payload AS bytea), CAST(:te AS uuid) FROM c) "
+            "o AS (INSERT INTO outbox (service, topic, key, payload, event_id) SELECT CAST(:service AS text), "
+            "CAST(:topic AS text), CAST(:key AS text), CAST(:payload AS bytea), CAST(:te AS uuid) FROM c) "
             "SELECT id FROM c",
             {
                 "id": candidate_id,
@@ -113,6 +120,7 @@ class Candidates:
                 "d": json.dumps(body),
                 "now": now,
                 "te": queued.event_id,
+                "service": self.outbox.service,
                 "topic": self.topics.events,
                 "key": str(person_id),
                 "payload": queued.model_dump_json().encode(),
@@ -189,8 +197,8 @@ class Candidates:
         await db.execute(
             "WITH t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
             "event_id) VALUES (:c, 'queued', 'pending', 'system', NULL, :now, :te)), "
-            "o AS (INSERT INTO outbox (topic, key, payload, event_id) VALUES (:ttopic, :key, :tpayload, :te), "
-            "(:ctopic, :key, :cpayload, :ce)) "
+            "o AS (INSERT INTO outbox (service, topic, key, payload, event_id) "
+            "VALUES (:service, :ttopic, :key, :tpayload, :te), (:service, :ctopic, :key, :cpayload, :ce)) "
             "UPDATE candidate SET status = 'pending', proposed_at = :now, expires_at = :x, updated_at = :now "
             "WHERE id = :c",
             {
@@ -198,6 +206,7 @@ class Candidates:
                 "now": pending.at,
                 "x": candidate.expires_at,
                 "te": pending.event_id,
+                "service": self.outbox.service,
                 "ttopic": self.topics.events,
                 "tpayload": pending.model_dump_json().encode(),
                 "key": str(candidate.person_id),
@@ -339,9 +348,9 @@ class Candidates:
         await db.execute(
             "WITH t AS (INSERT INTO candidate_transition (candidate_id, from_status, to_status, actor, reason, at, "
             "event_id) VALUES (:c, :f, :t, :a, :r, :at, :e)) "
-            "INSERT INTO outbox (topic, key, payload, event_id) VALUES (:topic, :key, :payload, :e)",
+            "INSERT INTO outbox (service, topic, key, payload, event_id) VALUES (:service, :topic, :key, :payload, :e)",
             {"c": candidate_id, "f": from_status, "t": to_status, "a": actor, "r": reason, "at": now,
-             "e": event.event_id, "topic": self.topics.events, "key": str(person_id),
+             "e": event.event_id, "service": self.outbox.service, "topic": self.topics.events, "key": str(person_id),
              "payload": event.model_dump_json().encode()},
         )
         metrics.TRANSITIONS.labels(program=program, to_status=to_status).inc()

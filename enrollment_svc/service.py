@@ -1,20 +1,19 @@
-"""Composition root of the enrollment service, and the `wpc enrollment` command.
+"""Composition root of the enrollment service.
 
-`EnrollmentService` builds everything from `Settings` (engine, rules, store, the
+`EnrollmentService` builds everything from `EnrollmentSettings` (engine, rules, store, the
 `adt.events` consumer and its parking, the outbox relay, the expiry sweeper, the care
 team's API and the parked records' API) and owns their lifecycle as one async context.
 Leaving it is the SIGTERM drain: stop the API, stop consuming (the batch in hand
 finishes and its offsets are committed), last relay publish, close.
 
-The relay is the shared one of `services.outbox`: it publishes every row of the
-``outbox`` table under one advisory lock, so with the listener in the same database
-exactly one relay publishes both services' rows, and in a database of its own this
-service's relay publishes its own.
+The service owns its outbox (`services.outbox.Outbox`): its rows of the ``outbox`` table
+carry its name and its topics only (enrollment.candidates, enrollment.events,
+enrollment.deadletter), and its relay, under a lock key of its own, publishes them and
+nothing else, whichever other services share the database.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import functools
@@ -30,6 +29,7 @@ from enrollment_svc.api import enrollment_router
 from enrollment_svc.handler import AdtEventHandler
 from enrollment_svc.reported import MeasureHandler
 from enrollment_svc.rules import Rules, load_rules
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore, Topics
 from services import db, lifecycle
 from services.auth import Users, load_users
@@ -37,39 +37,45 @@ from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay, stop_with_last_publish
+from services.outbox import Outbox, OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
 from services.replay import retention_of
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "rules" / "wpc-rules.yaml"
 _GAUGE_INTERVAL_S = 60.0
+OUTBOX_LOCK_KEY = 3  # its relay's advisory lock (the listener's are 1 and 2, the notifier's 4)
 
 
-def rules_of(settings: Settings) -> Rules:
+def outbox_of(settings: EnrollmentSettings) -> Outbox:
+    return Outbox.of(settings.service, settings.published_topics())
+
+
+def rules_of(settings: EnrollmentSettings) -> Rules:
     if settings.rules_file is None:
         return load_rules(EXAMPLE_RULES)
     return load_rules(settings.rules_file, setting="WPC_RULES_FILE")
 
 
-def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
+def parking_of(settings: EnrollmentSettings,
+               engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
     """The parking of the `adt.events` consumer group (`services.parking`)."""
-    return Parking(engine, settings.enrollment_group_id, settings.topic_enrollment_deadletter, on_park=on_park)
+    return Parking(engine, settings.enrollment_group_id, settings.topic_enrollment_deadletter,
+                   outbox=outbox_of(settings), on_park=on_park)
 
 
-def redrive_handler(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
+def redrive_handler(settings: EnrollmentSettings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
     """What `wpc redrive` needs to apply this group's parked records again, outside the service."""
     store = EnrollmentStore(rules_of(settings), Topics(settings.topic_enrollment_candidates,
-                                                       settings.topic_enrollment_events))
+                                                       settings.topic_enrollment_events), outbox_of(settings))
     return parking_of(settings, engine), AdtEventHandler(engine, store, lanes=1).reapply
 
 
 class EnrollmentService:
     def __init__(
         self,
-        settings: Settings,
+        settings: EnrollmentSettings,
         *,
         engine: AsyncEngine | None = None,
         publisher: Publisher | None = None,
@@ -80,12 +86,14 @@ class EnrollmentService:
         self.rules = rules or rules_of(settings)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=settings.enrollment_lanes + 2)
         self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
+        self.outbox = outbox_of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            self.engine, self.publisher, owner=self.outbox, lock_key=OUTBOX_LOCK_KEY,
+            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             retention=retention_of(settings),
         )
         self.store = EnrollmentStore(
-            self.rules, Topics(settings.topic_enrollment_candidates, settings.topic_enrollment_events)
+            self.rules, Topics(settings.topic_enrollment_candidates, settings.topic_enrollment_events), self.outbox
         )
         self.parking = parking_of(settings, self.engine, on_park=self.relay.wake)
         self.handler = AdtEventHandler(
@@ -96,12 +104,14 @@ class EnrollmentService:
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+            client_options=settings.kafka_client_options(),
         )
         # The notifier's PCP-notified figures, which the measures report (enrollment_svc.reported): a
         # group of their own, so this small topic never waits behind an adt.events backlog.
         self.measures_consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers, [settings.topic_notifications_measures],
-            f"{settings.enrollment_group_id}.measures", MeasureHandler(self.engine),
+            settings.measures_group_id(), MeasureHandler(self.engine),
+            client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
@@ -151,11 +161,3 @@ class EnrollmentService:
         await self.publisher.close()
         await self.engine.dispose()
         log.info("enrollment service stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-
-
-def run(args: argparse.Namespace) -> int:
-    return lifecycle.serve_one("enrollment", EnrollmentService, migrate=args.migrate)

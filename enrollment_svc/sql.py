@@ -25,6 +25,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+# The one way to the asyncpg connection (re-exported: the handler takes it from here).
+from services.db import driver_connection
+
 __all__ = ["Sql", "driver_connection"]
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -44,12 +47,6 @@ def _positional(statement: str) -> tuple[str, tuple[str, ...]]:
         return f"${names.index(name) + 1}"
 
     return _PARAM.sub(number, statement), tuple(names)
-
-
-async def driver_connection(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under ``conn`` (no transaction is begun)."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
 
 
 class Sql:

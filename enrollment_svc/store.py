@@ -77,6 +77,7 @@ from enrollment_svc.rules import Rules
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import ACTIVE
 from schemas.adt_event import AdtEventV1, patient_key
+from services.outbox import Outbox
 
 # Topics and event_from_body are imported from here by the service and `wpc replay`.
 __all__ = ["Applied", "EnrollmentStore", "Topics", "event_from_body", "identity_key"]
@@ -178,10 +179,11 @@ class EnrollmentStore:
     (``engine.begin()``) or the handler's `Sql` on a driver connection it began itself.
     """
 
-    def __init__(self, rules: Rules, topics: Topics = _TOPICS) -> None:
+    def __init__(self, rules: Rules, topics: Topics = _TOPICS, outbox: Outbox | None = None) -> None:
         self.rules = rules
         self.topics = topics
-        self.candidates = Candidates(rules, topics)
+        self.candidates = Candidates(rules, topics, outbox)
+        self.outbox = self.candidates.outbox  # the service's (`services.outbox`), checked by `Candidates`
         self.persons = Persons(rules, self.candidates)
 
     # --- setup ----------------------------------------------------------------------------

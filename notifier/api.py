@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from notifier import dispatcher, policy, store
 from notifier.config import NotifyConfig
 from schemas.adt_event import patient_key
+from services import audit
 from services.auth import User, current_user, may_handle_consent
 from services.httpserver import utc_time
 
@@ -179,10 +180,7 @@ def notifier_router(
         async with engine.begin() as conn:
             ok = await store.requeue(conn, delivery_id, clock())
             if ok:
-                await conn.execute(
-                    text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'resend', :d)"),
-                    {"a": user.name, "d": f"delivery={delivery_id}"},
-                )
+                await audit.record(conn, user.name, "resend", detail=f"delivery={delivery_id}")
         if not ok:
             raise HTTPException(409, "only a failed delivery can be re-sent (or no such delivery)")
         wake()
@@ -215,10 +213,7 @@ def notifier_router(
             raise HTTPException(404, "no such recipient in the notification configuration")
         async with engine.begin() as conn:
             count = await store.replace_panel(conn, recipient_id, [m.key() for m in body.members])
-            await conn.execute(
-                text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'panel', :d)"),
-                {"a": user.name, "d": f"recipient={recipient_id} members={count}"},
-            )
+            await audit.record(conn, user.name, "panel", detail=f"recipient={recipient_id} members={count}")
         return {"members": count}
 
     @router.post("/consents", status_code=201)
@@ -237,10 +232,8 @@ def notifier_router(
                      "src": body.source},
                 )
             ).scalar_one()
-            await conn.execute(
-                text("INSERT INTO audit (actor, action, person_id, detail) VALUES (:a, 'consent', :p, :d)"),
-                {"a": user.name, "p": body.person_id, "d": f"scope={body.scope} consent={consent_id}"},
-            )
+            await audit.record(conn, user.name, "consent", person_id=body.person_id,
+                               detail=f"scope={body.scope} consent={consent_id}")
         return {"consent_id": int(consent_id)}
 
     @router.post("/consents/{consent_id}/revoke")
@@ -258,10 +251,7 @@ def notifier_router(
                 raise HTTPException(404, "no such active consent")
             await _check_consent_role(conn, user, person)
             await conn.execute(text("UPDATE consent SET revoked_at = now() WHERE id = :i"), {"i": consent_id})
-            await conn.execute(
-                text("INSERT INTO audit (actor, action, person_id, detail) VALUES (:a, 'consent_revoked', :p, :d)"),
-                {"a": user.name, "p": person, "d": f"consent={consent_id}"},
-            )
+            await audit.record(conn, user.name, "consent_revoked", person_id=person, detail=f"consent={consent_id}")
         return {"status": "revoked"}
 
     @router.get("/measures/pcp-notified")

@@ -19,7 +19,6 @@ two instances from planning or sending the same rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import random
@@ -35,6 +34,9 @@ from notifier.channels.base import Channel, DeliveryError, PermanentDeliveryErro
 from notifier.config import NotifyConfig
 from notifier.model import DeliveryOutcome, Endpoint, Outbound
 from notifier.planning import DueNotice
+from notifier.settings import NotifierSettings
+from services import lifecycle
+from services.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Dispatcher:
         channels: Mapping[str, Channel],
         *,
         deadletter_topic: str,
+        outbox: Outbox | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         poll_interval_s: float = 1.0,
         concurrency: int = 16,
@@ -64,7 +67,9 @@ class Dispatcher:
         self._cfg = cfg
         self._endpoints = endpoints
         self._channels = channels
-        self._deadletter_topic = deadletter_topic
+        # The notifier's outbox (by default one of the dead-letter topic alone).
+        self._outbox = outbox or Outbox.of(NotifierSettings.service, (deadletter_topic,))
+        self._deadletter_topic = self._outbox.check(deadletter_topic)
         self._clock = clock
         self._poll = poll_interval_s
         self._concurrency = concurrency
@@ -185,7 +190,7 @@ class Dispatcher:
             return False
         retry = self._cfg.retry
         if isinstance(result, PermanentDeliveryError) or delivery.attempts >= retry.max_attempts:
-            await store.record_dead(conn, delivery, result.reason, now, self._deadletter_topic)
+            await store.record_dead(conn, delivery, result.reason, now, self._deadletter_topic, self._outbox)
             metrics.DELIVERIES.labels(channel=delivery.channel, outcome="failed").inc()
             log.warning("delivery %s to %s/%s failed for good after %d attempts: %s", delivery.id,
                         delivery.recipient_id, delivery.endpoint, delivery.attempts, result.reason)
@@ -200,17 +205,14 @@ class Dispatcher:
         await self._loop(stop, self._send_wake, self.send_once, "sender")
 
     async def _loop(self, stop: asyncio.Event, wake: asyncio.Event, once: Callable[[], Any], name: str) -> None:
-        while not stop.is_set():
-            wake.clear()
-            try:
-                busy = await once()
-            except Exception as exc:  # database trouble: next round
-                log.warning("notifier %s: %s", name, type(exc).__name__)
-                busy = 0
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self._poll)
+        """At once again while there is work, else at the next poll or wake; a failed round
+        (database trouble) is retried at the next poll."""
+
+        async def round_() -> float:
+            return 0.0 if await once() else self._poll
+
+        await lifecycle.repeat(stop, round_, what=f"notifier {name}", wake=wake,
+                               backoff=lifecycle.Backoff(self._poll, self._poll))
 
     # --- gauges --------------------------------------------------------------------------
 

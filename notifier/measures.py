@@ -22,7 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.dispatcher import pcp_notified
+from notifier.settings import NotifierSettings
 from schemas.measure import PcpNotifiedV1, measure_event_id
+from services.outbox import INSERT as OUTBOX_INSERT
+from services.outbox import Outbox
 
 __all__ = ["publish_changed"]
 
@@ -30,8 +33,13 @@ _LOCK = zlib.crc32(b"wpc notifier measures")
 _MEASURE = "pcp_notified"
 
 
-async def publish_changed(engine: AsyncEngine, topic: str, timezone: str, now: dt.datetime) -> int:
-    """Put every PCP-notified figure that changed on the outbox; the number put."""
+async def publish_changed(
+    engine: AsyncEngine, topic: str, timezone: str, now: dt.datetime, outbox: Outbox | None = None
+) -> int:
+    """Put every PCP-notified figure that changed on the outbox (the notifier's: ``outbox``,
+    by default one of ``topic`` alone); the number put."""
+    outbox = outbox or Outbox.of(NotifierSettings.service, (topic,))
+    outbox.check(topic)
     async with engine.begin() as conn:
         if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _LOCK})).scalar_one():
             return 0
@@ -57,11 +65,8 @@ async def publish_changed(engine: AsyncEngine, topic: str, timezone: str, now: d
                 share=round(notified / enrolled, 4) if enrolled else None,
                 computed_at=now,
             )
-            await conn.execute(
-                text("INSERT INTO outbox (topic, key, payload, event_id) VALUES (:t, :k, :p, :e)"),
-                {"t": topic, "k": f"{_MEASURE}|{program}|{month}", "p": fact.model_dump_json().encode(),
-                 "e": fact.event_id},
-            )
+            await conn.execute(text(OUTBOX_INSERT), outbox.row(
+                topic, f"{_MEASURE}|{program}|{month}", fact.model_dump_json().encode(), fact.event_id))
             await conn.execute(
                 text(
                     "INSERT INTO notifier_measure (measure, program, month, enrolled, notified, published_at) "

@@ -1,16 +1,19 @@
-"""Composition root of the notifier, and the `wpc notifier` command.
+"""Composition root of the notifier.
 
-`NotifierService` builds everything from `Settings` and the notification configuration
+`NotifierService` builds everything from `NotifierSettings` and the notification configuration
 (engine, channels, the consumer of the three topics and its parking, the dispatcher, the
 outbox relay for dead letters, the API and the parked records' API) and owns their
 lifecycle as one async context. Leaving it is the
 SIGTERM drain: stop the API, stop consuming (the batch in hand is committed), let the
 sender finish the attempts in hand and record them, last relay publish, close.
+
+The notifier owns its outbox (`services.outbox.Outbox`): its rows carry its name and its
+topics only (notifications.deadletter, notifier.deadletter), and its relay, under a lock
+key of its own, publishes them and nothing else.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -32,6 +35,7 @@ from notifier.channels.webhook import WebhookChannel
 from notifier.config import NotifyConfig, endpoints_of, load_config
 from notifier.dispatcher import Dispatcher
 from notifier.handler import NotifierHandler, Topics
+from notifier.settings import NotifierSettings
 from services import db, lifecycle
 from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
@@ -39,34 +43,42 @@ from services.configfile import ConfigError
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
 from services.httpserver import HttpServer
-from services.outbox import OutboxRelay, stop_with_last_publish
+from services.outbox import Outbox, OutboxRelay, stop_with_last_publish
 from services.parking import Parking, Reapply, parking_router
 from services.replay import retention_of
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _GAUGE_INTERVAL_S = 30.0
 
 
-def config_of(settings: Settings) -> NotifyConfig:
+OUTBOX_LOCK_KEY = 4  # its relay's advisory lock (the listener's are 1 and 2, the enrollment service's 3)
+
+
+def outbox_of(settings: NotifierSettings) -> Outbox:
+    return Outbox.of(settings.service, settings.published_topics())
+
+
+def config_of(settings: NotifierSettings) -> NotifyConfig:
     if settings.notify_file is None:
         raise ConfigError("WPC_NOTIFY_FILE is not set: the notifier needs its configuration "
                           "(example: deploy/notify/wpc-notify.yaml)")
     return load_config(settings.notify_file, setting="WPC_NOTIFY_FILE")
 
 
-def topics_of(settings: Settings) -> Topics:
+def topics_of(settings: NotifierSettings) -> Topics:
     return Topics(settings.topic_adt_events, settings.topic_enrollment_candidates,
                   settings.topic_enrollment_events, settings.topic_notifications_deadletter)
 
 
-def parking_of(settings: Settings, engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
+def parking_of(settings: NotifierSettings,
+               engine: AsyncEngine, *, on_park: Callable[[], None] = lambda: None) -> Parking:
     """The parking of the notifier's consumer group (`services.parking`)."""
-    return Parking(engine, settings.notifier_group_id, settings.topic_notifier_deadletter, on_park=on_park)
+    return Parking(engine, settings.notifier_group_id, settings.topic_notifier_deadletter,
+                   outbox=outbox_of(settings), on_park=on_park)
 
 
-def redrive_handler(settings: Settings, engine: AsyncEngine, config: NotifyConfig) -> tuple[Parking, Reapply]:
+def redrive_handler(settings: NotifierSettings, engine: AsyncEngine, config: NotifyConfig) -> tuple[Parking, Reapply]:
     """What `wpc redrive` needs to apply this group's parked records again, outside the service."""
     return parking_of(settings, engine), NotifierHandler(engine, config, topics_of(settings)).reapply
 
@@ -88,7 +100,7 @@ def channels_for(cfg: NotifyConfig, secrets: Mapping[str, str]) -> dict[str, Cha
 class NotifierService:
     def __init__(
         self,
-        settings: Settings,
+        settings: NotifierSettings,
         *,
         config: NotifyConfig | None = None,
         secrets: Mapping[str, str] | None = None,
@@ -104,26 +116,29 @@ class NotifierService:
         self.channels = dict(channels) if channels is not None else channels_for(self.config, secrets)
         self.engine = engine or db.create_engine(settings.database_url, pool_size=8)
         self.publisher: Publisher = publisher or KafkaPublisher.of(settings)
+        self.outbox = outbox_of(settings)
         self.relay = OutboxRelay(
-            self.engine, self.publisher, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
+            self.engine, self.publisher, owner=self.outbox, lock_key=OUTBOX_LOCK_KEY,
+            batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             retention=retention_of(settings),
         )
         topics = topics_of(settings)
         self.dispatcher = Dispatcher(
             self.engine, self.config, endpoints, self.channels, deadletter_topic=topics.deadletter,
-            poll_interval_s=settings.notifier_poll_interval_s, on_deadletter=self.relay.wake,
+            outbox=self.outbox, poll_interval_s=settings.notifier_poll_interval_s, on_deadletter=self.relay.wake,
         )
         self.parking = parking_of(settings, self.engine, on_park=self.relay.wake)
         self.handler = NotifierHandler(self.engine, self.config, topics, on_notice=self.dispatcher.wake,
                                        parking=self.parking)
         self.consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers,
-            [topics.candidates, topics.enrollment_events, topics.adt_events],
+            list(settings.consumed_topics()),
             settings.notifier_group_id,
             self.handler,
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+            client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
@@ -140,7 +155,7 @@ class NotifierService:
     async def _publish_measures(self) -> None:
         """Put the PCP-notified figures that changed on notifications.measures (notifier.measures)."""
         if await measures.publish_changed(self.engine, self.settings.topic_notifications_measures,
-                                          self.config.timezone, dt.datetime.now(dt.UTC)):
+                                          self.config.timezone, dt.datetime.now(dt.UTC), self.outbox):
             self.relay.wake()
 
     async def __aenter__(self) -> NotifierService:
@@ -179,11 +194,3 @@ class NotifierService:
         await self.publisher.close()
         await self.engine.dispose()
         log.info("notifier stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-
-
-def run(args: argparse.Namespace) -> int:
-    return lifecycle.serve_one("notifier", NotifierService, migrate=args.migrate)

@@ -22,6 +22,9 @@ from notifier.model import Content, Notice, Outbound
 from notifier.render import content_from_json, content_to_json
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
 from schemas.notification import NotificationDeadLetterV1
+from services import audit as audit_trail
+from services.outbox import INSERT as OUTBOX_INSERT
+from services.outbox import Outbox
 
 ENDED = ("declined", "expired", "disenrolled", "withdrawn")
 
@@ -220,10 +223,7 @@ async def cancel_pending_admits(conn: AsyncConnection, key: str) -> int:
 async def audit(
     conn: AsyncConnection, action: str, *, person_id: uuid.UUID | None, candidate_id: uuid.UUID | None, detail: str
 ) -> None:
-    await conn.execute(
-        text("INSERT INTO audit (actor, action, person_id, candidate_id, detail) VALUES ('notifier', :a, :p, :c, :d)"),
-        {"a": action, "p": person_id, "c": candidate_id, "d": detail},
-    )
+    await audit_trail.record(conn, "notifier", action, person_id=person_id, candidate_id=candidate_id, detail=detail)
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -351,7 +351,8 @@ async def record_retry(conn: AsyncConnection, delivery_id: uuid.UUID, reason: st
 
 
 async def record_dead(
-    conn: AsyncConnection, delivery: DeliveryRow, reason: str, now: dt.datetime, deadletter_topic: str
+    conn: AsyncConnection, delivery: DeliveryRow, reason: str, now: dt.datetime, deadletter_topic: str,
+    outbox: Outbox,
 ) -> None:
     await conn.execute(
         text("UPDATE delivery SET status = 'failed', finished_at = :now, lease_until = NULL, last_error = :e "
@@ -369,11 +370,8 @@ async def record_dead(
         recipient_id=delivery.recipient_id, endpoint=delivery.endpoint, channel=delivery.channel,
         notice_ids=list(delivery.notice_ids), attempts=delivery.attempts, reason=reason, at=now,
     )
-    await conn.execute(
-        text("INSERT INTO outbox (topic, key, payload, event_id) VALUES (:t, :k, :p, :e)"),
-        {"t": deadletter_topic, "k": delivery.recipient_id, "p": event.model_dump_json().encode(),
-         "e": event.event_id},
-    )
+    await conn.execute(text(OUTBOX_INSERT), outbox.row(deadletter_topic, delivery.recipient_id,
+                                                       event.model_dump_json().encode(), event.event_id))
 
 
 async def list_deliveries(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.metadata import MetadataRequest
 
-from services.settings import Settings
+from services.settings import ServiceSettings
 
 T = TypeVar("T")
 
@@ -99,8 +99,13 @@ class BrokerView(Protocol):
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap_servers: str, *, timeout_s: float = 10.0, idempotence: bool = False) -> None:
+    def __init__(
+        self, bootstrap_servers: str, *, timeout_s: float = 10.0, idempotence: bool = False,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``client_options``: how this service authenticates (`ServiceSettings.kafka_client_options`)."""
         self._bootstrap = bootstrap_servers
+        self._options = dict(client_options or {})
         self._timeout = timeout_s
         self._idempotence = idempotence
         self._producer: AIOKafkaProducer | None = None
@@ -110,9 +115,9 @@ class KafkaPublisher:
         self._readers: dict[str | None, AIOKafkaConsumer] = {}  # BrokerView: by group (None: offsets)
 
     @classmethod
-    def of(cls, settings: Settings) -> KafkaPublisher:
+    def of(cls, settings: ServiceSettings) -> KafkaPublisher:
         return cls(settings.kafka_bootstrap_servers, timeout_s=settings.kafka_timeout_s,
-                   idempotence=settings.kafka_idempotence)
+                   idempotence=settings.kafka_idempotence, client_options=settings.kafka_client_options())
 
     async def _ensure(self) -> AIOKafkaProducer:
         async with self._starting:
@@ -129,6 +134,7 @@ class KafkaPublisher:
                 retry_backoff_ms=200,
                 max_request_size=_MAX_REQUEST_BYTES,
                 max_batch_size=_BATCH_BYTES,
+                **self._options,
             )
             try:
                 await asyncio.wait_for(producer.start(), self._timeout)
@@ -220,7 +226,7 @@ class KafkaPublisher:
         reader = self._readers.get(group)
         if reader is None:
             reader = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=group, enable_auto_commit=False,
-                                      request_timeout_ms=int(self._timeout * 1000))
+                                      request_timeout_ms=int(self._timeout * 1000), **self._options)
             try:
                 await asyncio.wait_for(reader.start(), self._timeout)
             except (KafkaError, OSError, TimeoutError) as exc:

@@ -19,7 +19,7 @@ Exception tree::
 `ConfigError` is a ValueError because callers of the loaders used to catch ValueError
 (``wpc load-roster``, tests of bad files); they keep working. Environment problems found
 before start (port in use, database unreachable) are not configuration mistakes: see
-`services.preflight.StartupError` (exit status 1).
+`wpc.preflight.StartupError` (exit status 1).
 """
 
 from __future__ import annotations

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -43,7 +42,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.health import Verdict
-from services.lifecycle import until_stopped
+from services.lifecycle import Backoff, pause, until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +144,21 @@ class ConsumerLoop:
         max_restarts: int = 3,
         restart_window_s: float = 300.0,
         lag_interval_s: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
+        self._options = dict(client_options or {})  # how the service authenticates (its principal)
         self._topics = list(topics)
         self._group = group_id
         self._handler = handler
         self._max_records = max_records
-        self._max_backoff = max_backoff_s
         self._session_timeout_ms = session_timeout_ms
         self._max_lag = max_lag
         self._max_restarts = max_restarts
         self._restart_window = restart_window_s
         self._lag_interval = lag_interval_s
         self._lag_at = -float("inf")
-        self._backoff = _FIRST_BACKOFF_S
+        self._backoff = Backoff(_FIRST_BACKOFF_S, max_backoff_s, jitter=0.5)
         # Monotonic times of the restarts since the last committed batch (or caught-up lag).
         self._restarts: collections.deque[float] = collections.deque(maxlen=max(16, max_restarts + 1))
         self._last_error = ""
@@ -199,17 +199,16 @@ class ConsumerLoop:
         """Count and log a failed round, then wait out the backoff (doubling, with jitter)."""
         RESTARTS.labels(self._group).inc()
         name = type(exc).__name__
+        wait = self._backoff.next()
         if not self._restarts or name != self._last_error:
             # The first failure of a run (or a new kind): where it came from, in code locations.
-            log.warning("consumer %s: %s; %s in %.1fs\n%s", self._group, name, what, self._backoff, code_trace(exc))
+            log.warning("consumer %s: %s; %s in %.1fs\n%s", self._group, name, what, wait, code_trace(exc))
         else:
             log.warning("consumer %s: %s again (%d failures without a committed batch); %s in %.1fs",
-                        self._group, name, len(self._restarts) + 1, what, self._backoff)
+                        self._group, name, len(self._restarts) + 1, what, wait)
         self._restarts.append(time.monotonic())
         self._last_error = name
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), self._backoff + random.uniform(0, self._backoff / 2))
-        self._backoff = min(self._max_backoff, self._backoff * 2)
+        await pause(stop, wait)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -221,6 +220,7 @@ class ConsumerLoop:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=max(1000, self._session_timeout_ms // 4),
             metadata_max_age_ms=5_000,
+            **self._options,
         )
         try:
             # start() waits for a group assignment without bound (the broker gone mid-join:
@@ -251,7 +251,7 @@ class ConsumerLoop:
                     await consumer.commit({tp: records[-1].offset + 1})
                     pending.pop(0)
                     self._restarts.clear()
-                    self._backoff = _FIRST_BACKOFF_S
+                    self._backoff.reset()
         finally:
             self.running = False
             try:

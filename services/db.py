@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Serializes concurrent `wpc migrate` runs (two replicas starting at once).
@@ -88,6 +89,15 @@ async def ping(engine: AsyncEngine) -> bool:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
     return True
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one (no transaction is begun): the hot paths
+    (the relays, the listener's store, the enrollment handler) speak plain statements to
+    it, with no SQLAlchemy work per row. The one way to reach it; `get_raw_connection` runs
+    through a greenlet, so a caller on a hot path keeps what it got."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
 
 
 async def _admin(url: str, database: str, statement: str) -> None:

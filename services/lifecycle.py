@@ -21,17 +21,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 import uvloop
-
-from services import db, logs, preflight
-from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +38,76 @@ T = TypeVar("T")
 EXIT_DRAIN_TIMEOUT = 1
 
 
-async def every(stop: asyncio.Event, interval_s: float, step: Callable[[], Awaitable[object]], what: str) -> None:
-    """Run ``step`` every ``interval_s`` seconds until ``stop`` is set. A failing round (the
-    database away, say) is logged by its exception class only, never its text (it may quote
-    data), and tried again next round: a background chore never takes its service down."""
+# --- the loops of background work: one way to pause, back off and stop ------------------------
+
+
+@dataclass
+class Backoff:
+    """The waits after failures in a row: ``first``, doubling up to ``cap``, each with up to
+    ``jitter`` times itself added at random (replicas that failed together do not all come
+    back at the same instant); `reset` after a success."""
+
+    first: float
+    cap: float
+    jitter: float = 0.0
+    current: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = self.first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    def next(self) -> float:
+        """The wait before the next try; the one after it doubles."""
+        wait = self.current + (random.uniform(0, self.current * self.jitter) if self.jitter else 0.0)
+        self.current = min(self.cap, self.current * 2)
+        return wait
+
+
+async def pause(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+    """Wait ``seconds``, or less when ``stop`` (or ``wake``) is set meanwhile."""
+    if seconds <= 0:
+        return
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def repeat(
+    stop: asyncio.Event, step: Callable[[], Awaitable[float]], *, what: str, backoff: Backoff,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Run ``step`` until ``stop`` is set; it returns how long to wait before the next round
+    (0: at once; ``wake`` cuts the wait short). A round that raises is logged by its exception
+    class only, never its text (it may quote data), and the next waits out ``backoff``: a
+    background loop (a relay, a worker, a sweep) never takes its service down."""
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # before the round: what is signalled from now on starts the next
         try:
-            await step()
+            delay = await step()
         except Exception as exc:
-            log.warning("%s failed: %s", what, type(exc).__name__)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+            delay = backoff.next()
+            log.warning("%s failed: %s; again in %.1fs", what, type(exc).__name__, delay)
+        else:
+            backoff.reset()
+        await pause(stop, delay, wake)
+
+
+async def every(stop: asyncio.Event, interval_s: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+    """`repeat` ``step`` every ``interval_s`` seconds, failed or not (a periodic chore)."""
+
+    async def timed() -> float:
+        await step()
+        return interval_s
+
+    await repeat(stop, timed, what=what, backoff=Backoff(interval_s, interval_s))
 
 
 async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, T | None]:
@@ -181,25 +238,3 @@ def run_until_stopped(
         shutdown.arm()
     return 0
 
-
-def serve_one(
-    command: str, service: Callable[[Settings], AbstractAsyncContextManager[object]], *, migrate: bool
-) -> int:
-    """`wpc listener` / `wpc enrollment` / `wpc notifier`: one service against configured PostgreSQL and Kafka,
-    until SIGINT/SIGTERM (then the service's own drain, bounded). Exit status 2 when unconfigured."""
-    settings = preflight.checked_settings(command)  # one line per mistake, before anything starts
-    logs.configure(settings.log_level, settings.log_json)
-    if not settings.database_url or not settings.kafka_bootstrap_servers:
-        print(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
-        return 2
-
-    async def main(shutdown: Shutdown) -> None:
-        stop = shutdown.install()
-        if migrate:
-            await db.migrate_url(settings.database_url)
-        async with service(settings):
-            await stop.wait()
-            log.info("signal received: draining (at most %.0f s)", settings.shutdown_timeout_s)
-            shutdown.stage = f"stopping the {command}"
-
-    return run_until_stopped(command, main, settings.shutdown_timeout_s)

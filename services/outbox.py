@@ -5,8 +5,19 @@ publishes them in id order and settles them once the broker acknowledged. If the
 broker is down, rows wait and the relay retries with backoff; producers of rows
 (the listener's ACKs) are not affected.
 
-Exactly one relay publishes at a time: leadership is a PostgreSQL session advisory
-lock held on a dedicated connection, so any number of replicas can run one and
+Each service owns its outbox (`Outbox`): the rows it writes carry its name in the
+``service`` column and only its own topics (checked when written, `Outbox.check`), and
+its own relay, under its own lock key, publishes them (`OutboxTable` reads
+``WHERE service = ... AND topic = ANY(its topics)``). So the listener's process never
+publishes an enrollment candidate, and each service's Kafka principal needs write
+access to its own topics only (deploy/README.md). One table with a column rather than a
+table per service: one set of statements (the settle, the replay journal), one migration,
+and the services share one database today; the column is what the relays filter on,
+indexed with the id they order by. Rows written before the column (revision 0008) are
+adopted by the relay whose topics they name, when it starts leading.
+
+Exactly one relay per service publishes at a time: leadership is a PostgreSQL session
+advisory lock held on a dedicated connection, so any number of replicas can run one and
 order per key is kept (two relays racing would interleave). If the leader dies, its
 connection closes, the lock is released and another replica takes over.
 
@@ -26,16 +37,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services import metrics
+from services import lifecycle, metrics
 from services.bus import BusUnavailable, Publisher, Record
+from services.db import driver_connection
 from services.replay import Kept, ReplayKeeper, Retention
 
 log = logging.getLogger(__name__)
@@ -43,18 +55,66 @@ log = logging.getLogger(__name__)
 _LOCK_NAMESPACE = 0x57504302  # "WPC" + 2: the relay's advisory lock key (class id)
 _BACKLOG_COUNT_INTERVAL_S = 5.0
 
+# The statement every writer uses (SQLAlchemy parameters; `Outbox.row` gives them).
+INSERT = ("INSERT INTO outbox (service, topic, key, payload, event_id) "
+          "VALUES (:service, :topic, :key, :payload, :event_id)")
+
+# A service's relay reads its rows of its topics (`*_MINE`); without a service (tests of the
+# relay alone) every row.
 _SELECT = "SELECT id, topic, key, payload, event_id FROM outbox ORDER BY id LIMIT $1"
+_SELECT_MINE = ("SELECT id, topic, key, payload, event_id FROM outbox "
+                "WHERE service = $2 AND topic = ANY($3::text[]) ORDER BY id LIMIT $1")
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 # Forget the published rows, keeping (with where the broker put them) those some consumer
 # group reads: one statement, as the plain delete was.
 _SETTLE = """
-WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id, topic, key, payload, event_id)
-INSERT INTO outbox_sent (id, topic, key, payload, event_id, partition, "offset")
-SELECT g.id, g.topic, g.key, g.payload, g.event_id, k.p, k.o
+WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id, service, topic, key, payload, event_id)
+INSERT INTO outbox_sent (id, service, topic, key, payload, event_id, partition, "offset")
+SELECT g.id, g.service, g.topic, g.key, g.payload, g.event_id, k.p, k.o
 FROM gone g JOIN unnest($2::bigint[], $3::int[], $4::bigint[]) AS k(i, p, o) ON k.i = g.id
 """
-_SENT = 'SELECT id, topic, key, payload, event_id FROM outbox_sent WHERE id > $1 ORDER BY id LIMIT $2'
+_SENT = "SELECT id, topic, key, payload, event_id FROM outbox_sent WHERE id > $1 ORDER BY id LIMIT $2"
+_SENT_MINE = ("SELECT id, topic, key, payload, event_id FROM outbox_sent "
+              "WHERE id > $1 AND service = $3 AND topic = ANY($4::text[]) ORDER BY id LIMIT $2")
 _COUNT = "SELECT count(*) FROM outbox"
+_COUNT_MINE = "SELECT count(*) FROM outbox WHERE service = $1 AND topic = ANY($2::text[])"
+# Rows from before the service column: the relay of the service whose topics they name adopts them.
+_ADOPT = "UPDATE {table} SET service = $1 WHERE service IS NULL AND topic = ANY($2::text[])"
+_FOREIGN = "SELECT count(*) FROM outbox WHERE service = $1 AND NOT (topic = ANY($2::text[]))"
+
+
+class ForeignTopic(ValueError):
+    """A service tried to write a record of a topic it does not own: our fault (a wiring
+    mistake), raised before anything is written."""
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """One service's side of the outbox: its name, which its rows carry, and its topics,
+    the only ones it may write (and its relay publish)."""
+
+    service: str
+    topics: frozenset[str]
+
+    @classmethod
+    def of(cls, service: str, topics: Iterable[str]) -> Outbox:
+        return cls(service, frozenset(topics))
+
+    def check(self, topic: str) -> str:
+        """``topic``, if this service owns it; else `ForeignTopic`."""
+        if topic not in self.topics:
+            raise ForeignTopic(f"the {self.service} service may not publish to {topic!r} "
+                               f"(its topics: {', '.join(sorted(self.topics))})")
+        return topic
+
+    def row(self, topic: str, key: str | None, payload: bytes, event_id: object) -> Mapping[str, object]:
+        """The parameters of `INSERT` for one record, its topic checked."""
+        return {"service": self.service, "topic": self.check(topic), "key": key, "payload": payload,
+                "event_id": event_id}
+
+    def source(self) -> OutboxTable:
+        """What this service's relay reads."""
+        return OutboxTable(self)
 
 
 class OutboxSource(Protocol):
@@ -66,6 +126,10 @@ class OutboxSource(Protocol):
     """
 
     journal: str  # the table published rows are kept in (services.replay)
+    journal_scope: str | None  # the service whose rows of that table are this source's (None: all)
+
+    async def start(self, driver: Any) -> None:
+        """A new leader, before its first batch."""
 
     async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[tuple[int, Record]]]:
         """Up to ``limit`` rows in publishing order: (their ids, (id, record) to publish).
@@ -102,22 +166,46 @@ async def settle_rows(driver: Any, delete: str, move: str, ids: Sequence[int], k
 
 
 class OutboxTable:
-    """The ``outbox`` table: every row carries its topic, key, payload and event id."""
+    """The ``outbox`` table: every row carries its topic, key, payload and event id; with an
+    `Outbox`, the rows of that service and its topics only (and its part of ``outbox_sent``)."""
 
     journal = "outbox_sent"
 
+    def __init__(self, owner: Outbox | None = None) -> None:
+        self.owner = owner
+        self.journal_scope = owner.service if owner is not None else None
+        # The trailing parameters of the three reads: the service and its topics, or none.
+        self._mine: tuple[object, ...] = (owner.service, sorted(owner.topics)) if owner is not None else ()
+        self._select, self._count, self._sent = (
+            (_SELECT_MINE, _COUNT_MINE, _SENT_MINE) if owner is not None else (_SELECT, _COUNT, _SENT)
+        )
+
+    async def start(self, driver: Any) -> None:
+        owner = self.owner
+        if owner is None:
+            return
+        topics = sorted(owner.topics)
+        for table in ("outbox", "outbox_sent"):
+            await driver.execute(_ADOPT.format(table=table), owner.service, topics)
+        foreign = int(await driver.fetchval(_FOREIGN, owner.service, topics))
+        if foreign:
+            # Written by hand, or under a topic name since changed: not published, said once.
+            log.error("outbox: %d rows of the %s service name topics it does not publish; left unpublished",
+                      foreign, owner.service)
+
     async def fetch(self, driver: Any, limit: int) -> tuple[list[int], list[tuple[int, Record]]]:
-        rows = await driver.fetch(_SELECT, limit)
+        rows = await driver.fetch(self._select, limit, *self._mine)
         return [r[0] for r in rows], [(r[0], _record(r[1], r[2], r[3], r[4])) for r in rows]
 
     async def settle(self, driver: Any, ids: Sequence[int], kept: Sequence[Kept]) -> None:
         await settle_rows(driver, _DELETE, _SETTLE, ids, kept)
 
     async def count(self, driver: Any) -> int:
-        return int(await driver.fetchval(_COUNT))
+        return int(await driver.fetchval(self._count, *self._mine))
 
     async def replayable(self, driver: Any, after_id: int, limit: int) -> list[tuple[int, Record]]:
-        return [(r[0], _record(r[1], r[2], r[3], r[4])) for r in await driver.fetch(_SENT, after_id, limit)]
+        rows = await driver.fetch(self._sent, after_id, limit, *self._mine)
+        return [(r[0], _record(r[1], r[2], r[3], r[4])) for r in rows]
 
 
 class _Gauge(Protocol):
@@ -130,6 +218,7 @@ class OutboxRelay:
         engine: AsyncEngine,
         publisher: Publisher,
         *,
+        owner: Outbox | None = None,
         lock_key: int = 1,
         batch: int = 500,
         poll_interval_s: float = 0.2,
@@ -141,8 +230,12 @@ class OutboxRelay:
         leader_gauge: _Gauge | None = None,
         retention: Retention | None = None,
     ) -> None:
+        """``owner``: the service whose rows it publishes (and only its topics: checked again on
+        every record before it goes out); without one, every row of ``outbox`` (tests of the
+        relay alone). ``source``: another table than ``outbox`` (the listener's events)."""
         self._engine = engine
-        self._source: OutboxSource = source or OutboxTable()
+        self._owner = owner
+        self._source: OutboxSource = source or OutboxTable(owner)
         # Without a retention (tools, tests of the relay alone), published rows are forgotten.
         self._keeper = ReplayKeeper(retention, self._source, publisher) if retention is not None else None
         # A process may run two relays (two sources, two lock keys): each reports its own.
@@ -165,26 +258,22 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = self._poll
-        while not stop.is_set():
-            wait = self._standby
-            try:
-                async with self._engine.connect() as lock_conn:
-                    if await self._try_lead(lock_conn):
-                        try:
-                            await self._lead(lock_conn, stop)
-                        finally:
-                            # The session lock would outlive us on a pooled connection: release it.
-                            self._set_leader(False)
-                            await self._unlock(lock_conn)
-                backoff = self._poll
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database trouble: keep trying, never die
-                log.warning("outbox relay: database error %s; retrying", type(exc).__name__)
-                backoff = min(self._max_backoff, backoff * 2)
-                wait = backoff
-            await _wait(stop, wait)
+        """Lead while holding the lock, else stand by and try again; database trouble (the
+        lock's connection lost) is retried after a backoff, never the end of the relay."""
+
+        async def round_() -> float:
+            async with self._engine.connect() as lock_conn:
+                if await self._try_lead(lock_conn):
+                    try:
+                        await self._lead(lock_conn, stop)
+                    finally:
+                        # The session lock would outlive us on a pooled connection: release it.
+                        self._set_leader(False)
+                        await self._unlock(lock_conn)
+            return self._standby
+
+        backoff = lifecycle.Backoff(self._poll, self._max_backoff)
+        await lifecycle.repeat(stop, round_, what="outbox relay", backoff=backoff)
 
     async def _unlock(self, conn: AsyncConnection) -> None:
         try:
@@ -213,9 +302,10 @@ class OutboxRelay:
         # The leader publishes over its lock connection: no pool checkout (and its
         # pre-ping round trip) per batch, and every poll doubles as the keep-alive that
         # tells us the lock is still held.
-        driver = await _driver(lock_conn)
+        driver = await driver_connection(lock_conn)
+        await self._source.start(driver)
         keeper = self._keeper
-        backoff = self._poll
+        backoff = lifecycle.Backoff(self._poll, self._max_backoff, jitter=0.5)
         starting = True
         while not stop.is_set():
             self._wake.clear()  # before reading: a commit from now on wakes the next round
@@ -231,24 +321,24 @@ class OutboxRelay:
                 metrics.RELAY_ERRORS.inc()
                 if keeper is not None:
                     keeper.disturbed()
-                log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, backoff)
-                await _wait(stop, backoff + random.uniform(0, backoff / 2))
-                backoff = min(self._max_backoff, backoff * 2)
+                wait = backoff.next()
+                log.warning("outbox relay: broker unavailable (%s); retry in %.1fs", exc, wait)
+                await lifecycle.pause(stop, wait)
                 continue
-            backoff = self._poll
+            backoff.reset()
             if published < self._batch:
-                await _wait_any(stop, self._wake, self._poll)
+                await lifecycle.pause(stop, self._poll, self._wake)
                 if self._wake.is_set() and self._linger > 0:
                     # Woken by a commit: let the commits of the next few milliseconds join
                     # it. At a steady 1,000 messages/s the store commits a message or two
                     # at a time; one broker round and two statements per commit would cost
                     # the listener more CPU than taking the messages in.
-                    await _wait(stop, self._linger)
+                    await lifecycle.pause(stop, self._linger)
 
     async def publish_once(self) -> int:
         """Publish one batch; return how many rows were published (and settled)."""
         async with self._engine.connect() as conn:
-            return await self._publish(await _driver(conn))
+            return await self._publish(await driver_connection(conn))
 
     async def _publish(self, driver: Any) -> int:
         """One batch over an asyncpg connection, each statement in its own transaction:
@@ -259,6 +349,13 @@ class OutboxRelay:
             self._backlog(0)
             return 0
         records = [record for _id, record in pairs]
+        if self._owner is not None:
+            try:
+                for record in records:
+                    self._owner.check(record.topic)
+            except ForeignTopic as exc:  # a wiring mistake: said loudly, nothing published
+                log.error("outbox relay: %s; nothing of the batch was published", exc)
+                raise
         acks = await self._publisher.publish(records) if records else []
         kept = self._keeper.kept(pairs, acks) if self._keeper is not None else []
         await self._source.settle(driver, ids, kept)
@@ -296,25 +393,3 @@ async def stop_with_last_publish(
     for relay in leading:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.publish_once(), 5.0)
-
-
-async def _driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a SQLAlchemy one (plain statements, no ORM work per row)."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -40,11 +40,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.parked_event import ParkedEventV1
+from services import audit
 from services.auth import User, current_user
 from services.consumer import code_trace, is_transient
+from services.outbox import INSERT as OUTBOX_INSERT
+from services.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +126,15 @@ class Parking:
         group: str,
         deadletter_topic: str,
         *,
+        outbox: Outbox,
         attempts: int = ATTEMPTS,
         retry_delay_s: float = 0.05,
         on_park: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self.group = group
-        self.deadletter_topic = deadletter_topic
+        self.deadletter_topic = outbox.check(deadletter_topic)  # the consuming service's own topic
+        self._outbox = outbox
         self._attempts = attempts
         self._delay = retry_delay_s
         self._on_park = on_park  # the relay's wake: the dead letter is in the outbox
@@ -174,11 +179,10 @@ class Parking:
                     key_base64=base64.b64encode(record.key).decode() if record.key is not None else None,
                     value_base64=base64.b64encode(record.value).decode(),
                 )
-                await conn.execute(
-                    text("INSERT INTO outbox (topic, key, payload, event_id) VALUES (:t, :k, :p, :e)"),
-                    {"t": self.deadletter_topic, "k": record.key.decode("utf-8", "replace") if record.key else None,
-                     "p": letter.model_dump_json().encode(), "e": letter.event_id},
-                )
+                await conn.execute(text(OUTBOX_INSERT), self._outbox.row(
+                    self.deadletter_topic, record.key.decode("utf-8", "replace") if record.key else None,
+                    letter.model_dump_json().encode(), letter.event_id,
+                ))
         if row.inserted:
             PARKED.labels(self.group, record.topic).inc()
         log.error("consumer %s: parked %s/%d offset %d (event %s) after %d attempts: %s; parked_event %d\n%s",
@@ -271,11 +275,8 @@ class Parking:
         return Redriven(parked_id, "parked", type(exc).__name__)
 
 
-async def _audit(conn: Any, actor: str, parked_id: int, group: str, outcome: str) -> None:
-    await conn.execute(
-        text("INSERT INTO audit (actor, action, detail) VALUES (:a, 'redrive', :d)"),
-        {"a": actor, "d": f"parked_event={parked_id} group={group} outcome={outcome}"},
-    )
+async def _audit(conn: AsyncConnection, actor: str, parked_id: int, group: str, outcome: str) -> None:
+    await audit.record(conn, actor, "redrive", detail=f"parked_event={parked_id} group={group} outcome={outcome}")
 
 
 # --- the API both services mount ------------------------------------------------------------

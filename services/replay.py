@@ -57,7 +57,6 @@ not per batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -67,7 +66,8 @@ from typing import Any, Protocol, cast
 from prometheus_client import Counter, Gauge
 
 from services.bus import Ack, BrokerView, Publisher, Record, TopicPartition
-from services.settings import Settings
+from services.lifecycle import pause
+from services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Retention:
         return self.max_rows > 0 and bool(self.readers.get(topic))
 
 
-def retention_of(settings: Settings) -> Retention:
+def retention_of(settings: ServiceSettings) -> Retention:
     """The consumer groups of this system, by topic, from the settings every service shares."""
     return Retention(
         readers={
@@ -167,6 +167,7 @@ class Replayable(Protocol):
     """What a relay's source offers for keeping and publishing again (`services.outbox`)."""
 
     journal: str  # the table of kept rows: id, topic, partition, "offset" (and what the source needs)
+    journal_scope: str | None  # the service whose rows of the table these are (a ``service`` column), or all
 
     async def replayable(self, driver: Any, after_id: int, limit: int) -> list[tuple[int, Record]]:
         """Kept rows with ids above ``after_id``, in id order, as records to publish again."""
@@ -181,29 +182,39 @@ class Kept:
 
 
 class Journal:
-    """Statements on a journal table (its name comes from code, never from input)."""
+    """Statements on a journal table (its name comes from code, never from input); with a
+    ``scope``, on the rows of that service only (``outbox_sent`` holds every service's).
 
-    def __init__(self, table: str) -> None:
+    ``name`` tells journals apart where a table alone does not: the key of its broker's
+    cluster id (``relay_broker``) and the label of its metrics."""
+
+    def __init__(self, table: str, scope: str | None = None) -> None:
         self.table = table
-        self._extent = f'SELECT topic, partition, min("offset"), count(*) FROM {table} GROUP BY topic, partition'
+        self.name = table if scope is None else f"{table}/{scope}"
+        self._scope: tuple[str, ...] = () if scope is None else (scope,)
+        mine = "WHERE service = $1" if scope is not None else ""
+        self._extent = f'SELECT topic, partition, min("offset"), count(*) FROM {table} {mine} GROUP BY topic, partition'
+        also = "AND j.service = $4" if scope is not None else ""
         self._trim = (f"DELETE FROM {table} j USING unnest($1::text[], $2::int[], $3::bigint[]) AS c(t, p, o) "
-                      f'WHERE j.topic = c.t AND j.partition = c.p AND j."offset" < c.o')
+                      f'WHERE j.topic = c.t AND j.partition = c.p AND j."offset" < c.o {also}')
+        also = "AND service = $2" if scope is not None else ""
         self._bound = (f"DELETE FROM {table} WHERE id <= "
-                       f"(SELECT id FROM {table} ORDER BY id DESC OFFSET $1 LIMIT 1)")
+                       f"(SELECT id FROM {table} WHERE true {also} ORDER BY id DESC OFFSET $1 LIMIT 1) {also}")
         self._reoffset = (f'UPDATE {table} j SET partition = c.p, "offset" = c.o '
                           "FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS c(i, p, o) WHERE j.id = c.i")
 
     async def extent(self, driver: Any) -> dict[TopicPartition, tuple[int, int]]:
         """Per partition: (lowest kept offset, rows kept)."""
-        return {(r[0], int(r[1])): (int(r[2]), int(r[3])) for r in await driver.fetch(self._extent)}
+        return {(r[0], int(r[1])): (int(r[2]), int(r[3])) for r in await driver.fetch(self._extent, *self._scope)}
 
     async def trim(self, driver: Any, points: Mapping[TopicPartition, int]) -> None:
         if points:
             tps = list(points)
-            await driver.execute(self._trim, [t for t, _ in tps], [p for _, p in tps], [points[tp] for tp in tps])
+            await driver.execute(self._trim, [t for t, _ in tps], [p for _, p in tps], [points[tp] for tp in tps],
+                                 *self._scope)
 
     async def bound(self, driver: Any, max_rows: int) -> int:
-        status = await driver.execute(self._bound, max_rows)
+        status = await driver.execute(self._bound, max_rows, *self._scope)
         return int(status.split()[-1]) if status else 0
 
     async def reoffset(self, driver: Any, kept: Sequence[Kept]) -> None:
@@ -212,14 +223,14 @@ class Journal:
                                  [k.offset for k in kept])
 
     async def cluster(self, driver: Any) -> str | None:
-        found = await driver.fetchval("SELECT cluster_id FROM relay_broker WHERE journal = $1", self.table)
+        found = await driver.fetchval("SELECT cluster_id FROM relay_broker WHERE journal = $1", self.name)
         return str(found) if found is not None else None
 
     async def set_cluster(self, driver: Any, cluster: str) -> None:
         await driver.execute(
             "INSERT INTO relay_broker (journal, cluster_id) VALUES ($1, $2) "
             "ON CONFLICT (journal) DO UPDATE SET cluster_id = excluded.cluster_id, seen_at = now()",
-            self.table, cluster,
+            self.name, cluster,
         )
 
 
@@ -241,7 +252,7 @@ class ReplayKeeper:
     _published_at: float = 0.0
 
     def __post_init__(self) -> None:
-        self.journal = Journal(self.source.journal)
+        self.journal = Journal(self.source.journal, self.source.journal_scope)
         self._view: BrokerView | None = cast(BrokerView, self.publisher) if _is_view(self.publisher) else None
 
     def kept(self, pairs: Sequence[tuple[int, Record]], acks: Sequence[Ack]) -> list[Kept]:
@@ -290,7 +301,7 @@ class ReplayKeeper:
         if view is None:
             return
         extent = await self.journal.extent(driver)
-        KEPT.labels(journal=self.journal.table).set(sum(rows for _low, rows in extent.values()))
+        KEPT.labels(journal=self.journal.name).set(sum(rows for _low, rows in extent.values()))
         partitions = sorted(set(extent) | set(self.bases))
         if not partitions and self.suspect is None and stop is not None:
             return  # nothing published, nothing kept: nothing to lose
@@ -317,24 +328,23 @@ class ReplayKeeper:
         await self.journal.trim(driver, trim_points(self.retention.readers, committed, sorted(extent)))
         dropped = await self.journal.bound(driver, self.retention.max_rows)
         if dropped:
-            DROPPED.labels(journal=self.journal.table).inc(dropped)
+            DROPPED.labels(journal=self.journal.name).inc(dropped)
             log.warning("replay journal %s: %d records dropped unread (more than %d kept; is every consumer "
-                        "group running?)", self.journal.table, dropped, self.retention.max_rows)
+                        "group running?)", self.journal.name, dropped, self.retention.max_rows)
 
     async def _recover(self, driver: Any, why: str, stop: asyncio.Event | None, cluster: str | None) -> None:
-        LOSSES.labels(journal=self.journal.table).inc()
+        LOSSES.labels(journal=self.journal.name).inc()
         log.warning("relay %s: the broker lost records (%s); publishing again what the consumers had not read%s",
-                    self.journal.table, why, f" after {self.retention.settle_s:g} s" if stop is not None else "")
+                    self.journal.name, why, f" after {self.retention.settle_s:g} s" if stop is not None else "")
         if stop is not None and self.retention.settle_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.retention.settle_s)
+            await pause(stop, self.retention.settle_s)
             if stop.is_set():
                 return  # stopping: the journal still names the old cluster, so the next leader does it
         self.bases, self.seen, self.suspect = {}, {}, None
         total = await self.republish(driver)
         if cluster is not None:
             await self.journal.set_cluster(driver, cluster)
-        log.warning("relay %s: %d records published again", self.journal.table, total)
+        log.warning("relay %s: %d records published again", self.journal.name, total)
 
     async def republish(self, driver: Any) -> int:
         """Every kept row, in id order, to the broker again; their new offsets recorded."""
@@ -348,7 +358,7 @@ class ReplayKeeper:
             self._note(by_topic)
             await self.journal.reoffset(driver, [Kept(row_id, record.topic, ack.partition, ack.offset)
                                                  for (row_id, record), ack in zip(pairs, acks, strict=True)])
-            REPUBLISHED.labels(journal=self.journal.table).inc(len(pairs))
+            REPUBLISHED.labels(journal=self.journal.name).inc(len(pairs))
             after, total = pairs[-1][0], total + len(pairs)
 
 

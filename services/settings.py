@@ -1,30 +1,58 @@
-"""Settings of every service, from environment variables prefixed ``WPC_``.
+"""Settings, from environment variables prefixed ``WPC_``: the part every service shares.
 
-Built once per command with `load_settings` and passed down; nothing reads the
-environment anywhere else. `load_settings` turns pydantic's report into one line per
-wrong value that names the variable ("WPC_MLLP_PORT='abc': not an integer (e.g.
-WPC_MLLP_PORT=2575)"); `wpc` prints it and exits with status 2. A setting left empty
-means "start the embedded one" for the database and the broker (see `services.embedded`).
+Each service has a settings class of its own, built once by its command with
+`load_settings` and passed down; nothing reads the environment anywhere else:
+
+    ServiceSettings                  infrastructure, topic and group names, relay, operations
+    ├── adt_listener.settings.ListenerSettings
+    └── DownstreamSettings           + consumer readiness and the care team API's users
+        ├── enrollment_svc.settings.EnrollmentSettings
+        └── notifier.settings.NotifierSettings
+
+The variable names are those of every release: a field keeps its name in whichever class
+it sits, so nothing a county sets changes. `load_settings` turns pydantic's report into
+one line per wrong value that names the variable ("WPC_MLLP_PORT='abc': not an integer
+(e.g. WPC_MLLP_PORT=2575)"); `wpc` prints it and exits with status 2. A setting left
+empty means "start the embedded one" for the database and the broker (`services.embedded`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.configfile import ConfigError
 
 PREFIX = "WPC_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-PORT_SETTINGS = ("mllp_port", "listener_http_port", "enrollment_http_port", "notifier_http_port", "demo_inbox_port")
+_KAFKA_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class Settings(BaseSettings):
+class ServiceSettings(BaseSettings):
+    """What every service reads. Alone, the settings of the commands that only reach the
+    database (`wpc migrate`, `wpc feed-report`)."""
+
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    # The service these settings are of: the ``service`` of its outbox rows (`services.outbox`).
+    service: ClassVar[str] = ""
+
+    def published_topics(self) -> tuple[str, ...]:
+        """The topics this service publishes, and no other service does (its outbox's)."""
+        return ()
+
+    def consumed_topics(self) -> tuple[str, ...]:
+        """The topics this service's consumers read."""
+        return ()
+
+    def consumer_groups(self) -> tuple[str, ...]:
+        """The consumer groups this service's consumers join."""
+        return ()
 
     # --- infrastructure -------------------------------------------------------------------
     database_url: str = Field(
@@ -38,140 +66,51 @@ class Settings(BaseSettings):
     kafka_timeout_s: float = Field(
         default=10.0, description="A publish not acknowledged within this time fails and is retried from the outbox"
     )
+    http_host: str = "0.0.0.0"
+
+    # --- this service's Kafka principal (deploy/: one per service, its topics' ACLs only) -----
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL"
+    )
+    kafka_sasl_mechanism: str = Field(default="PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str = Field(default="", description="This service's Kafka principal (SASL)")
+    kafka_sasl_password: str = Field(default="", description="Its password (from a Secret)")
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None, description="CA of the brokers' certificates (SSL, SASL_SSL); empty: the system's"
+    )
+
+    # --- topics and consumer groups: the names the services agree on ------------------------
+    # A service names the topics it publishes and those it reads; a relay names the groups
+    # that read its topics (to know what they have read).
     topic_adt_events: str = "adt.events"
     topic_adt_deadletter: str = "adt.deadletter"
-
-    # --- ADT listener: MLLP ---------------------------------------------------------------
-    mllp_host: str = "0.0.0.0"
-    mllp_port: int = 2575
-    mllp_max_frame_bytes: int = 1_048_576  # 1 MiB: large enough for any ADT, small enough to bound memory
-    mllp_idle_timeout_s: float = 300.0  # interface engines keep connections open between messages
-    mllp_read_timeout_s: float = 30.0  # a frame once started must complete within this time
-    mllp_max_connections: int = 256
-    # --- ADT listener: no one can lock the hospitals out (adt_listener/admission.py) ----------
-    mllp_first_frame_timeout_s: float = Field(
-        default=10.0, gt=0,
-        description="A new connection from an unknown sender must complete its first frame (TLS handshake "
-        "included) within this time; interface engines send at once after connecting",
-    )
-    mllp_max_connections_per_address: int = Field(
-        default=32, ge=0, description="Connections per source IP of unknown senders (0: no limit); known ones exempt"
-    )
-    mllp_reserved_slots: int = Field(
-        default=32, ge=0,
-        description="Of WPC_MLLP_MAX_CONNECTIONS, slots only senders known by address or client certificate may use",
-    )
-    http_max_body_bytes: int | None = Field(
-        default=None, gt=0,
-        description="POST /v1/adt body limit, refused (413) before reading it; empty: WPC_MLLP_MAX_FRAME_BYTES",
-    )
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = Field(
-        default=None, description="When set, MLLP requires client certificates signed by this CA (mutual TLS)"
-    )
-
-    # --- ADT listener: HTTP and senders ---------------------------------------------------
-    http_host: str = "0.0.0.0"
-    listener_http_port: int = 8080
-    enrollment_http_port: int = 8081
-    notifier_http_port: int = 8082
-    senders_file: Path | None = Field(
-        default=None,
-        description="YAML list of senders (credentials, facilities, validation mode); see docs in README",
-    )
-    accepted_processing_ids: str = "P,T,D"  # MSH-11, HL7 table 0103
-    medi_cal_authorities: str = "MEDI-CAL,MEDICAL,MEDICAID,CA-MEDICAID,CADHCS"
-
-    # --- write path and relay -------------------------------------------------------------
-    commit_batch_max: int = 512
-    relay_batch_max: int = 500
-    relay_poll_interval_s: float = 0.2
-
-    # --- enrollment service -----------------------------------------------------------------
-    rules_file: Path | None = Field(
-        default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"
-    )
-    users_file: Path | None = Field(
-        default=None, description="Care team API users YAML (services/auth.py); empty: no one can log in"
-    )
     topic_enrollment_candidates: str = "enrollment.candidates"
     topic_enrollment_events: str = "enrollment.events"
-    enrollment_group_id: str = "wpc-enrollment"
-    enrollment_lanes: int = Field(default=8, description="adt.events applied concurrently (by patient key)")
-    expiry_interval_s: float = Field(default=60.0, description="How often pending candidates are checked for expiry")
-
-    # --- notifier -----------------------------------------------------------------------------
-    notify_file: Path | None = Field(
-        default=None,
-        description="Notification configuration YAML (notifier/config.py); required by `wpc notifier`; "
-        "empty under `wpc up`: the demo inbox",
-    )
-    notifier_group_id: str = "wpc-notifier"
-    topic_notifications_deadletter: str = "notifications.deadletter"
-    demo_inbox_port: int = Field(default=8083, description="`wpc up` without WPC_NOTIFY_FILE: the demo inbox")
-    notifier_poll_interval_s: float = Field(default=1.0, description="How often due notices and retries are checked")
-
-    # --- the PCP-notified measure: computed by the notifier, reported by both APIs (issue 12) --
-    topic_notifications_measures: str = Field(
-        default="notifications.measures",
-        description="The notifier's PCP-notified figures (schemas/measure.py), consumed by the enrollment service",
-    )
-    measure_publish_interval_s: float = Field(
-        default=30.0, gt=0, description="How often the notifier publishes the PCP-notified figures that changed"
-    )
-
-    # --- consumers: parking and readiness (services/consumer.py, services/parking.py) ----------
     topic_enrollment_deadletter: str = Field(
         default="enrollment.deadletter",
         description="adt.events records the enrollment service could not apply (parked), for inspection",
     )
+    topic_notifications_deadletter: str = "notifications.deadletter"
     topic_notifier_deadletter: str = Field(
         default="notifier.deadletter",
         description="Records the notifier could not apply (parked); not notifications.deadletter (failed deliveries)",
     )
-    consumer_max_lag: int = Field(
-        default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"
+    topic_notifications_measures: str = Field(
+        default="notifications.measures",
+        description="The notifier's PCP-notified figures (schemas/measure.py), consumed by the enrollment service",
     )
-    consumer_max_restarts: int = Field(
-        default=3, description="/readyz fails when a consumer restarts more often than this within the window"
-    )
-    consumer_restart_window_s: float = Field(
-        default=300.0, description="The window of consumer_max_restarts (restarts without a committed batch)"
-    )
+    enrollment_group_id: str = "wpc-enrollment"
+    notifier_group_id: str = "wpc-notifier"
 
-    conformance_max_per_s: float = Field(
-        default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"
-    )
+    # --- the outbox relay (services/outbox.py) ------------------------------------------------
+    relay_batch_max: int = 500
+    relay_poll_interval_s: float = 0.2
 
-    # --- operations -----------------------------------------------------------------------
-    log_level: str = "INFO"
-    log_json: bool = True
-
-    # --- validation (errors a person can act on: `load_settings`) -----------------------------
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _log_level(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
-            return value.strip().upper()
-        raise ValueError(f"not a log level; use one of {', '.join(LOG_LEVELS)}")
-
-    @field_validator(*PORT_SETTINGS, mode="after")
-    @classmethod
-    def _port(cls, value: int) -> int:
-        if not 0 <= value <= 65_535:
-            raise ValueError("not a TCP port (1-65535; 0 picks a free one)")
-        return value
     # --- stopping, and what a broker loss must not lose (issue 10 parts 2 and 3) ----------------
     shutdown_timeout_s: float = Field(
         default=20.0, gt=0,
         description="SIGTERM/SIGINT drain for at most this long, then the process exits anyway (status 1, "
         "saying what did not finish); a second signal exits at once",
-    )
-    kafka_session_timeout_s: float = Field(
-        default=6.0, ge=1,
-        description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "
-        "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
     )
     kafka_idempotence: bool = Field(
         default=False, description="Idempotent producer (no duplicates from its own retries); Kafka yes, Tansu no",
@@ -192,11 +131,83 @@ class Settings(BaseSettings):
         "they rejoin the new broker and read its log from the start (keep above the session timeout)",
     )
 
-    def processing_ids(self) -> frozenset[str]:
-        return frozenset(p.strip() for p in self.accepted_processing_ids.split(",") if p.strip())
+    # --- operations -----------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
 
-    def medi_cal_authority_set(self) -> frozenset[str]:
-        return frozenset(a.strip().upper() for a in self.medi_cal_authorities.split(",") if a.strip())
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments of every aiokafka client of this service (producer, consumers,
+        the relay's broker reads): how it authenticates, as its own principal."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol.startswith("SASL_"):
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password)
+        if protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            ca = str(self.kafka_ssl_ca_file) if self.kafka_ssl_ca_file is not None else None
+            options["ssl_context"] = create_ssl_context(cafile=ca)
+        return options
+
+    # --- validation (errors a person can act on: `load_settings`) -----------------------------
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _kafka_choice(cls, value: object, info: ValidationInfo) -> object:
+        choices = _KAFKA_PROTOCOLS if info.field_name == "kafka_security_protocol" else _SASL_MECHANISMS
+        if isinstance(value, str) and value.strip().upper() in choices:
+            return value.strip().upper()
+        raise ValueError(f"not one of {', '.join(choices)}")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+            return value.strip().upper()
+        raise ValueError(f"not a log level; use one of {', '.join(LOG_LEVELS)}")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _port(cls, value: object, info: ValidationInfo) -> object:
+        """Every ``*_port`` setting, of whichever service."""
+        if (info.field_name or "").endswith("_port") and isinstance(value, int) and not 0 <= value <= 65_535:
+            raise ValueError("not a TCP port (1-65535; 0 picks a free one)")
+        return value
+
+
+class DownstreamSettings(ServiceSettings):
+    """The services downstream of the listener (enrollment, notifier): each consumes topics
+    (`services.consumer`, `services.parking`) and serves the care team's API (`services.auth`)."""
+
+    users_file: Path | None = Field(
+        default=None, description="Care team API users YAML (services/auth.py); empty: no one can log in"
+    )
+    kafka_session_timeout_s: float = Field(
+        default=6.0, ge=1,
+        description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "
+        "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
+    )
+    consumer_max_lag: int = Field(
+        default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"
+    )
+    consumer_max_restarts: int = Field(
+        default=3, description="/readyz fails when a consumer restarts more often than this within the window"
+    )
+    consumer_restart_window_s: float = Field(
+        default=300.0, description="The window of consumer_max_restarts (restarts without a committed batch)"
+    )
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def settings_classes(root: type[ServiceSettings] = ServiceSettings) -> Iterator[type[ServiceSettings]]:
+    """``root`` and every settings class derived from it that is imported."""
+    yield root
+    for sub in root.__subclasses__():
+        yield from settings_classes(sub)
 
 
 # --- loading: one place that turns pydantic's report into lines naming the variable ------------
@@ -210,30 +221,45 @@ _WHAT = {
 _SECRET_HINTS = ("url", "password", "secret", "token", "key")
 
 
-def load_settings(overrides: Mapping[str, object] | None = None, *, flags: Mapping[str, str] | None = None) -> Settings:
-    """`Settings` from the environment and ``overrides`` (command-line options, named in
-    ``flags``: setting -> option); a wrong value raises `ConfigError` naming the variable."""
-    given: dict[str, Any] = dict(overrides or {})
+def load_settings(
+    model: type[S], overrides: Mapping[str, object] | None = None, *, flags: Mapping[str, str] | None = None
+) -> S:
+    """``model`` from the environment and ``overrides`` (command-line options, named in
+    ``flags``: setting -> option; those that are no field of ``model`` are not its business);
+    a wrong value raises `ConfigError` naming the variable."""
+    given: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if k in model.model_fields}
     try:
-        return Settings(**given)
+        return model(**given)
     except ValidationError as exc:
-        raise settings_error(exc, given, flags or {}) from None
+        raise settings_error(exc, given, flags or {}, model=model) from None
 
 
 def settings_error(
-    exc: ValidationError, overrides: Mapping[str, object] | None = None, flags: Mapping[str, str] | None = None
+    exc: ValidationError,
+    overrides: Mapping[str, object] | None = None,
+    flags: Mapping[str, str] | None = None,
+    *,
+    model: type[ServiceSettings] | None = None,
 ) -> ConfigError:
-    """One line per wrong setting: "WPC_MLLP_PORT='abc': not an integer (e.g. WPC_MLLP_PORT=2575)"."""
+    """One line per wrong setting: "WPC_MLLP_PORT='abc': not an integer (e.g. WPC_MLLP_PORT=2575)".
+    ``model`` (by default the settings class the error names) gives the examples' defaults."""
+    if model is None:
+        model = next((c for c in settings_classes() if c.__name__ == exc.title), ServiceSettings)
     overrides = overrides or {}
     flags = flags or {}
     problems = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err.get("loc") else ""
-        problems.append(_one(field, err, from_flag=flags.get(field) if field in overrides else None))
+        problems.append(_one(model, field, err, from_flag=flags.get(field) if field in overrides else None))
     return ConfigError(problems)
 
 
-def _one(field: str, err: Mapping[str, Any], *, from_flag: str | None) -> str:
+def is_settings_error(exc: BaseException) -> bool:
+    """A `ValidationError` of a settings class (a command that built one without `load_settings`)."""
+    return isinstance(exc, ValidationError) and any(c.__name__ == exc.title for c in settings_classes())
+
+
+def _one(model: type[ServiceSettings], field: str, err: Mapping[str, Any], *, from_flag: str | None) -> str:
     kind = str(err.get("type", ""))
     what = _WHAT.get(kind) or str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if kind.startswith(("greater_than", "less_than")):
@@ -244,7 +270,7 @@ def _one(field: str, err: Mapping[str, Any], *, from_flag: str | None) -> str:
     shown = ""
     if not secret and isinstance(value, str | int | float):
         shown = f" {value}" if from_flag else f"={str(value)!r}"
-    info = Settings.model_fields.get(field)
+    info = model.model_fields.get(field)
     default = info.default if info is not None else None
     example = ""
     if default not in (None, "") and not isinstance(default, bool) and kind in _WHAT:

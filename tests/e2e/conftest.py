@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 
 from adt_listener.service import Listener
+from adt_listener.settings import ListenerSettings
 from services.embedded import free_port
-from services.settings import Settings
 from tests.conftest import Broker
 
 StartListener = Callable[..., AbstractAsyncContextManager[Listener]]
 
 
-def listener_settings(database_url: str, bootstrap: str, topics: dict[str, str], **extra: Any) -> Settings:
-    return Settings(
+def listener_values(database_url: str, bootstrap: str, topics: dict[str, str]) -> dict[str, Any]:
+    """The settings of a listener of this test (free loopback ports, its topics)."""
+    return dict(
         database_url=database_url,
         kafka_bootstrap_servers=bootstrap,
         topic_adt_events=topics["adt_events"],
@@ -27,8 +28,14 @@ def listener_settings(database_url: str, bootstrap: str, topics: dict[str, str],
         http_host="127.0.0.1",
         listener_http_port=free_port(),
         relay_poll_interval_s=0.05,
-        **extra,
     )
+
+
+def listener_settings(database_url: str, bootstrap: str, topics: dict[str, str], **extra: Any) -> ListenerSettings:
+    values = {**listener_values(database_url, bootstrap, topics), **extra}
+    unknown = set(values) - set(ListenerSettings.model_fields)
+    assert not unknown, f"not settings of the listener: {unknown}"
+    return ListenerSettings(**values)
 
 
 @pytest.fixture

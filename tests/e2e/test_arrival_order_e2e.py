@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from adt_listener.sender import MllpClient
 from enrollment_svc.service import EnrollmentService
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore
 from schemas.enrollment import EnrollmentCandidateV1
 from services.auth import Users
@@ -31,11 +31,13 @@ from services.db import create_engine
 from services.embedded import free_port
 from tests.adt_builder import adt, event
 from tests.conftest import Broker
-from tests.e2e.conftest import StartListener, listener_settings
+from tests.e2e.conftest import StartListener, listener_values
 from tests.e2e.helpers import ack_code, db_fetch, eventually
 from tests.integration.test_arrival_order import candidates
 from tests.integration.test_enrollment_store import rules
 from tests.kafka_util import read_topic
+from wpc.settings import SystemSettings
+from wpc.tools.send import MllpClient
 
 PT = dt.timezone(dt.timedelta(hours=-8))
 CONNECTIONS = 4
@@ -131,11 +133,11 @@ async def test_a_burst_over_several_connections_and_two_instances_decides_as_in_
         "topic_notifications_measures": f"notifications.measures.{suffix}",
     }
 
-    def enrollment_settings() -> Any:
-        return listener_settings(
-            database_url, broker.bootstrap, topics, enrollment_http_port=free_port(),
+    def enrollment_settings() -> EnrollmentSettings:
+        return SystemSettings.of(
+            **listener_values(database_url, broker.bootstrap, topics), enrollment_http_port=free_port(),
             enrollment_group_id=f"wpc-enrollment-{suffix}", expiry_interval_s=3600, **enrollment_topics,
-        )
+        ).enrollment
 
     messages = [raw for _, raw in feed]
     random.Random(12).shuffle(messages)

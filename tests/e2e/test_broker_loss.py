@@ -16,24 +16,24 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from adt_listener.sender import MllpClient
 from adt_listener.service import Listener
 from enrollment_svc.service import EnrollmentService
-from notifier.demo_inbox import SECRET_ENV, demo_config, inbox_app
 from notifier.service import NotifierService
 from services.auth import Users
 from services.httpserver import HttpServer
-from services.settings import Settings
 from tests.adt_builder import adt
 from tests.conftest import Broker
 from tests.e2e.helpers import ack_code, db_fetch, eventually, wait_outbox_empty
 from tests.e2e.up_process import quiet_port
 from tests.integration.test_enrollment_store import rules
+from wpc.demo_inbox import SECRET_ENV, demo_config, inbox_app
+from wpc.settings import SystemSettings
+from wpc.tools.send import MllpClient
 
 PT = dt.timezone(dt.timedelta(hours=-8))
 
 
-def system_settings(database_url: str, broker: Broker, **extra: object) -> Settings:
+def system_settings(database_url: str, broker: Broker, **extra: object) -> SystemSettings:
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, object] = {
         "database_url": database_url, "kafka_bootstrap_servers": broker.bootstrap,
@@ -48,20 +48,21 @@ def system_settings(database_url: str, broker: Broker, **extra: object) -> Setti
         "relay_poll_interval_s": 0.05, "expiry_interval_s": 3600, "replay_check_interval_s": 0.5,
         **extra,
     }
-    return Settings(**values)  # type: ignore[arg-type]
+    return SystemSettings.of(**values)
 
 
 @asynccontextmanager
-async def running_system(s: Settings) -> AsyncIterator[Listener]:
+async def running_system(s: SystemSettings) -> AsyncIterator[Listener]:
     """What `wpc up` runs, minus the embedded servers (the test's own broker instead)."""
     secret = secrets.token_urlsafe(16)
-    inbox = HttpServer(inbox_app(secret), "127.0.0.1", s.demo_inbox_port)
+    inbox = HttpServer(inbox_app(secret), "127.0.0.1", s.notifier.demo_inbox_port)
     await inbox.start()
     try:
         async with (
-            Listener(s) as listener,
-            EnrollmentService(s, users=Users({}), rules=rules()),
-            NotifierService(s, users=Users({}), config=demo_config(f"http://127.0.0.1:{s.demo_inbox_port}"),
+            Listener(s.listener) as listener,
+            EnrollmentService(s.enrollment, users=Users({}), rules=rules()),
+            NotifierService(s.notifier, users=Users({}),
+                            config=demo_config(f"http://127.0.0.1:{s.notifier.demo_inbox_port}"),
                             secrets={SECRET_ENV: secret}),
         ):
             yield listener
@@ -85,8 +86,8 @@ def toc_history(now: dt.datetime) -> list[bytes]:
     return messages
 
 
-async def send(s: Settings, messages: list[bytes]) -> None:
-    client = await MllpClient.connect("127.0.0.1", s.mllp_port)
+async def send(s: SystemSettings, messages: list[bytes]) -> None:
+    client = await MllpClient.connect("127.0.0.1", s.listener.mllp_port)
     try:
         for m in messages:
             assert ack_code(await client.send(m, timeout=15)) in ("AA", "CA")
@@ -105,15 +106,15 @@ def updates(now: dt.datetime, n: int) -> list[bytes]:
                 admit=admit, dx=("F10.20", "J44.1")) for i in range(n)]
 
 
-async def applied_exactly_once(database_url: str, s: Settings, events: int) -> None:
+async def applied_exactly_once(database_url: str, s: SystemSettings, events: int) -> None:
     """Every event applied by the enrollment service and seen by the notifier, one candidate."""
     async def done() -> bool:
         return (
             await count(database_url, "SELECT count(*) FROM processed_event") == events
             and await count(database_url, "SELECT count(*) FROM notifier_processed WHERE topic = "
-                            f"'{s.topic_adt_events}'") == events
+                            f"'{s.shared.topic_adt_events}'") == events
             and await count(database_url, "SELECT count(*) FROM notifier_processed WHERE topic = "
-                            f"'{s.topic_enrollment_candidates}'") == 1
+                            f"'{s.shared.topic_enrollment_candidates}'") == 1
         )
 
     await eventually(done, 60, "not every event was applied", interval_s=0.2)
@@ -133,7 +134,7 @@ async def test_restart_between_publish_and_consume_loses_nothing(database_url: s
     s = system_settings(database_url, own_broker)
     feed = toc_history(dt.datetime.now(PT))
     # Taken into custody and published; the consumers never read it (they were not running).
-    async with Listener(s):
+    async with Listener(s.listener):
         await send(s, feed)
         await wait_outbox_empty(database_url)
     assert await count(database_url, "SELECT count(*) FROM adt_event_sent") == len(feed)

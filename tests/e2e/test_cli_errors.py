@@ -43,7 +43,7 @@ def base_env() -> dict[str, str]:
 
 
 def wpc(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
-    done = subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "wpc.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
     return Result(done.returncode, done.stdout, done.stderr)
 
@@ -190,7 +190,7 @@ def running_up(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen
     """A real `wpc up`, until it has printed that it is up."""
     log = tmp_path / "up.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "wpc.cli", "up"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

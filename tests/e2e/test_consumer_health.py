@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 
 from enrollment_svc.service import EnrollmentService
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
 from schemas.parked_event import ParkedEventV1
 from services.auth import Users
 from services.bus import KafkaPublisher, Record
 from services.embedded import free_port
-from services.settings import Settings
 from tests.conftest import Broker
 from tests.e2e.helpers import db_fetch, eventually
 from tests.integration.test_enrollment_store import rules, stay
@@ -29,9 +29,9 @@ from tests.kafka_util import read_topic
 TOKEN = "ops-token"
 
 
-def settings(database_url: str, broker: Broker, **extra: Any) -> Settings:
+def settings(database_url: str, broker: Broker, **extra: Any) -> EnrollmentSettings:
     suffix = uuid.uuid4().hex[:8]
-    return Settings(
+    return EnrollmentSettings(
         database_url=database_url, kafka_bootstrap_servers=broker.bootstrap, http_host="127.0.0.1",
         enrollment_http_port=free_port(), enrollment_group_id=f"wpc-enrollment-{suffix}",
         topic_adt_events=f"adt.events.{suffix}", topic_enrollment_candidates=f"enrollment.candidates.{suffix}",

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 
-from adt_listener.sender import MllpClient
 from tests.conftest import Broker
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_fields, db_fetch, wait_outbox_empty
 from tests.kafka_util import read_topic
+from wpc.tools.send import MllpClient
 
 MSG00001 = [  # GHHSFacility, v2.8
     "001_msft_A01.hl7", "002_msft_A02.hl7", "003_msft_A03.hl7", "004_msft_A04.hl7", "005_msft_A05.hl7",

@@ -13,17 +13,19 @@ import datetime as dt
 import time
 import uuid
 
-from adt_listener.sender import MllpClient
 from enrollment_svc.service import EnrollmentService
+from enrollment_svc.settings import EnrollmentSettings
 from schemas.enrollment import EnrollmentCandidateV1, EnrollmentEventV1
 from services.auth import Users
 from services.embedded import free_port
 from tests.adt_builder import adt
 from tests.conftest import Broker
-from tests.e2e.conftest import StartListener, listener_settings
+from tests.e2e.conftest import StartListener, listener_values
 from tests.e2e.helpers import ack_code, db_fetch
 from tests.integration.test_enrollment_store import rules
 from tests.kafka_util import read_topic
+from wpc.settings import SystemSettings
+from wpc.tools.send import MllpClient
 
 PT = dt.timezone(dt.timedelta(hours=-8))
 
@@ -60,16 +62,16 @@ async def test_mllp_to_one_candidate_with_two_instances_in_one_group(
     }
     feed = _feed(dt.datetime.now(PT))
 
-    def enrollment_settings() -> object:
-        return listener_settings(
-            database_url, broker.bootstrap, topics, enrollment_http_port=free_port(),
+    def enrollment_settings() -> EnrollmentSettings:
+        return SystemSettings.of(
+            **listener_values(database_url, broker.bootstrap, topics), enrollment_http_port=free_port(),
             enrollment_group_id=f"wpc-enrollment-{suffix}", expiry_interval_s=3600, **enrollment_topics,
-        )
+        ).enrollment
 
     async with (
         start_listener() as listener,
-        EnrollmentService(enrollment_settings(), users=Users({}), rules=rules()) as first,  # type: ignore[arg-type]
-        EnrollmentService(enrollment_settings(), users=Users({}), rules=rules()) as second,  # type: ignore[arg-type]
+        EnrollmentService(enrollment_settings(), users=Users({}), rules=rules()) as first,
+        EnrollmentService(enrollment_settings(), users=Users({}), rules=rules()) as second,
     ):
         client = await MllpClient.connect("127.0.0.1", listener.endpoints.mllp_port)
         try:

@@ -13,7 +13,7 @@ import json
 import httpx
 import pytest
 
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import control_id, msa_control_id
 

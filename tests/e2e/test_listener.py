@@ -18,13 +18,13 @@ import httpx
 
 from adt_listener.ack import mark_retransmission
 from adt_listener.mllp import encode
-from adt_listener.sender import MllpClient
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from schemas.adt_deadletter import AdtDeadLetterV1
 from tests.conftest import Broker
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, msa_control_id, wait_outbox_empty
 from tests.kafka_util import read_topic
+from wpc.tools.send import MllpClient
 
 
 async def send_over(port: int, messages: list[bytes]) -> list[bytes]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, control_id, eventually, msa_control_id
 from tests.e2e.mllp_client import (

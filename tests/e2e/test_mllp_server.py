@@ -23,7 +23,7 @@ import pytest
 
 from adt_listener import server as server_module
 from adt_listener.mllp import END, START, encode
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import ack_code, ack_fields, control_id, db_fetch, eventually, msa_control_id
 from tests.e2e.mllp_client import (

@@ -19,7 +19,7 @@ import pytest
 
 from adt_listener import tls
 from adt_listener.mllp import encode
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import control_id, eventually, msa_control_id
 from tests.e2e.mllp_client import Peer, open_connections, tls_refused

@@ -17,11 +17,11 @@ from prometheus_client import REGISTRY
 
 from notifier.config import config_from_text
 from notifier.service import NotifierService
+from notifier.settings import NotifierSettings
 from schemas.enrollment import EnrollmentCandidateV1
 from services.auth import Users
 from services.bus import KafkaPublisher, Record
 from services.embedded import free_port
-from services.settings import Settings
 from tests.conftest import Broker
 from tests.e2e.helpers import db_fetch, eventually
 from tests.integration.test_notifier_flow import SECRET, candidate, config_text, status
@@ -31,8 +31,8 @@ from tests.receivers import HttpReceiver, SmtpReceiver
 TOKEN = "ops-token-for-tests"
 
 
-def settings(database_url: str, broker: Broker, suffix: str) -> Settings:
-    return Settings(
+def settings(database_url: str, broker: Broker, suffix: str) -> NotifierSettings:
+    return NotifierSettings(
         database_url=database_url,
         kafka_bootstrap_servers=broker.bootstrap,
         topic_adt_events=f"adt.events.{suffix}",

@@ -20,30 +20,30 @@ import httpx
 import pytest
 
 from adt_listener.ack import salvage_header
-from adt_listener.sender import MllpClient
 from adt_listener.service import Listener
 from enrollment_svc.service import EnrollmentService
 from notifier.config import config_from_text
 from notifier.service import NotifierService
 from services.auth import Users
 from services.embedded import free_port
-from services.settings import Settings
 from tests.conftest import Broker
-from tests.e2e.conftest import listener_settings
+from tests.e2e.conftest import listener_values
 from tests.e2e.helpers import ack_code, db_fetch, eventually
 from tests.e2e.test_enrollment_flow import PT, _feed
 from tests.integration.test_enrollment_store import rules
 from tests.integration.test_notifier_flow import SECRET, config_text
 from tests.receivers import HttpReceiver, SmtpReceiver
+from wpc.settings import SystemSettings
+from wpc.tools.send import MllpClient
 
 TOKEN = "ops-token"
 PUBLISHED = "SELECT count(DISTINCT event_id) AS n FROM adt_message WHERE ack_code = 'AA' AND event_id IS NOT NULL"
 
 
-def pipeline_settings(database_url: str, broker: Broker, topics: dict[str, str]) -> Settings:
+def pipeline_settings(database_url: str, broker: Broker, topics: dict[str, str]) -> SystemSettings:
     suffix = uuid.uuid4().hex[:8]
-    return listener_settings(
-        database_url, broker.bootstrap, topics,
+    return SystemSettings.of(
+        **listener_values(database_url, broker.bootstrap, topics),
         enrollment_http_port=free_port(), notifier_http_port=free_port(),
         enrollment_group_id=f"wpc-enrollment-{suffix}", notifier_group_id=f"wpc-notifier-{suffix}",
         topic_enrollment_candidates=f"enrollment.candidates.{suffix}",
@@ -72,23 +72,23 @@ async def count(database_url: str, sql: str, *args: object) -> int:
     return int((await db_fetch(database_url, sql, *args))[0]["n"])
 
 
-async def applied_by_both(database_url: str, s: Settings, expected: int) -> bool:
+async def applied_by_both(database_url: str, s: SystemSettings, expected: int) -> bool:
     """Every published event has reached both consumers: applied (processed) or parked."""
     enrollment = await count(database_url, "SELECT count(*) AS n FROM processed_event")
     notifier = await count(database_url, "SELECT count(*) AS n FROM notifier_processed WHERE topic = $1",
-                           s.topic_adt_events)
+                           s.shared.topic_adt_events)
     parked = await count(database_url, "SELECT count(*) AS n FROM parked_event")
     return enrollment + parked >= expected and notifier + parked >= expected
 
 
 @asynccontextmanager
-async def pipeline(s: Settings, hooks_url: str, smtp_port: int) -> AsyncIterator[Listener]:
+async def pipeline(s: SystemSettings, hooks_url: str, smtp_port: int) -> AsyncIterator[Listener]:
     users = Users.single(TOKEN, "olga", frozenset({"ops"}))
     cfg = config_from_text(config_text(hooks_url, smtp_port))
     async with (
-        Listener(s, run_conformance=False) as listener,
-        EnrollmentService(s, users=users, rules=rules()),
-        NotifierService(s, config=cfg, secrets={"S": SECRET}, users=users),
+        Listener(s.listener, run_conformance=False) as listener,
+        EnrollmentService(s.enrollment, users=users, rules=rules()),
+        NotifierService(s.notifier, config=cfg, secrets={"S": SECRET}, users=users),
     ):
         yield listener
 
@@ -125,7 +125,7 @@ async def test_every_sample_reaches_both_consumers_and_a_toc_patient_still_gets_
             await hooks.wait_for(1, timeout=30)  # the TOC care team is told
             assert {r.path for r in hooks.requests} == {"/hooks/toc"}
 
-            for http_port in (s.enrollment_http_port, s.notifier_http_port):
+            for http_port in (s.enrollment.enrollment_http_port, s.notifier.notifier_http_port):
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
                     ready = await client.get("/readyz")
                     assert ready.status_code == 200, ready.json()
@@ -134,8 +134,9 @@ async def test_every_sample_reaches_both_consumers_and_a_toc_patient_still_gets_
                     assert parked.status_code == 200 and parked.json() == []
 
 
-def _consumer_check(s: Settings, http_port: int) -> str:
-    group = s.enrollment_group_id if http_port == s.enrollment_http_port else s.notifier_group_id
+def _consumer_check(s: SystemSettings, http_port: int) -> str:
+    group = s.enrollment.enrollment_group_id if http_port == s.enrollment.enrollment_http_port \
+        else s.notifier.notifier_group_id
     return f"consumer {group}"
 
 

@@ -15,13 +15,13 @@ import asyncpg
 import httpx
 import pytest
 
-from adt_listener.sender import MllpClient
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from services.embedded import free_port
 from tests.conftest import ADMIN_DSN, Broker
 from tests.e2e.conftest import StartListener
 from tests.e2e.helpers import UNPUBLISHED, ack_code, ack_fields, control_id, db_fetch, wait_outbox_empty
 from tests.kafka_util import read_topic
+from wpc.tools.send import MllpClient
 
 ACCEPTED = ("AA", "CA")
 
@@ -107,7 +107,7 @@ class ListenerProcess:
 
     async def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (spawning is instant; we poll the port below)
-            [sys.executable, "-m", "services.cli", "listener"], env=self.env,
+            [sys.executable, "-m", "wpc.cli", "listener"], env=self.env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for _ in range(200):

@@ -32,7 +32,7 @@ async def test_the_samples_are_answered_or_need_no_answer(start_listener: StartL
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WPC_")}
     async with start_listener() as listener:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "send", "--port", str(listener.endpoints.mllp_port),
+            sys.executable, "-m", "wpc.cli", "send", "--port", str(listener.endpoints.mllp_port),
             "--timeout", "30", *map(str, files),
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )

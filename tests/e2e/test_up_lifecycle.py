@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from adt_listener.sender import MllpClient
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from services import reaper
 from services.embedded import RUN_FILE, read_run_state
 from tests.e2e.helpers import ack_code, eventually
 from tests.e2e.up_process import UpProcess, all_gone, command_of, descendants
+from wpc.tools.send import MllpClient
 
 pytestmark = pytest.mark.timeout(300)
 

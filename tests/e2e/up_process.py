@@ -99,7 +99,7 @@ class UpProcess:
         """Start and wait until it serves; return its run state (run.json)."""
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 (instant; we poll below)
-                [sys.executable, "-m", "services.cli", "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "wpc.cli", "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 process_group=0,
             )
         await eventually(lambda: "Ctrl-C stops." in self.output() or self.proc is None or

@@ -16,10 +16,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from adt_listener.bench import IngestOptions, ingest
-from enrollment_svc.bench import _dsn, load_county, replay_live
+from adt_listener.settings import ListenerSettings
+from bench.enroll import _dsn, load_county, replay_live
+from bench.ingest import IngestOptions, ingest
 from enrollment_svc.service import rules_of
-from services.settings import Settings
+from enrollment_svc.settings import EnrollmentSettings
 from tests.conftest import ADMIN_DSN, Broker
 
 
@@ -39,7 +40,7 @@ async def bench_database() -> AsyncIterator[str]:
 async def test_bench_ingest_smoke(
     bench_database: str, broker: Broker, topics: dict[str, str], tmp_path: Path
 ) -> None:
-    settings = Settings(
+    settings = ListenerSettings(
         database_url=bench_database,
         kafka_bootstrap_servers=broker.bootstrap,
         data_dir=tmp_path,
@@ -62,7 +63,7 @@ async def test_bench_ingest_smoke(
 
 async def test_bench_enroll_smoke_with_late_events(database_url: str) -> None:
     """`wpc bench enroll` on a tiny county: in-order admissions and late backfilled visits, all applied."""
-    rules = rules_of(Settings())
+    rules = rules_of(EnrollmentSettings.model_construct())
     facility = next(f for f, spec in rules.site.facilities.items() if spec.participating)
     await load_county(_dsn(database_url), 200, 1000, facility)
     report = await replay_live(database_url, rules, 200, rate=200, duration=0.5, lanes=2, group_max=8,

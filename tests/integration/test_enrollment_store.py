@@ -274,7 +274,7 @@ async def test_pending_candidates_expire_and_free_their_slot(engine: AsyncEngine
 
 
 async def test_replay_reports_what_a_rule_change_would_change_and_applies_only_when_asked(engine: AsyncEngine) -> None:
-    from enrollment_svc.replay import replay
+    from wpc.tools.replay import replay
 
     store = EnrollmentStore(rules())
     for ev in stay(1, days_ago=100, dx=("I10",)) + stay(2, days_ago=0, dx=("I10",), discharged=False):

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adt_listener import feed_report
 from adt_listener.feed_report import ControlIdReuse, FacilityQuality, FindingCount, feed_quality, router
 from services.db import create_engine
+from wpc.tools import feed_report
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 

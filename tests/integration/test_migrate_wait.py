@@ -10,8 +10,8 @@ import uuid
 import asyncpg
 
 from services.db import migrate_url
-from services.migrate_cmd import wait_for_head
 from tests.conftest import ADMIN_DSN
+from wpc.migrate_cmd import wait_for_head
 
 
 async def test_waits_until_the_schema_is_at_head_and_times_out_on_an_old_one() -> None:
@@ -32,12 +32,12 @@ async def test_waits_until_the_schema_is_at_head_and_times_out_on_an_old_one() -
         assert ready, seen
         # The command itself: exit 0 at head, 1 on an unreachable database after --timeout.
         ok = subprocess.run(  # noqa: ASYNC221 (a short command; nothing else runs meanwhile)
-            [sys.executable, "-m", "services.cli", "migrate", "--wait", "--timeout", "5", "--database-url", url],
+            [sys.executable, "-m", "wpc.cli", "migrate", "--wait", "--timeout", "5", "--database-url", url],
             capture_output=True, text=True, timeout=60,
         )
         assert ok.returncode == 0 and "schema at" in ok.stdout, ok.stdout + ok.stderr
         bad = subprocess.run(  # noqa: ASYNC221
-            [sys.executable, "-m", "services.cli", "migrate", "--wait", "--timeout", "1",
+            [sys.executable, "-m", "wpc.cli", "migrate", "--wait", "--timeout", "1",
              "--database-url", "postgresql://postgres@127.0.0.1:1/none"],
             capture_output=True, text=True, timeout=60,
         )

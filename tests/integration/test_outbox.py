@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener.events import DerivedEvents
 from adt_listener.intake import IntakePolicy, intake
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from services import metrics
 from services.bus import KafkaPublisher, MemoryPublisher
 from services.db import create_engine

@@ -33,6 +33,7 @@ from schemas.parked_event import ParkedEventV1
 from services.auth import Users
 from services.consumer import is_transient
 from services.db import create_engine
+from services.outbox import Outbox
 from services.parking import Parking, parking_router
 from tests.integration.test_enrollment_batch import counts, record
 from tests.integration.test_enrollment_store import NOW, rules, stay
@@ -91,7 +92,7 @@ async def test_a_poison_event_is_parked_and_the_rest_of_its_batch_applied_once(
     events = stay(1, days_ago=10) + stay(2, days_ago=5, mrn="MRN0002")
     events[2] = poisoned(events[2])  # the second patient's admission
     batch = [record(i, ev, key=f"k{i % 2}".encode()) for i, ev in enumerate(events)]
-    parking = Parking(engine, GROUP, DEADLETTER, retry_delay_s=0)
+    parking = Parking(engine, GROUP, DEADLETTER, outbox=Outbox.of("enrollment", [DEADLETTER]), retry_delay_s=0)
     handler = AdtEventHandler(engine, EnrollmentStore(rules()), lanes=1, clock=lambda: NOW, parking=parking)
     before = parked_total(GROUP, "adt.events")
     caplog.set_level(logging.INFO)
@@ -128,7 +129,7 @@ async def test_a_poison_event_is_parked_and_the_rest_of_its_batch_applied_once(
 async def test_redrive_through_the_api_applies_the_parked_event_once_fixed(engine: AsyncEngine) -> None:
     events = stay(1, days_ago=10) + stay(2, days_ago=5, mrn="MRN0002")
     store = BrokenStore(events[1].control_id)
-    parking = Parking(engine, GROUP, DEADLETTER, retry_delay_s=0)
+    parking = Parking(engine, GROUP, DEADLETTER, outbox=Outbox.of("enrollment", [DEADLETTER]), retry_delay_s=0)
     handler = AdtEventHandler(engine, store, lanes=1, clock=lambda: NOW, parking=parking)
     await handler([record(i, ev) for i, ev in enumerate(events)])
     assert (await counts(engine))["processed"] == 3
@@ -187,7 +188,7 @@ class DisconnectingStore(EnrollmentStore):
 async def test_a_lost_database_connection_is_not_parked_and_the_batch_applies_later(engine: AsyncEngine) -> None:
     events = stay(1, days_ago=10) + stay(2, days_ago=5, mrn="MRN0002")
     store = DisconnectingStore(events[2].control_id)
-    parking = Parking(engine, GROUP, DEADLETTER, retry_delay_s=0)
+    parking = Parking(engine, GROUP, DEADLETTER, outbox=Outbox.of("enrollment", [DEADLETTER]), retry_delay_s=0)
     handler = AdtEventHandler(engine, store, lanes=1, clock=lambda: NOW, parking=parking)
     batch = [record(i, ev) for i, ev in enumerate(events)]
     with pytest.raises(Exception) as failed:
@@ -203,7 +204,8 @@ async def test_a_lost_database_connection_is_not_parked_and_the_batch_applies_la
 
 async def test_the_notifier_parks_a_record_it_cannot_apply_and_applies_the_others(engine: AsyncEngine) -> None:
     cfg = config_from_text(config_text("http://127.0.0.1:9", 25))
-    parking = Parking(engine, "wpc-notifier-test", "notifier.deadletter", retry_delay_s=0)
+    parking = Parking(engine, "wpc-notifier-test", "notifier.deadletter",
+                      outbox=Outbox.of("notifier", ["notifier.deadletter"]), retry_delay_s=0)
     handler = NotifierHandler(engine, cfg, TOPICS, clock=lambda: NOW, parking=parking)
     good = [candidate("TOC"), candidate("ISR")]
     bad = candidate("TOC").model_copy(update={"reason": "TOC: \x00 every criterion met"})

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from enrollment_svc.handler import AdtEventHandler
+from services.outbox import Outbox
 from services.parking import Parking
 from tests.integration.test_enrollment_batch import counts, record
 from tests.integration.test_enrollment_store import NOW, stay
@@ -27,7 +28,7 @@ async def wpc(database_url: str, *args: str) -> tuple[int, str]:
     env = {**os.environ, "WPC_DATABASE_URL": database_url, "WPC_ENROLLMENT_GROUP_ID": GROUP,
            "WPC_LOG_JSON": "false"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", *args, cwd=ROOT, env=env,
+        sys.executable, "-m", "wpc.cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
@@ -42,7 +43,8 @@ async def test_wpc_redrive_lists_redrives_the_fixed_and_keeps_the_broken(
     events[3] = poisoned(events[3])  # still unstorable after the "fix"
     store = BrokenStore(events[1].control_id)  # a bug the deployed code no longer has
     handler = AdtEventHandler(engine, store, lanes=1, clock=lambda: NOW,
-                              parking=Parking(engine, GROUP, "enrollment.deadletter", retry_delay_s=0))
+                              parking=Parking(engine, GROUP, "enrollment.deadletter", retry_delay_s=0,
+                                              outbox=Outbox.of("enrollment", ["enrollment.deadletter"])))
     await handler([record(i, ev) for i, ev in enumerate(events)])
     assert (await counts(engine))["processed"] == 2
     fixable, broken = (r.id for r in await rows(engine, 'SELECT id FROM parked_event ORDER BY "offset"'))

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from adt_listener import sender
+from adt_listener.er7 import split_messages
 from adt_listener.mllp import Frame, MllpFramer, encode
-from adt_listener.sender import MllpClient, MllpPeerError, split_messages
+from wpc.tools import send as sender
+from wpc.tools.send import MllpClient, MllpPeerError
 
 Reply = bytes | list[bytes] | None  # raw bytes to write back (a list: written piece by piece)
 

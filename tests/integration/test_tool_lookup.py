@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_wpc(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("WPC_")}
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "wpc.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=False, env={**clean, "WPC_DATA_DIR": str(data_dir), **env})
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from adt_listener.settings import ListenerSettings
 from enrollment_svc.rules import load_rules, rules_from_text
 from notifier.config import config_from_text
 from services import icd10
 from services.auth import load_users
-from services.check_config import misspelt_settings
 from services.configfile import ConfigError, parse_yaml, read_yaml, validate
-from services.settings import load_settings
+from services.settings import ServiceSettings, load_settings
+from wpc.check_config import misspelt_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_TEXT = (ROOT / "deploy" / "rules" / "wpc-rules.yaml").read_text(encoding="utf-8")
@@ -227,18 +228,18 @@ def test_a_wrong_setting_names_its_variable(
 ) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as info:
-        load_settings()
+        load_settings(ListenerSettings)
     assert one_problem(info).startswith(expected)
 
 
 def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WPC_LOG_LEVEL", "debug")
-    assert load_settings().log_level == "DEBUG"
+    assert load_settings(ServiceSettings).log_level == "DEBUG"
 
 
 def test_a_wrong_override_names_its_option() -> None:
     with pytest.raises(ConfigError, match=r"^--mllp-port 99999: not a TCP port"):
-        load_settings({"mllp_port": 99999}, flags={"mllp_port": "--mllp-port"})
+        load_settings(ListenerSettings, {"mllp_port": 99999}, flags={"mllp_port": "--mllp-port"})
 
 
 def test_misspelt_setting_names_are_warned_of() -> None:

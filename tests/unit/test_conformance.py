@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from adt_listener import conformance
-from adt_listener.conformance import ConformanceFinding, check_message, decode, split_messages
+from adt_listener.conformance import ConformanceFinding, check_message
+from adt_listener.er7 import split_messages
+from adt_listener.er7 import text_of as decode
+from wpc.tools import validate
 
 
 def read(samples_dir: Path, name: str) -> bytes:
@@ -124,8 +127,10 @@ def test_decode_bom_line_endings_and_fallbacks() -> None:
 
 
 def test_split_messages_at_msh() -> None:
-    data = b"\xef\xbb\xbfMSH|1\nPID|x\n\nMSH|2\r\nEVN|y\n"
-    assert split_messages(data) == [b"MSH|1\rPID|x", b"MSH|2\rEVN|y"]
+    # The one split of files (adt_listener.er7), as `wpc send` and `wpc validate` read them:
+    # every segment ends with CR, and a batch envelope is no message's part.
+    data = b"\xef\xbb\xbfFHS|^~\\&\rMSH|1\nPID|x\n\nMSH|2\r\nEVN|y\nFTS|1\n"
+    assert split_messages(data) == [b"MSH|1\rPID|x\r", b"MSH|2\rEVN|y\r"]
 
 
 def test_validate_command(samples_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,14 +145,14 @@ def test_validate_command(samples_dir: Path, tmp_path: Path, capsys: pytest.Capt
         + read(samples_dir, "messages/079_rusthl7_A08.hl7")
     )
     parser = argparse.ArgumentParser()
-    conformance.add_arguments(parser)
+    validate.add_arguments(parser)
 
-    assert conformance.run(parser.parse_args([str(clean)])) == 0
+    assert validate.run(parser.parse_args([str(clean)])) == 0
     out = capsys.readouterr().out
     assert "ADT^A01 v2.6: 0 finding(s)" in out
     assert "1 message(s), 0 with findings" in out
 
-    assert conformance.run(parser.parse_args([str(both)])) == 1
+    assert validate.run(parser.parse_args([str(both)])) == 1
     out = capsys.readouterr().out
     assert f"{both}#2: ADT^A08 v2.3: 2 finding(s)" in out
     assert "structure" in out and " PV1 " in out

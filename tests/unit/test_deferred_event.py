@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from adt_listener.events import derive_batch, derive_event
 from adt_listener.intake import IntakePolicy, intake
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from schemas.adt_event import AdtEventV1
 
 NOW = dt.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)

@@ -3,8 +3,9 @@ notification configuration they deploy) checked against the code.
 
 There is no container engine on the build machines, so these files are never run in CI;
 instead every fact they share with the code is checked here against the code itself:
-setting names against `Settings.model_fields`, sub-commands against `services.cli.COMMANDS`,
-ports against the `Settings` defaults (or the env value set beside them), probe paths against
+setting names against the fields of each service's settings class (a service's own env: its
+class; the shared ConfigMap: any service's), sub-commands against `wpc.cli.COMMANDS`,
+ports against the settings' defaults (or the env value set beside them), probe paths against
 the routes of the service that serves them, the image tag against `pyproject.toml`.
 
 Three long-running services are deployed, the ADT listener (`wpc listener`), the enrollment
@@ -33,11 +34,15 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from adt_listener.senders import load_senders
+from adt_listener.settings import ListenerSettings
 from enrollment_svc.rules import load_rules
+from enrollment_svc.settings import EnrollmentSettings
 from notifier.config import NotifyConfig, endpoints_of, load_config
+from notifier.settings import NotifierSettings
 from services.auth import load_users
-from services.cli import COMMANDS, build_parser
-from services.settings import Settings
+from services.settings import ServiceSettings
+from wpc.cli import COMMANDS, build_parser
+from wpc.settings import SERVICE_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -46,7 +51,14 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_REPO = "ghcr.io/wpc-pilot/wpc-backend"
 
-PREFIX = str(Settings.model_config["env_prefix"])
+PREFIX = str(ServiceSettings.model_config["env_prefix"])
+# Every setting of any service, by field name.
+FIELDS = {name: info for model in SERVICE_SETTINGS for name, info in model.model_fields.items()}
+# What each deployed container reads (by compose service / k8s Deployment or Job name).
+SETTINGS_OF: dict[str, type[ServiceSettings]] = {
+    "adt-listener": ListenerSettings, "enrollment": EnrollmentSettings, "notifier": NotifierSettings,
+    "migrate": ServiceSettings, "wpc-migrate": ServiceSettings,
+}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 IMAGE = f"{IMAGE_REPO}:{VERSION}"
@@ -65,8 +77,8 @@ NOTIFY_FILE = NOTIFY_DIR / "wpc-notify.yaml"
 
 
 def _default(field: str) -> Any:
-    # The code's default, not Settings(): the environment running the tests must not matter.
-    return Settings.model_fields[field].default
+    # The code's default, not a settings object: the environment running the tests must not matter.
+    return FIELDS[field].default
 
 
 def _env_name(field: str) -> str:
@@ -234,7 +246,7 @@ def _enrollment_app() -> Any:
 
     try:
         service = EnrollmentService(
-            Settings.model_construct(),  # the code's defaults, whatever the environment
+            EnrollmentSettings.model_construct(),  # the code's defaults, whatever the environment
             engine=cast(AsyncEngine, object()),
             users=Users({}),
             rules=cast(Rules, object()),
@@ -261,7 +273,7 @@ def _notifier_app() -> Any:
 
     try:
         service = NotifierService(
-            Settings.model_construct(),  # the code's defaults, whatever the environment
+            NotifierSettings.model_construct(),  # the code's defaults, whatever the environment
             config=load_config(NOTIFY_FILE),
             secrets=dict.fromkeys(_notify_secret_names(), "placeholder"),
             engine=cast(AsyncEngine, object()),
@@ -308,7 +320,7 @@ class Service:
 
     name: str  # compose service, k8s Deployment, container, app.kubernetes.io/name
     subcommand: str  # `wpc <subcommand>`
-    ports: dict[str, str]  # container port name -> Settings field of its default
+    ports: dict[str, str]  # container port name -> settings field of its default
     file_fields: tuple[str, ...]  # Path settings it reads, each from a mounted volume
     topic_fields: tuple[str, ...]  # topics it publishes or consumes
     routes: Callable[[], set[str]]
@@ -355,18 +367,29 @@ each_service = pytest.mark.parametrize("svc", SERVICES, ids=lambda s: s.name)
 # --- setting names --------------------------------------------------------------------------
 
 
-def _assert_settings_names(names: set[str], where: str) -> None:
+def _assert_settings_names(names: set[str], where: str, model: type[ServiceSettings] | None = None) -> None:
+    """Each name is a setting: of ``model`` (a service's own environment), else of any service."""
     assert names, f"{where}: no {PREFIX}* variables found (the parser is looking in the wrong place)"
+    fields = model.model_fields if model is not None else FIELDS
+    owner = model.__name__ if model is not None else "any service's settings"
     for name in sorted(names):
         assert name == name.upper(), f"{where}: {name} is not upper-case"
         field = name[len(PREFIX) :].lower()
-        assert field in Settings.model_fields, f"{where}: {name} is not a field of Settings ({field})"
+        assert field in fields, f"{where}: {name} is not a field of {owner} ({field})"
 
 
 def test_compose_env_names_are_settings_fields() -> None:
     # The notifier's endpoint secrets are not settings (see the module docstring).
-    names = {k for svc in _services().values() for k in _compose_env(svc) if k.upper().startswith(PREFIX)}
-    _assert_settings_names(names - _notify_secret_names(), "deploy/compose.yaml")
+    checked = 0
+    for name, svc in _services().items():
+        names = {k for k in _compose_env(svc) if k.upper().startswith(PREFIX)} - _notify_secret_names()
+        if name in SETTINGS_OF:
+            _assert_settings_names(names, f"deploy/compose.yaml {name}", SETTINGS_OF[name])
+            checked += 1
+        else:
+            assert not names, f"deploy/compose.yaml {name}: WPC_ settings in a container that is no wpc-backend"
+    assert checked == 4, "the compose services are not named as SETTINGS_OF expects"
+
 
 
 def test_configmap_names_are_settings_fields_and_values_are_strings() -> None:
@@ -395,13 +418,13 @@ def test_container_env_names_are_settings_fields() -> None:
     for where, container in _containers():
         names = {e["name"] for e in container.get("env", []) if e["name"].upper().startswith(PREFIX)}
         if names:
-            _assert_settings_names(names, where)
+            _assert_settings_names(names, where, SETTINGS_OF.get(where.split("/")[0]))
 
 
 def test_every_wpc_name_mentioned_in_deploy_files_is_a_setting() -> None:
     # Comments and the README too: a renamed setting must not survive in the instructions.
     # Or a variable that a notification configuration of deploy/notify names (an endpoint
-    # secret): those are read by the notifier, not by Settings.
+    # secret): those are read by the notifier, not by the settings.
     named = {n for path in NOTIFY_DIR.glob("*.yaml") for n in _env_named_in(path)}
     assert named >= _notify_secret_names()
     files = [DOCKERFILE, *DEPLOY.rglob("*.yaml"), DEPLOY / "README.md"]
@@ -416,19 +439,21 @@ def test_database_url_is_secret_not_configmap() -> None:
 
 
 @pytest.mark.parametrize(
-    "env",
+    ("env", "model"),
     [
-        pytest.param(lambda: _compose_env(_services()["adt-listener"]), id="compose-listener"),
-        pytest.param(lambda: _compose_env(_services()["migrate"]), id="compose-migrate"),
-        pytest.param(lambda: _compose_env(_services()["enrollment"]), id="compose-enrollment"),
-        pytest.param(lambda: _compose_env(_services()["notifier"]), id="compose-notifier"),
-        pytest.param(_k8s_listener_env, id="k8s-listener"),
-        pytest.param(lambda: _k8s_env("enrollment"), id="k8s-enrollment"),
-        pytest.param(lambda: _k8s_env("notifier"), id="k8s-notifier"),
-        pytest.param(lambda: _container_env(_job_container()), id="k8s-migrate"),
+        pytest.param(lambda: _compose_env(_services()["adt-listener"]), ListenerSettings, id="compose-listener"),
+        pytest.param(lambda: _compose_env(_services()["migrate"]), ServiceSettings, id="compose-migrate"),
+        pytest.param(lambda: _compose_env(_services()["enrollment"]), EnrollmentSettings, id="compose-enrollment"),
+        pytest.param(lambda: _compose_env(_services()["notifier"]), NotifierSettings, id="compose-notifier"),
+        pytest.param(_k8s_listener_env, ListenerSettings, id="k8s-listener"),
+        pytest.param(lambda: _k8s_env("enrollment"), EnrollmentSettings, id="k8s-enrollment"),
+        pytest.param(lambda: _k8s_env("notifier"), NotifierSettings, id="k8s-notifier"),
+        pytest.param(lambda: _container_env(_job_container()), ServiceSettings, id="k8s-migrate"),
     ],
 )
-def test_settings_accept_the_deployed_values(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_accept_the_deployed_values(
+    env: Any, model: type[ServiceSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     for name in list(os.environ):
@@ -436,7 +461,7 @@ def test_settings_accept_the_deployed_values(env: Any, monkeypatch: pytest.Monke
             monkeypatch.delenv(name)
     for name, value in env().items():
         monkeypatch.setenv(name, _interpolate(value))
-    settings = Settings()  # raises on a value of the wrong type (a port "http", log_json "yes!")
+    settings = model()  # raises on a value of the wrong type (a port "http", log_json "yes!")
     assert settings.database_url.startswith("postgresql+asyncpg://")
 
 
@@ -481,7 +506,7 @@ def test_k8s_commands_are_wpc_subcommands() -> None:
 
 def test_dockerfile_entrypoint_is_the_wpc_console_script_and_cmd_a_subcommand() -> None:
     stage = dict(_final_stage())
-    assert PYPROJECT["project"]["scripts"]["wpc"] == "services.cli:main"
+    assert PYPROJECT["project"]["scripts"]["wpc"] == "wpc.cli:main"
     # Exec form (a JSON array): `wpc` is PID 1 and receives SIGTERM itself.
     assert json.loads(stage["ENTRYPOINT"]) == ["wpc"]
     assert json.loads(stage["CMD"])[0] in COMMANDS
@@ -704,7 +729,7 @@ def test_pods_have_a_read_only_root_and_a_writable_tmp() -> None:
 def _path_fields() -> set[str]:
     return {
         f
-        for f, info in Settings.model_fields.items()
+        for f, info in FIELDS.items()
         if info.annotation is Path or Path in typing.get_args(info.annotation)
     }
 
@@ -932,8 +957,8 @@ def test_notify_secret_names_are_read_completely_and_are_not_settings() -> None:
     assert names, "the example names no secrets: the checks of their provision would check nothing"
     # The raw file and the configuration model agree: no `*_env` key the model ignores.
     assert names == _env_named_in(NOTIFY_FILE)
-    # A secret named like a setting would be read by Settings too, or shadow one.
-    assert not names & {_env_name(f) for f in Settings.model_fields}, names
+    # A secret named like a setting would be read by the settings too, or shadow one.
+    assert not names & {_env_name(f) for f in FIELDS}, names
 
 
 def _compose_notifier_env() -> dict[str, str]:
@@ -1132,8 +1157,8 @@ def test_compose_creates_the_topics_the_services_use() -> None:
 
 @each_service
 def test_compose_services_wait_for_every_topic(svc: Service) -> None:
-    # The outbox relay is shared (one leader publishes every service's rows), so each service
-    # must wait for all the topics, not only its own.
+    # The setup job creates the topics and each principal's ACLs: a service's relay and
+    # consumers need both before they start.
     creator, _ = _compose_created_topics()
     condition = _services()[svc.name]["depends_on"][creator]["condition"]
     assert condition == "service_completed_successfully"
@@ -1157,6 +1182,106 @@ def test_consumer_group_is_the_same_in_compose_and_k8s(name: str, field: str) ->
     compose = _compose_env(_services()[name]).get(_env_name(field), _default(field))
     k8s = _k8s_env(name).get(_env_name(field), _default(field))
     assert compose == k8s == _default(field)
+
+
+# --- one Kafka principal per service, with ACLs for its own topics ------------------------------
+
+Acls = dict[str, dict[tuple[str, str], set[str]]]  # principal -> (resource type, name) -> operations
+
+
+def _compose_acls() -> Acls:
+    """What the compose setup job's kafka-acls commands allow, by principal."""
+    creator, _ = _compose_created_topics()
+    acls: Acls = {}
+    for command in " ".join(_services()[creator]["command"]).split("&&"):
+        if "kafka-acls.sh" not in command:
+            continue
+        assert "--add" in command and "--deny-principal" not in command, command
+        (principal,) = re.findall(r"--allow-principal\s+User:(\S+)", command)
+        resources = re.findall(r"--(topic|group|cluster|transactional-id)\s+(\S+)", command)
+        assert len(resources) == 1, f"one resource per command: {command}"
+        ops = set(re.findall(r"--operation\s+(\S+)", command))
+        assert "--resource-pattern-type" not in command, "literal names only"
+        acls.setdefault(principal, {}).setdefault(resources[0], set()).update(ops)
+    return acls
+
+
+def _strimzi_acls() -> Acls:
+    """What the Strimzi KafkaUsers of deploy/k8s/kafka allow, by principal."""
+    acls: Acls = {}
+    for doc in _yaml_docs(K8S / "kafka" / "kafka-users.yaml"):
+        assert doc["kind"] == "KafkaUser", doc["kind"]
+        assert doc["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert doc["spec"]["authorization"]["type"] == "simple"
+        for acl in doc["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert resource.get("patternType", "literal") == "literal", resource
+            assert acl.get("type", "allow") == "allow", acl
+            key = (resource["type"], resource["name"])
+            acls.setdefault(doc["metadata"]["name"], {}).setdefault(key, set()).update(acl["operations"])
+    return acls
+
+
+def _expected_acls(model: type[ServiceSettings], env: dict[str, str]) -> dict[tuple[str, str], set[str]]:
+    """From the code: the service writes the topics it publishes (no one else does), reads
+    the topics it consumes and its groups, and describes the groups that read its topics
+    (its relay reads their committed offsets: services/replay.py)."""
+    from services.replay import retention_of
+
+    settings = model.model_construct(**{f: env[_env_name(f)] for f in model.model_fields if _env_name(f) in env})
+    groups = set(settings.consumer_groups())
+    readers = retention_of(settings).readers
+    expected: dict[tuple[str, str], set[str]] = {}
+    for topic in settings.published_topics():
+        expected[("topic", topic)] = {"Write", "Describe"}
+    for topic in settings.consumed_topics():
+        expected[("topic", topic)] = {"Read", "Describe"}
+    for group in groups:
+        expected[("group", group)] = {"Read", "Describe"}
+    for group in {g for t in settings.published_topics() for g in readers.get(t, ())} - groups:
+        expected[("group", group)] = {"Describe"}
+    return expected
+
+
+@each_service
+def test_compose_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: Service) -> None:
+    env = {k: _interpolate(v) for k, v in _compose_env(_services()[svc.name]).items()}
+    principal = env[_env_name("kafka_sasl_username")]
+    assert env[_env_name("kafka_security_protocol")] == "SASL_PLAINTEXT"
+    assert _compose_acls()[principal] == _expected_acls(SETTINGS_OF[svc.name], env)
+    # The brokers know the principal, with the password the service uses.
+    jaas = _interpolate(_kafka_nodes()["kafka"]["KAFKA_LISTENER_NAME_CLIENT_PLAIN_SASL_JAAS_CONFIG"])
+    assert f'user_{principal}="{env[_env_name("kafka_sasl_password")]}"' in jaas
+
+
+@each_service
+def test_k8s_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: Service) -> None:
+    env = _k8s_env(svc.name)
+    principal = env[_env_name("kafka_sasl_username")]
+    assert env[_env_name("kafka_security_protocol")] == "SASL_SSL"
+    assert _strimzi_acls()[principal] == _expected_acls(SETTINGS_OF[svc.name], env)
+
+
+def test_every_service_is_a_principal_of_its_own_and_no_one_else_has_rights() -> None:
+    compose = {_interpolate(_compose_env(_services()[s.name])[_env_name("kafka_sasl_username")]) for s in SERVICES}
+    k8s = {_k8s_env(s.name)[_env_name("kafka_sasl_username")] for s in SERVICES}
+    assert len(compose) == len(k8s) == len(SERVICES)
+    assert set(_compose_acls()) == compose
+    assert set(_strimzi_acls()) == k8s
+    # Every topic's writer is one principal: the service that owns it.
+    for acls in (_compose_acls(), _strimzi_acls()):
+        writers = [name for grants in acls.values() for (kind, name), ops in grants.items() if "Write" in ops]
+        assert len(writers) == len(set(writers)), writers
+
+
+def test_compose_brokers_refuse_what_no_acl_allows() -> None:
+    for env in _kafka_nodes().values():
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert set(env["KAFKA_SUPER_USERS"].split(";")) == {"User:admin", "User:ANONYMOUS"}
+        protocols = dict(kv.split(":") for kv in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        advertised = {a.split("://")[0] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+        assert {protocols[a] for a in advertised} == {"SASL_PLAINTEXT"}, "clients must authenticate"
 
 
 def test_consumer_groups_are_distinct() -> None:

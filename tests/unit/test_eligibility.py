@@ -23,7 +23,7 @@ from adt_listener.digest import content_digest
 from adt_listener.er7 import Message
 from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from enrollment_svc.eligibility import (
     ADVISORY,
     county_resident,

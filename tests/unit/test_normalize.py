@@ -379,7 +379,7 @@ def test_every_synthetic_and_corpus_event_revalidates_to_itself() -> None:
     """normalize assembles the event as plain data and validates it once: the result is the
     model its JSON describes (no field lost, coerced or defaulted differently)."""
     from adt_listener.intake import intake
-    from adt_listener.synthetic import synthetic_feed
+    from bench.synthetic import synthetic_feed
 
     inputs = list(synthetic_feed(400, seed=7))
     inputs += [p.read_bytes() for p in sorted((SAMPLES / "messages").glob("*.hl7"))]

@@ -7,7 +7,7 @@ import pytest
 
 from services.bus import Ack
 from services.replay import Retention, loss_evidence, regressed, retention_of, trim_points
-from services.settings import Settings
+from services.settings import ServiceSettings
 
 T = "adt.events"
 
@@ -67,7 +67,7 @@ def test_trim_points_wait_for_every_reading_group(
 
 
 def test_a_topic_nobody_reads_is_never_kept() -> None:
-    retention = retention_of(Settings())
+    retention = retention_of(ServiceSettings.model_construct())
     assert retention.keeps("adt.events") and retention.keeps("enrollment.candidates")
     assert retention.keeps("enrollment.events")
     assert not retention.keeps("adt.deadletter") and not retention.keeps("notifications.deadletter")

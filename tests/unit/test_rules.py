@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from adt_listener.synthetic import DEFAULT_FACILITIES
+from bench.synthetic import DEFAULT_FACILITIES
 from enrollment_svc.rules import PROGRAMS, Rules, load_rules, rules_from_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "rules" / "wpc-rules.yaml"

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 
 from adt_listener.intake import IntakePolicy, intake
-from adt_listener.synthetic import synthetic_feed
+from bench.synthetic import synthetic_feed
 from schemas.adt_event import AdtEventV1, event_id_for
 from schemas.generate import JSON_DIR, main
 

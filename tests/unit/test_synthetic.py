@@ -8,7 +8,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from adt_listener.synthetic import TRIGGER_WEIGHTS, synthetic_feed
+from bench.synthetic import TRIGGER_WEIGHTS, synthetic_feed
 
 
 def _field(message: bytes, segment: str, n: int) -> str:

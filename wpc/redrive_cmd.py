@@ -19,29 +19,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from enrollment_svc.settings import EnrollmentSettings
+from notifier.settings import NotifierSettings
 from services import db
 from services.consumer import is_transient
 from services.parking import Parking, Reapply
-from services.settings import Settings
+from services.settings import load_settings
 
-Factory = Callable[[Settings, AsyncEngine], tuple[Parking, Reapply]]
+Factory = Callable[[AsyncEngine], tuple[Parking, Reapply]]
 
 
-def _enrollment(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
+def _enrollment(settings: EnrollmentSettings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
     from enrollment_svc.service import redrive_handler
 
     return redrive_handler(settings, engine)
 
 
-def _notifier(settings: Settings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
+def _notifier(settings: NotifierSettings, engine: AsyncEngine) -> tuple[Parking, Reapply]:
     from notifier.config import load_config
-    from notifier.demo_inbox import demo_config
     from notifier.service import redrive_handler
+    from wpc.demo_inbox import demo_config
 
     config = (load_config(settings.notify_file) if settings.notify_file is not None
               else demo_config(f"http://127.0.0.1:{settings.demo_inbox_port}"))
@@ -55,19 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="re-drive every parked record")
 
 
-async def _main(args: argparse.Namespace, settings: Settings) -> int:
-    groups: dict[str, Factory] = {settings.enrollment_group_id: _enrollment, settings.notifier_group_id: _notifier}
+async def _main(args: argparse.Namespace, enrollment: EnrollmentSettings, notifier: NotifierSettings) -> int:
+    groups: dict[str, Factory] = {
+        enrollment.enrollment_group_id: functools.partial(_enrollment, enrollment),
+        notifier.notifier_group_id: functools.partial(_notifier, notifier),
+    }
     if args.group is not None and args.group not in groups:
         print(f"wpc redrive: unknown consumer group {args.group!r} (known: {', '.join(groups)})")
         return 2
     chosen = [args.group] if args.group else list(groups)
-    engine = db.create_engine(settings.database_url, pool_size=2)
+    engine = db.create_engine(enrollment.database_url, pool_size=2)
     status = 0
     try:
         asked = set(args.ids or [])
         found: set[int] = set()
         for group in chosen:
-            parking, reapply = groups[group](settings, engine)
+            parking, reapply = groups[group](engine)
             if not args.ids and not args.all:
                 for row in await parking.listing():
                     print(f"{row['id']}\t{group}\t{row['topic']}/{row['partition']}@{row['offset']}\t"
@@ -92,8 +98,8 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    if not settings.database_url:
+    enrollment, notifier = load_settings(EnrollmentSettings), load_settings(NotifierSettings)
+    if not enrollment.database_url:
         print("wpc redrive: set WPC_DATABASE_URL (the database of the running services)")
         return 2
-    return asyncio.run(_main(args, settings))
+    return asyncio.run(_main(args, enrollment, notifier))

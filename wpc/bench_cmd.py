@@ -1,13 +1,13 @@
-"""`wpc bench ingest` (adt_listener.bench), `wpc bench enroll` (enrollment_svc.bench) and
-`wpc bench notify` (notifier.bench)."""
+"""`wpc bench ingest` (bench.ingest), `wpc bench enroll` (bench.enroll) and
+`wpc bench notify` (bench.notify)."""
 
 from __future__ import annotations
 
 import argparse
 
-from adt_listener import bench as ingest_bench
-from enrollment_svc import bench as enroll_bench
-from notifier import bench as notify_bench
+from bench import enroll as enroll_bench
+from bench import ingest as ingest_bench
+from bench import notify as notify_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from enrollment_svc import eligibility, history
 from enrollment_svc.model import Trigger
 from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.service import rules_of
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore, event_from_body
 from services import db
 from services.runinfo import tool_database_url
@@ -101,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings(EnrollmentSettings)
     # WPC_DATABASE_URL, else the running `wpc up`'s database; none: ConfigError (exit 2)
     url = tool_database_url(settings.database_url, settings.data_dir)
     rules = load_rules(args.rules, setting="--rules") if args.rules else rules_of(settings)

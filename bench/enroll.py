@@ -52,11 +52,12 @@ from sqlalchemy.engine import make_url
 from enrollment_svc.handler import AdtEventHandler, lane_of
 from enrollment_svc.rules import Rules
 from enrollment_svc.service import rules_of
+from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore
 from schemas.adt_event import AdtEventV1, Identifier, Patient, Visit, event_id_for, patient_key
 from services import db, lifecycle
 from services.embedded import EmbeddedPostgres
-from services.settings import Settings
+from services.settings import load_settings
 
 # A county's mix, roughly (an assumption, not data): per 100 encounters 40 ED visits, 35
 # outpatient, 20 inpatient, 3 psychiatric inpatient, 2 sobering center; diagnosis flags on
@@ -387,7 +388,7 @@ async def _prepare(args: argparse.Namespace, base: str, facility: str) -> tuple[
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings()
+    settings = load_settings(EnrollmentSettings)
     rules = rules_of(settings)
     facility = next(f for f, spec in rules.site.facilities.items() if spec.participating)
     pg: EmbeddedPostgres | None = None

@@ -15,7 +15,7 @@ import time
 from services import lifecycle
 from services.db import migrate_url, schema_revisions
 from services.runinfo import tool_database_url
-from services.settings import load_settings
+from services.settings import ServiceSettings, load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ async def wait_for_head(url: str, timeout_s: float, interval_s: float = 2.0) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings(ServiceSettings)
     # --database-url, else WPC_DATABASE_URL, else the running `wpc up`'s; none: ConfigError (exit 2)
     url = tool_database_url(settings.database_url, settings.data_dir, explicit=args.database_url)
     if args.wait:

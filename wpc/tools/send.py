@@ -47,69 +47,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from adt_listener.er7 import split_messages
 from adt_listener.errors import ListenerError
 from adt_listener.mllp import Frame, FrameTooLarge, Garbage, MllpFramer, Truncated, encode
 
-__all__ = ["MllpClient", "MllpPeerError", "add_arguments", "run", "split_messages"]
+__all__ = ["MllpClient", "MllpPeerError", "add_arguments", "run"]
 
-_BOM = b"\xef\xbb\xbf"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-# Batch envelope segments (HL7 v2 chapter 2, section 2.10.3): a file or batch header or
-# trailer wraps the messages of a batch file but is not part of any message.
-_ENVELOPE = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
 _ACCEPTED = frozenset({b"AA", b"CA"})  # application accept, commit accept (table 0008)
 _READ_SIZE = 65_536
 _MAX_TEXT = 120  # characters of a receiver's error text shown, to keep one line per message
 
 
 # --- files -> messages ----------------------------------------------------------------------
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """Split the contents of an HL7 file into messages, each segment ended by CR.
-
-    A file may hold one message or many (a batch file, or files joined with `cat`).
-    A new message starts at each line beginning with the segment id MSH; batch
-    envelope segments (FHS, BHS, BTS, FTS) are dropped. Lines may end with CR, LF
-    or CRLF, because files are edited on every platform, but HL7 v2 (chapter 2,
-    section 2.5.3) terminates a segment with CR alone, so that is what each message
-    gets, including after its last segment. Empty and whitespace-only lines are not
-    segments and are dropped. A UTF-8 byte order mark at the start of a line (the
-    start of the file, or of a file joined with `cat`) is dropped. All other bytes
-    are kept as they are: nothing is decoded, so a message in latin-1 is sent in
-    latin-1, as the receiver's MSH-18 handling expects.
-
-    Lines before the first MSH (other than an envelope) form a message of their own,
-    rather than being dropped silently: the receiver is the judge of a malformed
-    message, and will answer it with AR.
-    """
-    messages: list[list[bytes]] = []
-    current: list[bytes] = []
-    for raw_line in _LINE_BREAK.split(data):
-        line = raw_line[len(_BOM) :] if raw_line.startswith(_BOM) else raw_line
-        if not line.strip():
-            continue
-        segment_id = _segment_id(line)
-        if segment_id in _ENVELOPE:
-            continue
-        if segment_id == b"MSH" and current:
-            messages.append(current)
-            current = []
-        current.append(line)
-    if current:
-        messages.append(current)
-    return [b"\r".join(segments) + b"\r" for segments in messages]
-
-
-def _segment_id(line: bytes) -> bytes | None:
-    """The three-character segment id, or None when the line does not start with one.
-
-    The id is followed by the field separator, which is never alphanumeric (chapter 2,
-    MSH-1), so "MSHX|..." is not an MSH segment.
-    """
-    if len(line) > 3 and line[3:4].isalnum():
-        return None
-    return line[:3]
 
 
 def _fields(segment: bytes, separator: bytes) -> list[bytes]:
@@ -475,10 +425,11 @@ def _port(args: argparse.Namespace) -> int:
     else:
         # Imported here: only the command needs settings, and only when --port is absent. A
         # wrong WPC_ value raises ConfigError, which `wpc` reports in one line.
+        from adt_listener.settings import ListenerSettings
         from services.runinfo import read_run_info
         from services.settings import load_settings
 
-        settings = load_settings()
+        settings = load_settings(ListenerSettings)
         port = settings.mllp_port
         running = read_run_info(settings.data_dir) if args.host in ("127.0.0.1", "localhost", "::1") else None
         if "mllp_port" not in settings.model_fields_set and running is not None and running.ports.get("mllp"):

@@ -6,7 +6,7 @@ imported only when their command is chosen, so `wpc send` never loads the server
 
 Exit status of every command: 0 done; 1 the command ran and something failed, or this
 machine is not ready for it (a port in use, the database unreachable, `wpc up` already
-running: `services.preflight.StartupError`); 2 a mistake in the command line, a setting
+running: `wpc.preflight.StartupError`); 2 a mistake in the command line, a setting
 or a configuration file (`services.configfile.ConfigError`). Both errors end here as
 one line on stderr (two when more problems hide behind the first), never a traceback.
 """
@@ -19,19 +19,19 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("services.up", "run the whole system on this machine (embedded PostgreSQL and broker if unset)"),
-    "listener": ("adt_listener.service", "run the ADT listener (MLLP + HTTP + outbox relay)"),
-    "enrollment": ("enrollment_svc.service", "run the enrollment service (adt.events consumer, rules, care team API)"),
-    "notifier": ("notifier.service", "run the notifier (care teams and PCPs: candidates, enrollments, encounters)"),
-    "load-roster": ("notifier.roster_cmd", "load a health plan's PCP attribution roster (CSV) into the database"),
-    "replay": ("enrollment_svc.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
-    "redrive": ("services.redrive_cmd", "list parked consumer records, or apply them again after a fix"),
-    "migrate": ("services.migrate_cmd", "apply database migrations and exit"),
-    "send": ("adt_listener.sender", "send HL7 files over MLLP and print the ACKs"),
-    "validate": ("adt_listener.conformance", "check HL7 files against their declared version with hl7apy"),
-    "feed-report": ("adt_listener.feed_report", "per-facility feed-quality report from the database"),
-    "bench": ("services.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`, `wpc bench notify`"),
-    "check-config": ("services.check_config", "check the settings and every configured file, start nothing"),
+    "up": ("wpc.up", "run the whole system on this machine (embedded PostgreSQL and broker if unset)"),
+    "listener": ("wpc.serve", "run the ADT listener (MLLP + HTTP + outbox relay)"),
+    "enrollment": ("wpc.serve", "run the enrollment service (adt.events consumer, rules, care team API)"),
+    "notifier": ("wpc.serve", "run the notifier (care teams and PCPs: candidates, enrollments, encounters)"),
+    "load-roster": ("wpc.tools.roster", "load a health plan's PCP attribution roster (CSV) into the database"),
+    "replay": ("wpc.tools.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
+    "redrive": ("wpc.redrive_cmd", "list parked consumer records, or apply them again after a fix"),
+    "migrate": ("wpc.migrate_cmd", "apply database migrations and exit"),
+    "send": ("wpc.tools.send", "send HL7 files over MLLP and print the ACKs"),
+    "validate": ("wpc.tools.validate", "check HL7 files against their declared version with hl7apy"),
+    "feed-report": ("wpc.tools.feed_report", "per-facility feed-quality report from the database"),
+    "bench": ("wpc.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`, `wpc bench notify`"),
+    "check-config": ("wpc.check_config", "check the settings and every configured file, start nothing"),
 }
 
 
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in args_list if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(args_list)
     from services.configfile import ConfigError
-    from services.preflight import StartupError
+    from wpc.preflight import StartupError
 
     try:
         status = args._module.run(args)
@@ -62,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from pydantic import ValidationError
 
-        # A command that builds `Settings()` itself: the same one line as `load_settings` gives.
-        if not (isinstance(exc, ValidationError) and exc.title == "Settings"):
-            raise
-        from services.settings import settings_error
+        from services.settings import is_settings_error, settings_error
 
+        # A command that builds its settings without `load_settings`: the same one line it gives.
+        if not (isinstance(exc, ValidationError) and is_settings_error(exc)):
+            raise
         error = settings_error(exc)
         return _refuse(args.command, str(error), error.problems, error.exit_status)
     return int(status)

@@ -26,6 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from notifier.channels.webhook import verify
 from notifier.config import config_from_text
 from notifier.service import NotifierService
+from notifier.settings import NotifierSettings
 from schemas.adt_event import Identifier
 from schemas.enrollment import EncounterRef, EnrollmentCandidateV1, candidate_event_id
 from services import db
@@ -33,7 +34,7 @@ from services.auth import Users
 from services.bus import KafkaPublisher, Record
 from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from services.httpserver import HttpServer
-from services.settings import Settings
+from services.settings import load_settings
 
 SECRET = "bench-hmac-key"
 PROGRAMS = ("TOC", "ISR", "SUD-ENS")
@@ -81,7 +82,7 @@ def receiver_app(arrivals: dict[str, float]) -> FastAPI:
     return app
 
 
-async def _feed(settings: Settings, rate: float, duration: float, sent: dict[str, float]) -> None:
+async def _feed(settings: NotifierSettings, rate: float, duration: float, sent: dict[str, float]) -> None:
     publisher = KafkaPublisher(settings.kafka_bootstrap_servers)
     try:
         total = int(rate * duration)
@@ -102,7 +103,7 @@ async def _feed(settings: Settings, rate: float, duration: float, sent: dict[str
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    base = Settings()
+    base = load_settings(NotifierSettings)
     pg: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
     database = base.database_url

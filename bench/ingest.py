@@ -22,7 +22,7 @@ opens a connection and its latency includes the TCP connect; pipelining is not
 possible there.
 
 Durability: after the runs, the rows in ``adt_message`` whose MSH-10 belongs to this
-run (control ids ``S<seed>N<index>``, `adt_listener.synthetic`) are counted and must
+run (control ids ``S<seed>N<index>``, `bench.synthetic`) are counted and must
 equal the AA ACKs the load generator received from our listener.
 
 Output: a table for people, then ONE JSON line with the same figures, always last.
@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adt_listener.mllp import Frame, MllpFramer, encode
-from adt_listener.synthetic import DEFAULT_FACILITIES, synthetic_feed
+from bench.synthetic import DEFAULT_FACILITIES, synthetic_feed
 
 if TYPE_CHECKING:
-    from services.settings import Settings
+    from adt_listener.settings import ListenerSettings
 
 GOAL_RATIO_TO_BARE = 0.25  # issue goal: ours >= 0.25 x the bare asyncio server
 GOAL_P99_MS = 20.0  # issue goal: p99 ACK latency below 20 ms ...
@@ -471,7 +471,7 @@ async def _wait_ready(http_port: int, child: _Child, timeout_s: float) -> None:
 
 async def _drive(spec: LoadSpec, target: str) -> PhaseResult:
     """Run one phase in a load-generator process of its own and read back its figures."""
-    argv = [sys.executable, "-m", "adt_listener.bench", "--load", json.dumps(asdict(spec))]
+    argv = [sys.executable, "-m", "bench.ingest", "--load", json.dumps(asdict(spec))]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
     )
@@ -562,7 +562,7 @@ def _senders_file(path: Path, validation: str) -> Path:
 
 async def ingest(
     options: IngestOptions,
-    settings: Settings,
+    settings: ListenerSettings,
     *,
     fresh_database: bool = True,
     out: Callable[[str], None] = print,
@@ -574,7 +574,7 @@ async def ingest(
     runs in a new database on that server, dropped at the end.
     """
     from services import db
-    from services.up import infrastructure
+    from services.infrastructure import infrastructure
 
     run_id = secrets.randbelow(900_000) + 100_000
     seeds = {"ours": run_id * 10 + 1, "ours_rate": run_id * 10 + 2, "peer": run_id * 10 + 3,
@@ -601,10 +601,10 @@ async def ingest(
 
 
 async def _phases(
-    options: IngestOptions, ready: Settings, database_url: str, seeds: dict[str, int], tmp: Path,
+    options: IngestOptions, ready: ListenerSettings, database_url: str, seeds: dict[str, int], tmp: Path,
     out: Callable[[str], None],
 ) -> dict[str, Any]:
-    me = [sys.executable, "-m", "adt_listener.bench"]
+    me = [sys.executable, "-m", "bench.ingest"]
     closed = {"mode": "closed", "connections": options.connections, "duration": options.duration,
               "warmup": options.warmup, "pipeline": options.pipeline}
     results: dict[str, PhaseResult] = {}
@@ -634,7 +634,7 @@ async def _phases(
         "WPC_SENDERS_FILE": str(_senders_file(tmp / "senders.yaml", options.validation)),
         "WPC_DATA_DIR": str(tmp),
     }
-    listener = _Child("wpc listener", [sys.executable, "-m", "services.cli", "listener", "--migrate"],
+    listener = _Child("wpc listener", [sys.executable, "-m", "wpc.cli", "listener", "--migrate"],
                       tmp / "listener.log", env)
     drained: tuple[int, float] = (0, 0.0)
     try:
@@ -757,7 +757,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.settings import Settings
+    from adt_listener.settings import ListenerSettings
+    from services.settings import load_settings
 
     options = IngestOptions(
         connections=args.connections, duration=args.duration, rate=args.rate,
@@ -773,7 +774,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)  # unwinds every `finally`: children, embedded servers
-        return await ingest(options, Settings())
+        return await ingest(options, load_settings(ListenerSettings))
 
     try:
         report: dict[str, Any] = lifecycle.run(main())
@@ -785,7 +786,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _main(argv: list[str]) -> int:
     """Child processes of the bench: ``--serve-bare PORT``, ``--serve-peer PORT``, ``--load JSON``."""
-    parser = argparse.ArgumentParser(prog="python -m adt_listener.bench")
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--serve-bare", type=int, metavar="PORT")
     group.add_argument("--serve-peer", type=int, metavar="PORT")

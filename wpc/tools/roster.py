@@ -14,10 +14,11 @@ from pathlib import Path
 
 from notifier.api import load_roster, parse_roster_csv
 from notifier.service import config_of
+from notifier.settings import NotifierSettings
 from services import db
 from services.configfile import ConfigError
 from services.runinfo import tool_database_url
-from services.settings import Settings, load_settings
+from services.settings import load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="the health plan the attribution comes from")
 
 
-async def _load(settings: Settings, csv_text: str, source: str) -> int:
+async def _load(settings: NotifierSettings, csv_text: str, source: str) -> int:
     cfg = config_of(settings)
     entries = parse_roster_csv(csv_text)
     engine = db.create_engine(settings.database_url, pool_size=1)
@@ -36,7 +37,7 @@ async def _load(settings: Settings, csv_text: str, source: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings(NotifierSettings)
     # WPC_DATABASE_URL, else the running `wpc up`'s database; none: ConfigError (exit 2)
     settings = settings.model_copy(update={"database_url": tool_database_url(settings.database_url, settings.data_dir)})
     try:

@@ -19,8 +19,9 @@ import os
 import sys
 
 from services.configfile import ConfigError
-from services.preflight import ALL_FILES, check_files
-from services.settings import PREFIX, Settings, load_settings
+from services.settings import PREFIX
+from wpc.preflight import ALL_FILES, check_files
+from wpc.settings import SystemSettings, load_system, setting_names
 
 _SIMILAR = 0.85  # difflib ratio above which an unknown WPC_ name is taken for a typo
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def misspelt_settings(environ: dict[str, str]) -> list[str]:
     """Warnings for WPC_ variables that are no setting but close to one."""
-    known = {f"{PREFIX}{name.upper()}" for name in Settings.model_fields}
+    known = setting_names()
     out = []
     for name in sorted(environ):
         upper = name.upper()
@@ -49,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     for warning in misspelt_settings(dict(os.environ)):
         print(warning, file=sys.stderr)
     try:
-        settings = load_settings()
-        infrastructure = _infrastructure(settings)
-        summary = check_files(settings, ALL_FILES, notify_required=args.notifier)
+        system = load_system()
+        infrastructure = _infrastructure(system)
+        summary = check_files(system.services, ALL_FILES, notify_required=args.notifier)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"wpc check-config: {problem}", file=sys.stderr)
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infrastructure(settings: Settings) -> str:
+def _infrastructure(system: SystemSettings) -> str:
+    settings = system.shared
     from sqlalchemy.engine import make_url
 
     database = "embedded PostgreSQL (WPC_DATABASE_URL not set)"
@@ -74,5 +76,6 @@ def _infrastructure(settings: Settings) -> str:
             raise ConfigError("WPC_DATABASE_URL is not a database URL; e.g. "
                               "postgresql://wpc:PASSWORD@db.example.org:5432/wpc") from None
     broker = settings.kafka_bootstrap_servers or "embedded Tansu broker"
-    return (f"database {database}; Kafka {broker}; MLLP :{settings.mllp_port}, HTTP :{settings.listener_http_port}, "
-            f":{settings.enrollment_http_port}, :{settings.notifier_http_port}; log level {settings.log_level}")
+    return (f"database {database}; Kafka {broker}; MLLP :{system.listener.mllp_port}, "
+            f"HTTP :{system.listener.listener_http_port}, :{system.enrollment.enrollment_http_port}, "
+            f":{system.notifier.notifier_http_port}; log level {settings.log_level}")

@@ -1,10 +1,11 @@
 """Checks made before anything starts, so a mistake is one line and not a traceback
 after the listener is already taking messages.
 
-`checked_settings(command)` is what a server command (`wpc up`, `wpc listener`,
-`wpc enrollment`, `wpc notifier`) calls first. In this order:
+`checked_settings(command, model)` is what a server command (`wpc listener`, `wpc
+enrollment`, `wpc notifier`) calls first, `checked_system` what `wpc up` calls. In this order:
 
-1. the settings (`services.settings.load_settings`: a wrong value names its variable);
+1. the settings, the service's own or every service's (`services.settings.load_settings`,
+   `wpc.settings.load_system`: a wrong value names its variable);
 2. every configuration file the command uses is read and validated (`check_files`:
    rules, users, notification configuration and its secrets, senders, TLS files);
 3. `wpc up` only: no other `wpc up` runs with the same data directory (its run.json);
@@ -29,20 +30,25 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from adt_listener.settings import ListenerSettings
+from enrollment_svc.settings import EnrollmentSettings
+from notifier.settings import NotifierSettings
 from services.configfile import ConfigError
 from services.runinfo import read_run_info
-from services.settings import Settings, load_settings
+from services.settings import DownstreamSettings, S, ServiceSettings, load_settings
+from wpc.settings import SystemSettings, load_system
 
-__all__ = ["StartupError", "check_database", "check_files", "check_ports", "checked_settings"]
+__all__ = ["StartupError", "check_database", "check_files", "check_ports", "checked_settings", "checked_system"]
 
 DB_TIMEOUT_S = 3.0
 NOTIFY_EXAMPLE = "deploy/notify/wpc-notify.yaml"
 
-# `wpc up`'s options that override a setting (services.up.add_arguments), for messages.
+# `wpc up`'s options that override a setting (wpc.up.add_arguments), for messages.
 UP_FLAGS: Mapping[str, str] = {
     "data_dir": "--data-dir",
     "mllp_port": "--mllp-port",
@@ -76,40 +82,59 @@ NEEDS: Mapping[str, Needs] = {
 ALL_FILES = ("rules", "users", "notify", "senders", "tls")
 
 
-def checked_settings(command: str, overrides: Mapping[str, object] | None = None) -> Settings:
-    """The settings of ``command``, after every check above; raises `ConfigError` / `StartupError`."""
-    needs = NEEDS[command]
-    settings = load_settings(overrides, flags=UP_FLAGS if command == "up" else None)
-    if command != "up" and (not settings.database_url or not settings.kafka_bootstrap_servers):
+def checked_settings(command: str, model: type[S]) -> S:
+    """The settings of a one-service ``command`` (``model``, its service's class), after every
+    check above; raises `ConfigError` / `StartupError`."""
+    settings = load_settings(model)
+    if not settings.database_url or not settings.kafka_bootstrap_servers:
         raise ConfigError(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
-    check_files(settings, needs.files, notify_required=needs.notify_required)
+    _check(command, (settings,), {})
+    return settings
+
+
+def checked_system(overrides: Mapping[str, object] | None = None) -> SystemSettings:
+    """Every service's settings for `wpc up` (``overrides``: its options), after every check above."""
+    system = load_system(overrides, flags=UP_FLAGS)
+    _check("up", system.services, UP_FLAGS)
+    return system
+
+
+def _check(command: str, parts: Sequence[ServiceSettings], flags: Mapping[str, str]) -> None:
+    needs = NEEDS[command]
+    shared = parts[0]
+    check_files(parts, needs.files, notify_required=needs.notify_required)
     if command == "up":
-        if not settings.database_url:
-            _check_writable_dir(settings.data_dir)
-        running = read_run_info(settings.data_dir)
+        if not shared.database_url:
+            _check_writable_dir(shared.data_dir)
+        running = read_run_info(shared.data_dir)
         if running is not None and running.pid != os.getpid():
             raise StartupError(
                 f"wpc up is already running (pid {running.pid}, {running.path}): stop it first, "
                 "or start this one with another WPC_DATA_DIR and other ports"
             )
-    ports = [p for p in needs.ports if not (p == "demo_inbox_port" and settings.notify_file is not None)]
-    check_ports(settings, ports, flags=UP_FLAGS if command == "up" else {})
-    if settings.database_url:
-        check_database(settings.database_url)
-    return settings
+    notifier = next((p for p in parts if isinstance(p, NotifierSettings)), None)
+    ports = [p for p in needs.ports if not (p == "demo_inbox_port" and notifier is not None
+                                            and notifier.notify_file is not None)]
+    check_ports(parts, ports, flags=flags)
+    if shared.database_url:
+        check_database(shared.database_url)
 
 
 # --- files ------------------------------------------------------------------------------------
 
 
-def check_files(settings: Settings, which: tuple[str, ...] = ALL_FILES, *, notify_required: bool = False) -> list[str]:
-    """Read and validate each configuration file in ``which``; one summary line per file.
-    Raises `ConfigError` holding every problem found (each one line)."""
+def check_files(
+    parts: Sequence[ServiceSettings], which: tuple[str, ...] = ALL_FILES, *, notify_required: bool = False
+) -> list[str]:
+    """Read and validate each configuration file in ``which``, as named by the settings in
+    ``parts`` (of the service that reads it); one summary line per file. Raises `ConfigError`
+    holding every problem found (each one line)."""
     problems: list[str] = []
     summary: list[str] = []
     for name in which:
+        model, check = _CHECKS[name]
         try:
-            summary.append(_CHECKS[name](settings, notify_required))
+            summary.append(check(_part(parts, model), notify_required))
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -117,7 +142,11 @@ def check_files(settings: Settings, which: tuple[str, ...] = ALL_FILES, *, notif
     return summary
 
 
-def _rules(settings: Settings, _: bool) -> str:
+def _part(parts: Sequence[ServiceSettings], model: type[S]) -> S:
+    return next(p for p in parts if isinstance(p, model))
+
+
+def _rules(settings: EnrollmentSettings, _: bool) -> str:
     from enrollment_svc.rules import load_rules
     from enrollment_svc.service import EXAMPLE_RULES
 
@@ -126,7 +155,7 @@ def _rules(settings: Settings, _: bool) -> str:
     return f"rules      {path}: version {rules.rule_version}{'' if settings.rules_file else ' (the example)'}"
 
 
-def _users(settings: Settings, _: bool) -> str:
+def _users(settings: DownstreamSettings, _: bool) -> str:
     from services.auth import load_users
 
     if settings.users_file is None:
@@ -135,7 +164,7 @@ def _users(settings: Settings, _: bool) -> str:
     return f"users      {settings.users_file}: valid"
 
 
-def _notify(settings: Settings, required: bool) -> str:
+def _notify(settings: NotifierSettings, required: bool) -> str:
     from notifier.config import endpoints_of, load_config
 
     if settings.notify_file is None:
@@ -155,7 +184,7 @@ def _notify(settings: Settings, required: bool) -> str:
     return f"notify     {settings.notify_file}: version {cfg.version}+{cfg.digest}"
 
 
-def _senders(settings: Settings, _: bool) -> str:
+def _senders(settings: ListenerSettings, _: bool) -> str:
     from adt_listener.senders import load_senders
     from services.configfile import read_yaml
 
@@ -169,7 +198,7 @@ def _senders(settings: Settings, _: bool) -> str:
     return f"senders    {settings.senders_file}: {len(senders.senders)} sender(s)"
 
 
-def _tls(settings: Settings, _: bool) -> str:
+def _tls(settings: ListenerSettings, _: bool) -> str:
     files = {"WPC_TLS_CERT_FILE": settings.tls_cert_file, "WPC_TLS_KEY_FILE": settings.tls_key_file,
              "WPC_TLS_CLIENT_CA_FILE": settings.tls_client_ca_file}
     problems = [p for name, path in files.items() if path is not None and (p := _unreadable(name, path))]
@@ -195,7 +224,14 @@ def _tls(settings: Settings, _: bool) -> str:
     return f"TLS        {cert}{' with client certificates from ' + str(ca) if ca else ''}"
 
 
-_CHECKS = {"rules": _rules, "users": _users, "notify": _notify, "senders": _senders, "tls": _tls}
+# Each file, with the settings class of the service that reads it (the first of ``parts`` that is one).
+_CHECKS: Mapping[str, tuple[type[ServiceSettings], Callable[[Any, bool], str]]] = {
+    "rules": (EnrollmentSettings, _rules),
+    "users": (DownstreamSettings, _users),
+    "notify": (NotifierSettings, _notify),
+    "senders": (ListenerSettings, _senders),
+    "tls": (ListenerSettings, _tls),
+}
 
 
 def _unreadable(name: str, path: Path) -> str | None:
@@ -232,14 +268,15 @@ def _check_writable_dir(data_dir: Path) -> None:
 # --- ports ------------------------------------------------------------------------------------
 
 
-def check_ports(settings: Settings, port_settings: list[str], *, flags: Mapping[str, str]) -> None:
-    """A bind test on each port: raises `StartupError` at the first one taken."""
+def check_ports(parts: Sequence[ServiceSettings], port_settings: list[str], *, flags: Mapping[str, str]) -> None:
+    """A bind test on each port (a field of one of ``parts``): raises `StartupError` at the first one taken."""
     for name in port_settings:
+        settings = next(p for p in parts if name in type(p).model_fields)
         port = int(getattr(settings, name))
         if port == 0:  # a free port is picked at start
             continue
-        host = settings.mllp_host if name == "mllp_port" else "127.0.0.1" if name == "demo_inbox_port" \
-            else settings.http_host
+        host = settings.mllp_host if isinstance(settings, ListenerSettings) and name == "mllp_port" \
+            else "127.0.0.1" if name == "demo_inbox_port" else settings.http_host
         error = _bind_error(host, port)
         if error is None:
             continue
@@ -317,9 +354,9 @@ def _short(argv: list[str]) -> str:
 
 
 def _is_wpc_up(argv: list[str]) -> bool:
-    """A `wpc up` process: the console script, or `python -m services.cli up`."""
+    """A `wpc up` process: the console script, or `python -m wpc.cli up`."""
     for i, arg in enumerate(argv):
-        if (os.path.basename(arg) == "wpc" or arg == "services.cli") and "up" in argv[i + 1:]:
+        if (os.path.basename(arg) == "wpc" or arg == "wpc.cli") and "up" in argv[i + 1:]:
             return True
     return False
 

