@@ -24,23 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener import feeds
 from adt_listener.intake import IntakePolicy
 from adt_listener.reprocess import Conflict, NotFound, reprocess
 from services import audit
-from services.auth import User, current_user
-
-
-def _ops(user: Annotated[User, Depends(current_user)]) -> User:
-    if not user.has("ops"):
-        raise HTTPException(403, "this needs the role ops")
-    return user
-
-
-Ops = Annotated[User, Depends(_ops)]
+from services.parking import Ops
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo:
