@@ -89,13 +89,13 @@ def ops_router(
                 raise HTTPException(404, f"no message {message_id}")
             # Reading a message is reading PHI: the trail names who and which message, in
             # the read's transaction.
-            await audit.record(conn, user.name, "message.read", detail=f"message {message_id}")
+            await audit.record(conn, user.audit_actor, "message.read", detail=f"message {message_id}")
         return found
 
     @router.post("/v1/messages/{message_id}/reprocess")
     async def reprocess_message(message_id: uuid.UUID, user: Ops) -> dict[str, Any]:
         try:
-            outcome = await reprocess(engine(), message_id, actor=user.name, policy=policy,
+            outcome = await reprocess(engine(), message_id, actor=user.audit_actor, policy=policy,
                                       senders_file=senders_file)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from exc
