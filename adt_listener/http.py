@@ -131,6 +131,8 @@ def route_paths() -> set[str]:
     routes touch their dependencies only per request, so placeholders do here.
     """
     from adt_listener.feed_report import router as feed_quality_router
+    from adt_listener.intake import IntakePolicy
+    from adt_listener.ops_api import ops_router
 
     async def never(_: object = None) -> bool:
         return False
@@ -140,6 +142,10 @@ def route_paths() -> set[str]:
         Senders(),
         checks={"database": never, "broker": never},
         max_body_bytes=0,
-        extra_routers=(feed_quality_router(lambda: cast(AsyncEngine, None)),),
+        extra_routers=(
+            feed_quality_router(lambda: cast(AsyncEngine, None)),
+            ops_router(lambda: cast(AsyncEngine, None), policy=IntakePolicy(), senders_file=None,
+                       service="", deadletter_topic=""),
+        ),
     )
     return set(app.openapi()["paths"])

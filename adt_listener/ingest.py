@@ -145,16 +145,26 @@ class Ingestor:
             stored(None)
 
     def _authorize(self, decided: Intake, sender: Sender | None, now: dt.datetime) -> tuple[Intake, Sender]:
-        if self._senders.open:
-            return decided, sender or OPEN_SENDER
-        facility = decided.sending_facility
-        if sender is not None:
-            if decided.control_id is not None and not sender.allows(facility):
-                return with_rejection(decided, MSH4_NOT_YOURS, now=now, policy=self._policy), sender
-            return decided, sender
-        owner = self._senders.by_facility(facility)
-        if owner is None:
-            if decided.ack_code == "AA":
-                decided = with_rejection(decided, MSH4_UNKNOWN, now=now, policy=self._policy)
-            return decided, UNREGISTERED
-        return decided, owner
+        return authorize(decided, sender, self._senders, now=now, policy=self._policy)
+
+
+def authorize(
+    decided: Intake, sender: Sender | None, senders: Senders, *, now: dt.datetime, policy: IntakePolicy
+) -> tuple[Intake, Sender]:
+    """May this sender use the message's MSH-4? The decision, rejected (AR) when not, and
+    the sender acting. `sender` is the authenticated one (TLS certificate, HTTP token), or
+    None: then the owner of MSH-4 in ``senders``. Also what a re-run uses
+    (`adt_listener.reprocess`), with the senders file as it is now."""
+    if senders.open:
+        return decided, sender or OPEN_SENDER
+    facility = decided.sending_facility
+    if sender is not None:
+        if decided.control_id is not None and not sender.allows(facility):
+            return with_rejection(decided, MSH4_NOT_YOURS, now=now, policy=policy), sender
+        return decided, sender
+    owner = senders.by_facility(facility)
+    if owner is None:
+        if decided.ack_code == "AA":
+            decided = with_rejection(decided, MSH4_UNKNOWN, now=now, policy=policy)
+        return decided, UNREGISTERED
+    return decided, owner

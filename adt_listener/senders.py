@@ -102,6 +102,10 @@ class Senders:
     def by_facility(self, facility: str) -> Sender | None:
         return self._by_facility.get(facility)
 
+    def named(self, name: str) -> Sender | None:
+        """The sender called ``name`` (a stored message's ``sender``), or None."""
+        return next((s for s in self.senders if s.name == name), None)
+
     def ops_token_ok(self, token: str) -> bool:
         if self.ops_token_sha256 is None:
             return self.open

@@ -31,11 +31,13 @@ from adt_listener.feed_report import router as feed_quality_router
 from adt_listener.http import build_app
 from adt_listener.ingest import Ingestor
 from adt_listener.intake import IntakePolicy
+from adt_listener.ops_api import ops_router
 from adt_listener.senders import Senders, load_senders
 from adt_listener.server import MllpLimits, MllpServer
 from adt_listener.settings import ListenerSettings
 from adt_listener.store import MessageStore, Topics
 from services import db
+from services.auth import Users, load_users
 from services.bus import KafkaPublisher, Publisher
 from services.httpserver import HttpServer
 from services.outbox import Outbox, OutboxRelay, stop_with_last_publish
@@ -69,6 +71,7 @@ class Listener:
         publisher: Publisher | None = None,
         run_relay: bool = True,
         run_conformance: bool = True,
+        users: Users | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine or db.create_engine(settings.database_url)
@@ -120,8 +123,17 @@ class Listener:
             self.ingestor, self.senders,
             checks={"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping},
             max_body_bytes=settings.http_max_body_bytes or settings.mllp_max_frame_bytes,
-            extra_routers=(feed_quality_router(self.engine, self.senders),),
+            extra_routers=(
+                feed_quality_router(self.engine, self.senders),
+                ops_router(
+                    lambda: self.engine, policy=policy, senders_file=settings.senders_file,
+                    service=settings.service, deadletter_topic=settings.topic_adt_deadletter,
+                    on_accepted=self.events.wake,
+                ),
+            ),
         )
+        # The ops API's users (adt_listener.ops_api); POST /v1/adt keeps the senders' tokens.
+        app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
         self.http = HttpServer(app, settings.http_host, settings.listener_http_port)
         self._run_relay = run_relay
         self._stop = asyncio.Event()

@@ -33,6 +33,7 @@ from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore, Topics
 from services import db, lifecycle
 from services.auth import Users, load_users
+from services.backlog import consumers_router
 from services.bus import KafkaPublisher, Publisher
 from services.consumer import ConsumerLoop
 from services.health import Check, ops_router
@@ -120,6 +121,7 @@ class EnrollmentService:
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(enrollment_router(self.engine, self.store))
         app.include_router(parking_router(self.parking, self.handler.reapply))
+        app.include_router(consumers_router((self.consumer, self.measures_consumer)))
         self.app = app
         self.http = HttpServer(app, settings.http_host, settings.enrollment_http_port)
         self._stop = asyncio.Event()

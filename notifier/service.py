@@ -38,6 +38,7 @@ from notifier.handler import NotifierHandler, Topics
 from notifier.settings import NotifierSettings
 from services import db, lifecycle
 from services.auth import Users, load_users
+from services.backlog import consumers_router
 from services.bus import KafkaPublisher, Publisher
 from services.configfile import ConfigError
 from services.consumer import ConsumerLoop
@@ -147,6 +148,7 @@ class NotifierService:
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(notifier_router(self.engine, self.config, self.dispatcher.wake))
         app.include_router(parking_router(self.parking, self.handler.reapply))
+        app.include_router(consumers_router((self.consumer,)))
         self.app = app
         self.http = HttpServer(app, settings.http_host, settings.notifier_http_port)
         self._stop = asyncio.Event()

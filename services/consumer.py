@@ -182,6 +182,13 @@ class ConsumerLoop:
             return Verdict(False, f"consumer {self._group}: {self.lag} records behind (bound {self._max_lag})")
         return Verdict(True)
 
+    def status(self) -> dict[str, object]:
+        """What ops read (`services.backlog`): the group, its topics, how far behind it is
+        (None until measured), whether it runs, and its readiness with the reason."""
+        verdict = self.health()
+        return {"group": self._group, "topics": list(self._topics), "lag": self.lag, "running": self.running,
+                "ready": verdict.ok, "reason": verdict.reason or None}
+
     async def check(self) -> Verdict:
         """`health` as a readiness check (`services.health.ops_router`)."""
         return self.health()

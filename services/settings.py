@@ -3,9 +3,9 @@
 Each service has a settings class of its own, built once by its command with
 `load_settings` and passed down; nothing reads the environment anywhere else:
 
-    ServiceSettings                  infrastructure, topic and group names, relay, operations
+    ServiceSettings                  infrastructure, topic and group names, relay, operations, API users
     ├── adt_listener.settings.ListenerSettings
-    └── DownstreamSettings           + consumer readiness and the care team API's users
+    └── DownstreamSettings           + consumer readiness
         ├── enrollment_svc.settings.EnrollmentSettings
         └── notifier.settings.NotifierSettings
 
@@ -53,6 +53,11 @@ class ServiceSettings(BaseSettings):
     def consumer_groups(self) -> tuple[str, ...]:
         """The consumer groups this service's consumers join."""
         return ()
+
+    # --- API users: every service's API (the listener's ops API, the care team's) ------------
+    users_file: Path | None = Field(
+        default=None, description="API users YAML (services/auth.py); empty: no one can log in"
+    )
 
     # --- infrastructure -------------------------------------------------------------------
     database_url: str = Field(
@@ -179,11 +184,9 @@ class ServiceSettings(BaseSettings):
 
 class DownstreamSettings(ServiceSettings):
     """The services downstream of the listener (enrollment, notifier): each consumes topics
-    (`services.consumer`, `services.parking`) and serves the care team's API (`services.auth`)."""
+    (`services.consumer`, `services.parking`) and serves the care team's API (`services.auth`;
+    its users file is shared: the listener's ops API reads it too)."""
 
-    users_file: Path | None = Field(
-        default=None, description="Care team API users YAML (services/auth.py); empty: no one can log in"
-    )
     kafka_session_timeout_s: float = Field(
         default=6.0, ge=1,
         description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "

@@ -10,4 +10,6 @@ def nav_links(user: User) -> list[tuple[str, str]]:
     """(label, path) of each page ``user`` may open, in the bar's order."""
     links = [(f"{program} worklist", f"/worklist?program={program}") for program in PROGRAMS
              if program in user.programs()]
+    if user.has("ops"):
+        links += [("Feeds", "/feeds"), ("Messages", "/messages")]
     return links

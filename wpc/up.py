@@ -164,7 +164,7 @@ async def _serve(
     async with contextlib.AsyncExitStack() as stack:
         # Each service is left in reverse order; the callback pushed after entering one runs
         # just before it is left, and names it in the message should its stop not end.
-        listener = await stack.enter_async_context(Listener(ready.listener))
+        listener = await stack.enter_async_context(Listener(ready.listener, users=users))
         stack.callback(setattr, shutdown, "stage", "stopping the ADT listener")
         enrollment = await stack.enter_async_context(EnrollmentService(ready.enrollment, users=users))
         stack.callback(setattr, shutdown, "stage", "stopping the enrollment service")

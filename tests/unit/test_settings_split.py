@@ -46,8 +46,8 @@ def test_no_variable_is_lost() -> None:
 @pytest.mark.parametrize(
     ("model", "own", "not_its"),
     [
-        (ListenerSettings, {"mllp_port", "senders_file", "tls_cert_file", "commit_batch_max"},
-         {"rules_file", "notify_file", "users_file", "consumer_max_lag", "enrollment_http_port"}),
+        (ListenerSettings, {"mllp_port", "senders_file", "tls_cert_file", "commit_batch_max", "users_file"},
+         {"rules_file", "notify_file", "consumer_max_lag", "enrollment_http_port"}),
         (EnrollmentSettings, {"rules_file", "enrollment_lanes", "users_file", "consumer_max_lag"},
          {"mllp_port", "senders_file", "notify_file", "notifier_http_port"}),
         (NotifierSettings, {"notify_file", "notifier_poll_interval_s", "users_file", "demo_inbox_port"},
