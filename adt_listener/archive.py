@@ -34,6 +34,7 @@ _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _VT, _FS_CR = b"\x0b", b"\x1c\r"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_BLANK = b" \t\r\n"  # not bytes.strip()'s whitespace, which holds VT, the MLLP start block
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
 
 
 def _form(stream: BinaryIO) -> Literal["mllp", "er7"]:
-    head = stream.read(4096).lstrip()
+    head = stream.read(4096).lstrip(_BLANK)
     return "mllp" if head.startswith(_VT) else "er7"
 
 
@@ -165,7 +166,7 @@ def _frames(chunks: Iterator[tuple[bytes, int]], start: int) -> Iterator[Piece]:
         while True:
             begin = buf.find(_VT, pos)
             stray = buf[pos : begin if begin >= 0 else len(buf)]
-            if stray.strip():
+            if stray.strip(_BLANK):
                 yield Piece(b"", base + pos + len(stray), read, problem="bytes outside MLLP frames")
             if begin < 0:
                 pos = len(buf)
@@ -178,7 +179,7 @@ def _frames(chunks: Iterator[tuple[bytes, int]], start: int) -> Iterator[Piece]:
             yield Piece(buf[begin + 1 : end], base + pos, read)
         buf = buf[pos:]
         base += pos
-    if buf.strip():
+    if buf.strip(_BLANK):
         # A frame cut off by the end of the file: the live server never answers one either.
         yield Piece(b"", base + len(buf), read, problem="truncated MLLP frame at the end of the file")
 
