@@ -45,8 +45,8 @@ from functools import lru_cache
 from adt_listener.errors import Er7Error
 
 __all__ = [
-    "Delimiters", "Message", "Segment", "codec_of", "decode", "encode", "escape", "split_messages", "text_of",
-    "unescape",
+    "Delimiters", "Message", "MessageSplitter", "Segment", "codec_of", "decode", "encode", "escape",
+    "split_messages", "text_of", "unescape",
 ]
 
 _BOM = b"\xef\xbb\xbf"
@@ -539,22 +539,49 @@ def split_messages(data: bytes) -> list[bytes]:
     rather than being dropped silently: the receiver is the judge of a malformed
     message, and will answer it with AR.
     """
-    messages: list[list[bytes]] = []
-    current: list[bytes] = []
-    for raw_line in _LINE_BREAK.split(data):
+    splitter = MessageSplitter()
+    messages = [m for line in _LINE_BREAK.split(data) if (m := splitter.line(line)) is not None]
+    last = splitter.finish()
+    return [*messages, last] if last is not None else messages
+
+
+class MessageSplitter:
+    """`split_messages` one line at a time, for files too large to hold (`wpc import`).
+
+    Feed each line without its line break; `line` returns a message when the line
+    starts the next one (an MSH), `finish` returns the last. The rules are
+    `split_messages`'s, which is built on this class.
+    """
+
+    __slots__ = ("_current",)
+
+    def __init__(self) -> None:
+        self._current: list[bytes] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether lines of a message not yet returned are held."""
+        return bool(self._current)
+
+    def line(self, raw_line: bytes) -> bytes | None:
         line = raw_line[len(_BOM) :] if raw_line.startswith(_BOM) else raw_line
         if not line.strip():
-            continue
+            return None
         segment_id = _segment_id(line)
         if segment_id in _ENVELOPE:
-            continue
-        if segment_id == b"MSH" and current:
-            messages.append(current)
-            current = []
-        current.append(line)
-    if current:
-        messages.append(current)
-    return [b"\r".join(segments) + b"\r" for segments in messages]
+            return None
+        done = None
+        if segment_id == b"MSH" and self._current:
+            done = self.finish()
+        self._current.append(line)
+        return done
+
+    def finish(self) -> bytes | None:
+        if not self._current:
+            return None
+        message = b"\r".join(self._current) + b"\r"
+        self._current = []
+        return message
 
 
 def _segment_id(line: bytes) -> bytes | None:

@@ -61,7 +61,8 @@ class Reply:
 
 
 class Ingestor:
-    def __init__(self, store: MessageStore, policy: IntakePolicy, senders: Senders) -> None:
+    def __init__(self, store: MessageStore | None, policy: IntakePolicy, senders: Senders) -> None:
+        """``store``: None for a caller that only decides (`adt_listener.bulk` writes its own sets)."""
         self._store = store
         self._policy = policy
         self._senders = senders
@@ -124,6 +125,8 @@ class Ingestor:
         """Answer one message (the HTTP route; the MLLP server uses `submit`)."""
         d = self.decide(raw, channel=channel, sender=sender, oversized=oversized)
         try:
+            if self._store is None:
+                raise StoreUnavailable("no store")
             stored: Stored | None = await self._store.store(self.custody(d))
         except StoreUnavailable:
             stored = None
@@ -140,6 +143,8 @@ class Ingestor:
                 on_replies([self.finish(d, s) for d, s in zip(decisions, results, strict=True)])
 
         try:
+            if self._store is None:
+                raise StoreUnavailable("no store")
             self._store.submit([self.custody(d) for d in decisions], stored)
         except StoreUnavailable:
             stored(None)

@@ -48,7 +48,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -336,79 +336,91 @@ class MessageStore:
             self._on_dead_letters()
 
     async def _write_batch(self, lane: _Lane, batch: list[Custody]) -> list[Stored]:
-        # One array per column (unnest ... WITH ORDINALITY numbers the rows in batch order).
-        cols: list[list[object]] = [[] for _ in range(21)]
-        (c_id, c_channel, c_sender, c_facility, c_control, c_type, c_trigger, c_version, c_code, c_errors,
-         c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_received, c_topic, c_key, c_payload,
-         c_digest) = cols
-        dead_letter_topic = self._topics.adt_deadletter
-        for item in batch:
-            i = item.intake
-            findings = [asdict(f) for f in i.findings] if i.findings else []
-            if i.ack_code == "AA":
-                # The event is derived after the commit (adt_listener.events): the row in
-                # adt_event_queue is all this statement writes for it (payload NULL).
-                topic, key, payload = None, None, None
-            else:
-                topic = dead_letter_topic
-                key, payload = _dead_letter(item, findings)
-            c_id.append(i.message_id)
-            c_channel.append(item.channel)
-            c_sender.append(item.sender)
-            c_facility.append(i.sending_facility)
-            c_control.append(i.control_id)
-            c_type.append(i.message_type)
-            c_trigger.append(i.trigger_event)
-            c_version.append(i.hl7_version)
-            c_code.append(i.ack_code)
-            c_errors.append(json.dumps(findings) if findings else _NO_FINDINGS)
-            c_ack.append(i.ack)
-            c_raw.append(i.raw)
-            c_charset.append(i.charset)
-            c_event.append(i.event_id)
-            c_patient.append(i.patient_key)
-            c_checked.append(not item.check_conformance)
-            c_received.append(item.received_at)
-            c_topic.append(topic)
-            c_key.append(key)
-            c_payload.append(payload)
-            c_digest.append(i.content_digest)
-
         driver = await lane.driver()
         try:
-            rows = await driver.fetch(_INSERT, *cols, self._outbox.service)
-            inserted = {r["id"] for r in rows}
-            results: list[Stored | None] = [
-                Stored(item.intake.message_id, item.intake.ack, False) if item.intake.message_id in inserted
-                else None
-                for item in batch
-            ]
-            missing = [n for n, r in enumerate(results) if r is None]
-            if missing:
-                await self._resolve_duplicates(driver, batch, missing, results)
+            return await write_batch(driver, batch, self._topics.adt_deadletter, self._outbox.service)
         except BaseException:
             await lane.drop()
             raise
-        return [r for r in results if r is not None]
 
-    async def _resolve_duplicates(
-        self, driver: Any, batch: list[Custody], missing: list[int], results: list[Stored | None]
-    ) -> None:
-        keys = [
-            (batch[n].intake.sending_facility, batch[n].intake.control_id or "", batch[n].intake.content_digest)
-            for n in missing
-        ]
-        originals = await driver.fetch(
-            _ORIGINALS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-        )
-        by_key = {(r["sending_facility"], r["control_id"], bytes(r["content_digest"])): r for r in originals}
-        dup_cols: list[list[object]] = [[], [], [], []]
-        for n, key in zip(missing, keys, strict=True):
-            original = by_key[key]
-            item = batch[n]
-            results[n] = Stored(original["id"], mark_retransmission(bytes(original["ack"])), True)
-            same = bytes(original["raw"]) == item.intake.raw
-            for col, value in zip(dup_cols, (original["id"], item.sender, same, item.intake.raw), strict=True):
-                col.append(value)
-            metrics.DUPLICATES.labels(facility=metrics.facility_label(key[0]), same_bytes=str(same).lower()).inc()
-        await driver.execute(_DUPLICATES, *dup_cols)
+
+def _columns(batch: Sequence[Custody], dead_letter_topic: str) -> list[list[object]]:
+    """One array per column of `_INSERT` (unnest ... WITH ORDINALITY numbers the rows in batch order)."""
+    cols: list[list[object]] = [[] for _ in range(21)]
+    (c_id, c_channel, c_sender, c_facility, c_control, c_type, c_trigger, c_version, c_code, c_errors,
+     c_ack, c_raw, c_charset, c_event, c_patient, c_checked, c_received, c_topic, c_key, c_payload,
+     c_digest) = cols
+    for item in batch:
+        i = item.intake
+        findings = [asdict(f) for f in i.findings] if i.findings else []
+        if i.ack_code == "AA":
+            # The event is derived after the commit (adt_listener.events): the row in
+            # adt_event_queue is all this statement writes for it (payload NULL).
+            topic, key, payload = None, None, None
+        else:
+            topic = dead_letter_topic
+            key, payload = _dead_letter(item, findings)
+        c_id.append(i.message_id)
+        c_channel.append(item.channel)
+        c_sender.append(item.sender)
+        c_facility.append(i.sending_facility)
+        c_control.append(i.control_id)
+        c_type.append(i.message_type)
+        c_trigger.append(i.trigger_event)
+        c_version.append(i.hl7_version)
+        c_code.append(i.ack_code)
+        c_errors.append(json.dumps(findings) if findings else _NO_FINDINGS)
+        c_ack.append(i.ack)
+        c_raw.append(i.raw)
+        c_charset.append(i.charset)
+        c_event.append(i.event_id)
+        c_patient.append(i.patient_key)
+        c_checked.append(not item.check_conformance)
+        c_received.append(item.received_at)
+        c_topic.append(topic)
+        c_key.append(key)
+        c_payload.append(payload)
+        c_digest.append(i.content_digest)
+    return cols
+
+
+async def write_batch(driver: Any, batch: Sequence[Custody], dead_letter_topic: str, service: str) -> list[Stored]:
+    """Write decided messages as one set (the statement `_INSERT`, then the retransmissions'
+    rows in ``adt_duplicate``) on an asyncpg connection; the results in batch order.
+
+    The caller owns the transaction: the live store commits each statement on its own
+    (autocommit; the duplicates' rows are only for inspection), the bulk import
+    (`adt_listener.bulk`) wraps both and its checkpoint in one."""
+    rows = await driver.fetch(_INSERT, *_columns(batch, dead_letter_topic), service)
+    inserted = {r["id"] for r in rows}
+    results: list[Stored | None] = [
+        Stored(item.intake.message_id, item.intake.ack, False) if item.intake.message_id in inserted else None
+        for item in batch
+    ]
+    missing = [n for n, r in enumerate(results) if r is None]
+    if missing:
+        await _resolve_duplicates(driver, batch, missing, results)
+    return [r for r in results if r is not None]
+
+
+async def _resolve_duplicates(
+    driver: Any, batch: Sequence[Custody], missing: list[int], results: list[Stored | None]
+) -> None:
+    keys = [
+        (batch[n].intake.sending_facility, batch[n].intake.control_id or "", batch[n].intake.content_digest)
+        for n in missing
+    ]
+    originals = await driver.fetch(
+        _ORIGINALS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    )
+    by_key = {(r["sending_facility"], r["control_id"], bytes(r["content_digest"])): r for r in originals}
+    dup_cols: list[list[object]] = [[], [], [], []]
+    for n, key in zip(missing, keys, strict=True):
+        original = by_key[key]
+        item = batch[n]
+        results[n] = Stored(original["id"], mark_retransmission(bytes(original["ack"])), True)
+        same = bytes(original["raw"]) == item.intake.raw
+        for col, value in zip(dup_cols, (original["id"], item.sender, same, item.intake.raw), strict=True):
+            col.append(value)
+        metrics.DUPLICATES.labels(facility=metrics.facility_label(key[0]), same_bytes=str(same).lower()).inc()
+    await driver.execute(_DUPLICATES, *dup_cols)

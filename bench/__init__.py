@@ -1,2 +1,2 @@
-"""Benchmarks (`wpc bench ingest|enroll|notify`, README.md here) and the synthetic ADT
+"""Benchmarks (`wpc bench ingest|enroll|notify|import`, README.md here) and the synthetic ADT
 feed they and the tests send. No service imports this package."""

@@ -1,10 +1,14 @@
 """`wpc bench ingest`: throughput and ACK latency of the listener, beside two references.
 
-Three MLLP servers, each in its own process (own CPU, own GIL), are driven in turn by a
+Four MLLP servers, each in its own process (own CPU, own GIL), are driven in turn by a
 load generator that is a process of its own (uvloop):
 
     bare    a bare asyncio MLLP server answering every frame with a fixed ACK, no
             parsing, no storage: the ceiling of this client and this machine
+    durable a bare asyncio MLLP server that group-commits the raw frames to PostgreSQL
+            with asyncpg (whatever queued while the previous commit ran: one INSERT
+            of an array, synchronous commit) and then ACKs: the least any receiver
+            that answers AA only for what is committed must do, on the same stack
     peer    hl7apy's `MLLPServer` with a handler that parses the message with hl7apy and
             builds the ACK with hl7apy: what the library we use at the edge does alone
     ours    `wpc listener --migrate` against PostgreSQL and the broker: parse, decide,
@@ -65,8 +69,10 @@ ACK_TIMEOUT_S = 30.0  # an ACK later than this counts as an error
 _POOL_MAX = 20_000  # messages generated ahead; beyond, they are reused under new MSH-10
 _BARE_ACK = encode(b"MSH|^~\\&|BARE|BENCH|||20250101000000||ACK|1|P|2.5.1\rMSA|AA|1\r")
 _ACCEPTED = frozenset({"AA", "CA"})  # HL7 table 0008: application / commit accept
-TARGETS = ("ours", "peer", "bare")
-LABELS = {"ours": "ours (wpc listener)", "peer": "hl7apy MLLPServer", "bare": "bare asyncio"}
+GOAL_RATIO_TO_DURABLE = 0.5  # issue 14: ours >= 0.5 x the bare durable receiver
+TARGETS = ("ours", "peer", "bare", "durable")
+LABELS = {"ours": "ours (wpc listener)", "peer": "hl7apy MLLPServer", "bare": "bare asyncio",
+          "durable": "bare durable (asyncpg)"}
 
 
 # --- options and results -----------------------------------------------------------------
@@ -339,6 +345,58 @@ def _serve_bare(port: int) -> int:
     return 0
 
 
+_DURABLE_TABLE = "CREATE TABLE IF NOT EXISTS bench_durable_frame (id bigserial PRIMARY KEY, raw bytea NOT NULL)"
+_DURABLE_INSERT = "INSERT INTO bench_durable_frame (raw) SELECT unnest($1::bytea[])"
+
+
+def _serve_durable(port: int, dsn: str) -> int:
+    """Group commit of raw frames, then the ACKs: one writer takes every frame that queued
+    while its previous INSERT ran, commits them with one statement (synchronous commit),
+    then answers each with the same fixed ACK. No parsing, no decision."""
+    import asyncpg
+
+    from services import lifecycle
+
+    async def main() -> None:
+        stop = lifecycle.stop_on_signals()
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(_DURABLE_TABLE)  # a logged table: each commit waits for its WAL flush
+        await conn.execute("SET synchronous_commit = on")
+        queue: asyncio.Queue[tuple[asyncio.StreamWriter, list[bytes]]] = asyncio.Queue()
+
+        async def writer_loop() -> None:
+            while True:
+                groups = [await queue.get()]
+                while not queue.empty():
+                    groups.append(queue.get_nowait())
+                await conn.execute(_DURABLE_INSERT, [f for _, frames in groups for f in frames])
+                for writer, frames in groups:
+                    if not writer.is_closing():
+                        writer.write(_BARE_ACK * len(frames))
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            framer = MllpFramer()
+            try:
+                while data := await reader.read(65536):
+                    frames = [e.payload for e in framer.feed(data) if isinstance(e, Frame)]
+                    if frames:
+                        queue.put_nowait((writer, frames))
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        task = asyncio.create_task(writer_loop())
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await stop.wait()
+        task.cancel()
+        await conn.close()
+
+    lifecycle.run(main())
+    return 0
+
+
 def _serve_peer(port: int) -> int:
     """hl7apy's own MLLP server: parse each message with hl7apy, build the ACK with hl7apy."""
     import datetime as dt
@@ -578,7 +636,7 @@ async def ingest(
 
     run_id = secrets.randbelow(900_000) + 100_000
     seeds = {"ours": run_id * 10 + 1, "ours_rate": run_id * 10 + 2, "peer": run_id * 10 + 3,
-             "bare": run_id * 10 + 4}
+             "bare": run_id * 10 + 4, "durable": run_id * 10 + 5}
     with tempfile.TemporaryDirectory(prefix="wpc-bench-") as tmp_name:
         tmp = Path(tmp_name)
         external_db = bool(settings.database_url)
@@ -609,9 +667,11 @@ async def _phases(
               "warmup": options.warmup, "pipeline": options.pipeline}
     results: dict[str, PhaseResult] = {}
 
-    for target, flag in (("bare", "--serve-bare"), ("peer", "--serve-peer")):
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    for target, args in (("bare", ["--serve-bare"]), ("peer", ["--serve-peer"]),
+                         ("durable", ["--dsn", dsn, "--serve-durable"])):
         port = _free_port()
-        child = _Child(target, [*me, flag, str(port)], tmp / f"{target}.log")
+        child = _Child(target, [*me, *args, str(port)], tmp / f"{target}.log")
         try:
             await _wait_tcp(port, child, 30)
             out(f"running {LABELS[target]} ...")
@@ -671,7 +731,8 @@ def _report(
                 "not_accepted": sum(n for c, n in r.codes.items() if c not in _ACCEPTED),
                 "codes": r.codes, "connects": r.reconnects}
 
-    ours, peer, bare = results["ours"], results["peer"], results["bare"]
+    ours, peer, bare, durable = results["ours"], results["peer"], results["bare"], results["durable"]
+    ratio_durable = ours.throughput / durable.throughput if durable.throughput else math.nan
     rate = results["ours_rate"]
     ratio_bare = ours.throughput / bare.throughput if bare.throughput else math.nan
     ratio_peer = ours.throughput / peer.throughput if peer.throughput else math.nan
@@ -691,11 +752,13 @@ def _report(
         "warmup_s": options.warmup,
         "pipeline": options.pipeline,
         "validation": options.validation,
-        "targets": {"ours": target(ours), "peer": target(peer), "bare": target(bare)},
+        "targets": {"ours": target(ours), "peer": target(peer), "bare": target(bare), "durable": target(durable)},
         "fixed_rate": {"rate_per_s": options.rate, "duration_s": options.rate_duration,
                        "achieved_per_s": round(achieved, 1), **target(rate)},
-        "ratios": {"ours_to_bare": _num(ratio_bare), "ours_to_peer": _num(ratio_peer)},
-        "goals": {"throughput_ge_0.25_bare": throughput_goal, "p99_lt_20ms_at_1000": latency_goal},
+        "ratios": {"ours_to_bare": _num(ratio_bare), "ours_to_peer": _num(ratio_peer),
+                   "ours_to_durable": _num(ratio_durable)},
+        "goals": {"throughput_ge_0.25_bare": throughput_goal, "p99_lt_20ms_at_1000": latency_goal,
+                  "throughput_ge_0.5_durable": "PASS" if ratio_durable >= GOAL_RATIO_TO_DURABLE else "FAIL"},
         "durability": {"adt_message_aa_rows": aa_rows, "adt_message_rows": all_rows, "aa_acks": aa_acks,
                        "outbox_left": outbox_left, "outbox_drain_s": round(drained[1], 1),
                        "result": "PASS" if aa_rows == aa_acks else "FAIL"},
@@ -724,9 +787,11 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
         f"p99 {_ms(f['p99_ms'])} ms, max {_ms(f['max_ms'])} ms, errors {f['errors']}, "
         f"not AA {f['not_accepted']}")
     r = report["ratios"]
-    out(f"ratios: ours / bare = {_ms(r['ours_to_bare'])}, ours / peer = {_ms(r['ours_to_peer'])}")
+    out(f"ratios: ours / bare = {_ms(r['ours_to_bare'])}, ours / peer = {_ms(r['ours_to_peer'])}, "
+        f"ours / bare durable = {_ms(r['ours_to_durable'])}")
     g = report["goals"]
     out(f"goal: ours >= {GOAL_RATIO_TO_BARE} x bare throughput ......... {g['throughput_ge_0.25_bare']}")
+    out(f"goal: ours >= {GOAL_RATIO_TO_DURABLE} x bare durable throughput .. {g['throughput_ge_0.5_durable']}")
     out(f"goal: p99 < {GOAL_P99_MS:g} ms at {GOAL_RATE:,.0f} msg/s ............... {g['p99_lt_20ms_at_1000']}"
         + (f" (ran at {f['rate_per_s']:g} msg/s)" if g["p99_lt_20ms_at_1000"] == "SKIP" else ""))
     d = report["durability"]
@@ -789,11 +854,15 @@ def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--serve-bare", type=int, metavar="PORT")
+    group.add_argument("--serve-durable", type=int, metavar="PORT")
+    parser.add_argument("--dsn", help="the database of --serve-durable")
     group.add_argument("--serve-peer", type=int, metavar="PORT")
     group.add_argument("--load", metavar="JSON")
     args = parser.parse_args(argv)
     if args.serve_bare is not None:
         return _serve_bare(args.serve_bare)
+    if args.serve_durable is not None:
+        return _serve_durable(args.serve_durable, args.dsn)
     if args.serve_peer is not None:
         return _serve_peer(args.serve_peer)
     return _load_main(args.load)

@@ -1,10 +1,11 @@
-"""`wpc bench ingest` (bench.ingest), `wpc bench enroll` (bench.enroll) and
-`wpc bench notify` (bench.notify)."""
+"""`wpc bench ingest` (bench.ingest), `wpc bench enroll` (bench.enroll),
+`wpc bench notify` (bench.notify) and `wpc bench import` (bench.bulk)."""
 
 from __future__ import annotations
 
 import argparse
 
+from bench import bulk as import_bench
 from bench import enroll as enroll_bench
 from bench import ingest as ingest_bench
 from bench import notify as notify_bench
@@ -16,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     enroll_bench.add_arguments(sub.add_parser("enroll", help="enrollment decisions on a loaded synthetic county"))
     notify_bench.add_arguments(sub.add_parser("notify", help="notifications/s and event -> delivered latency"))
+    import_bench.add_arguments(sub.add_parser("import", help="`wpc import` of a synthetic archive"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,4 +25,6 @@ def run(args: argparse.Namespace) -> int:
         return enroll_bench.run(args)
     if args.bench == "notify":
         return notify_bench.run(args)
+    if args.bench == "import":
+        return import_bench.run(args)
     return ingest_bench.run(args)

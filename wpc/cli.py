@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("wpc.tools.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
     "redrive": ("wpc.redrive_cmd", "list parked consumer records, or apply them again after a fix"),
     "migrate": ("wpc.migrate_cmd", "apply database migrations and exit"),
+    "import": ("wpc.tools.bulk_import", "load ADT history from files (single, batch, MLLP dumps, gzip), resumable"),
     "send": ("wpc.tools.send", "send HL7 files over MLLP and print the ACKs"),
     "validate": ("wpc.tools.validate", "check HL7 files against their declared version with hl7apy"),
     "feed-report": ("wpc.tools.feed_report", "per-facility feed-quality report from the database"),

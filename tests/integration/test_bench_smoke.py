@@ -1,5 +1,5 @@
-"""`wpc bench ingest` end to end, and `wpc bench enroll`'s live feed, very short: the
-figures are printed, not asserted.
+"""`wpc bench ingest` end to end, `wpc bench enroll`'s live feed and `wpc bench import`,
+very short: the figures are printed, not asserted.
 
 What is asserted: the last line is the JSON report, every target accepted messages,
 and every AA our listener sent is a row in adt_message (custody before the ACK); every
@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from adt_listener.settings import ListenerSettings
+from bench.bulk import ImportOptions, bench_import
 from bench.enroll import _dsn, load_county, replay_live
 from bench.ingest import IngestOptions, ingest
 from enrollment_svc.service import rules_of
@@ -53,8 +54,9 @@ async def test_bench_ingest_smoke(
     report = await ingest(options, settings, fresh_database=False, out=lines.append)
 
     assert json.loads(lines[-1]) == report
-    for target in ("ours", "peer", "bare"):
+    for target in ("ours", "peer", "bare", "durable"):
         assert report["targets"][target]["accepted"] > 0, target
+    assert report["ratios"]["ours_to_durable"] is not None
     assert report["fixed_rate"]["accepted"] > 0
     durability = report["durability"]
     assert durability["adt_message_aa_rows"] == durability["aa_acks"]
@@ -76,3 +78,21 @@ async def test_bench_enroll_smoke_with_late_events(database_url: str) -> None:
             report["late_events"]
     finally:
         await conn.close()
+
+
+@pytest.mark.timeout(180)
+async def test_bench_import_smoke(broker: Broker, topics: dict[str, str], tmp_path: Path) -> None:
+    """A tiny archive imported with the listener and the enrollment service running: every
+    message stored, and every one processed by the enrollment service."""
+    settings = ListenerSettings(
+        database_url=ADMIN_DSN,  # the bench makes a database of its own on this server
+        kafka_bootstrap_servers=broker.bootstrap,
+        data_dir=tmp_path,
+        topic_adt_events=topics["adt_events"],
+        topic_adt_deadletter=topics["adt_deadletter"],
+    )
+    lines: list[str] = []
+    report = await bench_import(ImportOptions(messages=300, batch=100, timeout_s=120), settings, out=lines.append)
+    assert json.loads(lines[-1]) == report
+    assert report["stored"]["accepted"] == 300
+    assert report["end_to_end"]["complete"] and report["end_to_end"]["processed_events"] == 300
