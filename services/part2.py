@@ -34,7 +34,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["SUD_PROGRAM", "Disclosure", "Scope", "disclosure", "qualified"]
+__all__ = ["SUD_PROGRAM", "Disclosure", "Scope", "disclosure", "is_sud_code", "qualified"]
 
 Scope = Literal["pcp", "care_team"]
 
@@ -74,3 +74,10 @@ def disclosure(*, part2_qualified: bool, scope: Scope, consented_scopes: Collect
 def qualified(viewer_programs: Collection[str], part2_programs: Collection[str]) -> bool:
     """A viewer is a Part 2 program's staff when one of their care team's programs is one."""
     return any(p in part2_programs for p in viewer_programs)
+
+
+def is_sud_code(code: str, prefixes: Collection[str]) -> bool:
+    """Whether an ICD-10-CM code is SUD information by the configured prefixes (the notification
+    file's ``part2.sud_code_prefixes``), compared upper case and without dots."""
+    compact = code.replace(".", "").upper()
+    return any(compact.startswith(p.replace(".", "").upper()) for p in prefixes)

@@ -48,3 +48,12 @@ def test_with_consent_everything_is_shown() -> None:
 )
 def test_qualified(programs: list[str], part2_programs: list[str], expected: bool) -> None:
     assert part2.qualified(programs, part2_programs) is expected
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("F11.20", True), ("f1120", True), ("T40.1X1A", True), ("Z71.41", True), ("F20.9", False), ("T401", True),
+     ("Z59.00", False), ("", False)],
+)
+def test_is_sud_code_by_prefix_without_dots_or_case(code: str, expected: bool) -> None:
+    assert part2.is_sud_code(code, ["F10", "F11", "T40", "Z71.4"]) is expected
