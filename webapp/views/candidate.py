@@ -289,8 +289,8 @@ def _sentence(name: str, met: bool, named: list[str], found: int, option: bool) 
     prefix = "risk factor: " if option else ""
     if met:
         return f"{prefix}{label}, {', '.join(named)}" if named else f"{prefix}{label}"
-    months = f" in {present['months']} months" if present else ""
-    return f"not found: {label}{months}"
+    window = f" in {present['months']} months" if present else ""
+    return f"not found: {label}{window}"
 
 
 # --- the page ------------------------------------------------------------------------------
