@@ -18,9 +18,6 @@
       .then(function (html) {
         if (html === null) { return; }
         box.innerHTML = html;
-        var overdue = box.querySelectorAll("tr.overdue").length;
-        var count = document.getElementById("overdue-count");
-        if (count) { count.textContent = String(overdue); }
         if (state) { state.textContent = "Updated " + new Date().toLocaleTimeString(); }
       });
   }
