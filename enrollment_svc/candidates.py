@@ -255,7 +255,9 @@ class Candidates:
         if last is None:
             return f"cannot {action} a candidate that is {status}"
         at = last["at"].astimezone(self.rules.site.zone()).strftime("%Y-%m-%d %H:%M %Z")
-        return f"cannot {action}: already {status} by {last['actor']} at {at}"
+        if any(act == action and to == status for (_, act), to in TRANSITIONS.items()):
+            return f"cannot {action}: already {status} by {last['actor']} at {at}"  # someone did it first
+        return f"cannot {action} a candidate that is {status} ({status} by {last['actor']} at {at})"
 
     async def record_outreach(
         self, db: Sql, candidate_id: uuid.UUID, *, at: dt.datetime, channel: str, outcome: str, note: str | None,

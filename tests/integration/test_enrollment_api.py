@@ -343,7 +343,8 @@ async def test_decline_needs_a_known_reason_and_a_declined_candidate_cannot_cons
     r = await client.post(f"/v1/candidates/{cid}/decline", headers=TOC, json={"reason": "not_reached"})
     assert r.status_code == 200 and r.json()["status"] == "declined"
     r = await client.post(f"/v1/candidates/{cid}/consent", headers=TOC)
-    assert r.status_code == 409 and r.json()["detail"].startswith("cannot consent: already declined by maria.lopez at ")
+    assert r.status_code == 409
+    assert r.json()["detail"].startswith("cannot consent a candidate that is declined (declined by maria.lopez at ")
     r = await client.post(f"/v1/candidates/{cid}/accept", headers=TOC)
     assert r.status_code == 409
 

@@ -108,7 +108,7 @@ def test_without_consent_part2_hides_sud_criteria_codes_and_part2_facilities() -
     assert page.encounters[0]["diagnoses"] == ["Z59.00"] and page.encounters[0]["diagnoses_withheld"] == 1
     assert page.withheld_encounters == 1
     assert all(m.label != "sobering center visit" for m in page.timeline)
-    assert "SUD diagnoses" in page.withheld and any("Part 2 facility" in w for w in page.withheld)
+    assert "some diagnoses" in page.withheld and any("protected facility" in w for w in page.withheld)
 
 
 def test_a_recorded_care_team_consent_lifts_it_and_a_pcp_consent_does_not() -> None:
@@ -157,3 +157,9 @@ def test_timeline_marks_lie_in_the_last_year_in_order() -> None:
 @pytest.mark.parametrize(("code", "dotted"), [("Z5900", "Z59.00"), ("F10.20", "F10.20"), ("I10", "I10")])
 def test_icd10_dotted(code: str, dotted: str) -> None:
     assert view.icd10_dotted(code) == dotted
+
+
+def test_a_one_month_window_is_said_in_the_singular() -> None:
+    decision = {"reason": "x", "criteria": [{"name": "any_of/incarceration_1m", "met": False, "evidence": []}]}
+    page = view.build(candidate("TOC", decision), person(qualified=True), NOTICES, NOW)
+    assert texts(page) == ["not found: incarceration in 1 month"]

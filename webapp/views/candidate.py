@@ -273,6 +273,10 @@ def _subject(name: str) -> str:
     return m.group("what") if m else name
 
 
+def _months(n: int) -> str:
+    return "1 month" if n == 1 else f"{n} months"
+
+
 def _sentence(name: str, met: bool, named: list[str], found: int, option: bool) -> str:
     counted = _COUNTED.match(name)
     if counted is not None:
@@ -280,8 +284,8 @@ def _sentence(name: str, met: bool, named: list[str], found: int, option: bool) 
         months, needed = int(counted["months"]), int(counted["min"])
         label = one if found == 1 else many
         if met:
-            return f"{found} {label} in {months} months: {', '.join(named)}" if named else f"{found} {label}"
-        head = f"not yet: {found} of {needed} {many} in {months} months"
+            return f"{found} {label} in {_months(months)}: {', '.join(named)}" if named else f"{found} {label}"
+        head = f"not yet: {found} of {needed} {many} in {_months(months)}"
         return f"{head}: {', '.join(named)}" if named else head
     present = _PRESENT.match(name)
     what = present["what"] if present else name
@@ -289,7 +293,7 @@ def _sentence(name: str, met: bool, named: list[str], found: int, option: bool) 
     prefix = "risk factor: " if option else ""
     if met:
         return f"{prefix}{label}, {', '.join(named)}" if named else f"{prefix}{label}"
-    window = f" in {present['months']} months" if present else ""
+    window = f" in {_months(int(present['months']))}" if present else ""
     return f"not found: {label}{window}"
 
 
@@ -404,7 +408,7 @@ def build(candidate: Json, person: Json, notices: Json | None, now: dt.datetime)
     lines, criteria_withheld = criteria(decision, encounters, flags, shield, zone, today,
                                         str(candidate.get("encounter_id") or ""))
     if criteria_withheld:
-        withheld.append("criteria or evidence about substance use")
+        withheld.append("some criteria or their evidence")
     program = str(candidate.get("program"))
     shown_program = program if shield.disclosure.program(program) else "a program " + WITHHELD
     reason = str(decision.get("reason", ""))
@@ -425,9 +429,9 @@ def build(candidate: Json, person: Json, notices: Json | None, now: dt.datetime)
             "diagnoses_withheld": len(e.get("diagnoses", ())) - len(codes),
         })
     if hidden_encounters:
-        withheld.append(f"{hidden_encounters} encounter(s) at a Part 2 facility")
+        withheld.append(f"{hidden_encounters} encounter(s) at a protected facility")
     if any(r["diagnoses_withheld"] for r in rows):
-        withheld.append("SUD diagnoses")
+        withheld.append("some diagnoses")
     marks, lanes, ticks = _timeline(list(person.get("encounters", ())), shield, zone, now)
     notice_rows: list[dict[str, Any]] | None = None
     if notices is not None:
