@@ -163,3 +163,11 @@ def test_a_one_month_window_is_said_in_the_singular() -> None:
     decision = {"reason": "x", "criteria": [{"name": "any_of/incarceration_1m", "met": False, "evidence": []}]}
     page = view.build(candidate("TOC", decision), person(qualified=True), NOTICES, NOW)
     assert texts(page) == ["not found: incarceration in 1 month"]
+
+
+def test_an_open_ed_visit_is_a_point_and_an_open_stay_runs_to_now() -> None:
+    open_ed = encounter("x1", HARBOR, "2026-08-01T09:00:00-07:00", kind="ed")
+    open_stay = encounter("x2", OLIVE, "2026-11-30T09:00:00-08:00")
+    page = view.build(candidate(), person(qualified=True, encounters=[open_ed, open_stay]), NOTICES, NOW)
+    ed, stay = page.timeline
+    assert ed.width < 1 and stay.x + stay.width > 99.9

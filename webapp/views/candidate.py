@@ -74,6 +74,7 @@ _FIXED = {
 }
 _KIND_WORD = {"inpatient": "admission", "psych_inpatient": "psychiatric admission", "ed": "ED visit",
               "sobering": "sobering center visit", "outpatient": "clinic visit"}
+_STAYS = frozenset({"inpatient", "psych_inpatient"})
 _COUNTED = re.compile(r"^(?P<what>[a-z_]+?)_(?P<months>\d+)m>=(?P<min>\d+)$")
 _PRESENT = re.compile(r"^(?P<what>[a-z_]+?)_(?P<months>\d+)m$")
 
@@ -374,7 +375,10 @@ def _timeline(
         begin = _time(e.get("start_at"))
         if begin is None or begin < start or shield.facility_hidden(e):
             continue
-        end = _time(e.get("end_at")) or (now if e.get("status") not in ("discharged", "cancelled") else begin)
+        # A stay still open runs to now; an ED or clinic visit without a discharge is a point
+        # (hospitals often send no A03 for them), not months of "still there".
+        still_in = e.get("status") not in ("discharged", "cancelled") and e.get("kind") in _STAYS
+        end = _time(e.get("end_at")) or (now if still_in else begin)
         lane_name = _short_name(e)
         if lane_name not in lanes:
             lanes.append(lane_name)
