@@ -17,6 +17,10 @@ Where each value comes from is written in the schema; the HL7 v2 rules applied h
   carries no text; DG1-2 coding method for v2.1-2.2 feeds). A DG1 without a code is
   not a diagnosis we can use and is left out. Insurance: IN1 segments that carry data.
   Prior identifiers (merges A34/A40/A47): MRG-1 repetitions of every MRG.
+* Phone: PID-13 (XTN, chapter 2A.89), the first repetition with a number: XTN-1 when
+  sent (the formatted number, deprecated since v2.3 but what most feeds fill), else the
+  unformatted parts XTN-5/6/7/8. A repetition of equipment type (XTN-3) Internet or X.400
+  is an e-mail address, not a phone, and is skipped.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ STANDARD_ADT_SEGMENTS = frozenset(
 _DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?(?:([+-])(\d{2})(\d{2}))?")
 _DTM17 = re.compile(r"(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{3})([+-]\d{4})?")
 _TZ_CACHE: dict[str, dt.tzinfo | None] = {}
+_NOT_PHONES = frozenset({"INTERNET", "X.400"})  # XTN-3 equipment types (table 0202) of e-mail addresses
 
 
 def _offset(sign: str, oh: str, om: str) -> dt.tzinfo | None:
@@ -199,6 +204,26 @@ class _Builder:
                 return address
         return None
 
+    @staticmethod
+    def phone(pid: Segment) -> str | None:
+        v = pid.value
+        for rep in range(1, pid.repetition_count(13) + 1):
+            if (v(13, rep, 3) or "").upper() in _NOT_PHONES:
+                continue
+            formatted = v(13, rep, 1)
+            if formatted is not None and "@" not in formatted:
+                return formatted
+            country, area, local, ext = v(13, rep, 5), v(13, rep, 6), v(13, rep, 7), v(13, rep, 8)
+            if local is None:
+                continue
+            if len(local) == 7 and local.isdigit():
+                local = f"{local[:3]}-{local[3:]}"
+            number = f"({area}) {local}" if area else local
+            if country:
+                number = f"+{country.lstrip('+')} {number}"
+            return f"{number} ext. {ext}" if ext else number
+        return None
+
     def birth_date(self, pid: Segment) -> dt.date | None:
         value = self.time(pid, 7)
         return value.date() if value is not None else None
@@ -348,6 +373,7 @@ def normalize(
         "birth_date": b.birth_date(pid) if pid is not None else None,
         "sex": _v(pid, 8),
         "address": b.address(pid) if pid is not None else None,
+        "phone": b.phone(pid) if pid is not None else None,
         "death_indicator": True if death == "Y" else False if death == "N" else None,
     }
     message_time = b.time(msh, 7)

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from enrollment_svc import findings, measures, worklist
 from enrollment_svc.model import Flag, FlagKind
+from enrollment_svc.sql import Sql
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
-from services import audit
+from services import audit, part2
 from services.auth import User, current_user
 from services.httpserver import utc_time
 
@@ -49,6 +50,17 @@ class ServiceIn(_Body):
     # PCP-notified measure is its figure (enrollment_svc.reported), one number.
     kind: Literal["pre_discharge_visit", "home_visit", "pcp_appointment"]
     at: dt.datetime
+
+
+class OutreachIn(_Body):
+    at: dt.datetime = Field(description="When the attempt was made (with a UTC offset)")
+    channel: Literal["phone", "in_person", "text", "letter"]
+    outcome: Literal["reached", "no_answer", "wrong_number", "refused"]
+    note: str | None = Field(default=None, max_length=500, description="Short, and no more PHI than needed")
+
+
+_REACHABLE = frozenset({"pending", "accepted", "enrolled"})  # proposed to the team, not ended
+_CLOCK_SLACK = dt.timedelta(minutes=5)  # a browser's clock a little ahead is not an attempt in the future
 
 
 class FlagIn(_Body):
@@ -149,7 +161,8 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
                 )
             ).all()
             await _audit(conn, user, "read_candidate", person=row.person_id, candidate=row.id)
-        body = _row(row)
+            worklog = await store.candidates.worklog(await Sql.of(conn), candidate_id)
+        body = {**_row(row), **worklog}
         body["identifiers"] = [dict(i._mapping) for i in identifiers]
         body["transitions"] = [dict(t._mapping) for t in transitions]
         return body
@@ -353,5 +366,52 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             raise HTTPException(403, "feed findings are ops work: they need the ops role")
         async with engine.connect() as conn:
             return await findings.report(conn, facility)
+
+    @router.post("/candidates/{candidate_id}/outreach", status_code=201)
+    async def record_outreach(candidate_id: uuid.UUID, body: OutreachIn, user: CurrentUser) -> dict[str, Any]:
+        """An attempt of the program's care team to reach the candidate (outreach log)."""
+        at = utc_time(body.at)
+        now = dt.datetime.now(dt.UTC)
+        if at > now + _CLOCK_SLACK:
+            raise HTTPException(422, "at: an outreach attempt cannot be in the future")
+        async with engine.begin() as conn:
+            row = await _one(conn, user, candidate_id, write=True)
+            if row.status not in _REACHABLE:
+                raise HTTPException(409, f"outreach is recorded on a pending, accepted or enrolled candidate; "
+                                         f"this one is {row.status}")
+            attempt = await store.candidates.record_outreach(
+                await Sql.of(conn), candidate_id, at=at, channel=body.channel, outcome=body.outcome,
+                note=body.note or None, actor=user.name,
+            )
+            await _audit(conn, user, "record_outreach", person=row.person_id, candidate=row.id,
+                         detail=f"{body.channel}:{body.outcome}")
+        return {"id": str(candidate_id), "outreach_id": attempt, "channel": body.channel, "outcome": body.outcome}
+
+    @router.get("/persons/{person_id}")
+    async def read_person(person_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
+        """Who the person is and where to find them (card, whereabouts), identities and links,
+        the PCP and its source, encounters across every hospital, flags, candidates; and whether
+        the viewer's team is a 42 CFR Part 2 program (`services.part2`), for the page to apply it."""
+        async with engine.begin() as conn:
+            db = await Sql.of(conn)
+            candidates = [
+                _row(c) for c in (await conn.execute(
+                    text(f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.person_id = :p ORDER BY c.seq DESC"),
+                    {"p": person_id},
+                )).all()
+            ]
+            if not user.has("ops") and not {c["program"] for c in candidates} & user.programs():
+                raise HTTPException(403, "no role for this person's programs")
+            profile = await store.persons.profile(db, person_id, dt.datetime.now(dt.UTC))
+            if profile is None:
+                raise HTTPException(404, "no such person")
+            await _audit(conn, user, "read_person", person=person_id)
+        rules = store.rules
+        return {
+            **profile,
+            "candidates": candidates,
+            "timezone": rules.site.timezone,
+            "viewer": {"part2_qualified": part2.qualified(user.programs(write=True), rules.part2_programs())},
+        }
 
     return router

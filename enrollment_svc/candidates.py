@@ -23,13 +23,14 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from typing import Any
 
 from enrollment_svc import decide, metrics
 from enrollment_svc.model import Evaluation, Trigger
 from enrollment_svc.rules import Rules
 from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.sql import Sql
-from enrollment_svc.status import ACTIVE, HOLDS_SLOT, next_status
+from enrollment_svc.status import ACTIVE, HOLDS_SLOT, TRANSITIONS, TransitionError, next_status
 from schemas.adt_event import Identifier, Provider
 from schemas.enrollment import (
     CriterionV1,
@@ -226,6 +227,10 @@ class Candidates:
         row = await db.row("SELECT status, program FROM candidate WHERE id = :c FOR UPDATE", {"c": candidate_id})
         if row is None:
             raise LookupError("unknown candidate")
+        if (row["status"], action) not in TRANSITIONS:
+            # Two people acting at once: the second waited on the row lock above and finds the
+            # first one's change; say whose, and when, rather than only "cannot".
+            raise TransitionError(await self._already(db, candidate_id, row["status"], action))
         target = next_status(row["status"], action, reason)
         if action == "promote":
             await self.propose(db, candidate_id, now)
@@ -238,6 +243,47 @@ class Candidates:
         if refill and row["status"] in HOLDS_SLOT and target not in HOLDS_SLOT:
             await self.fill_slot(db, row["program"], now)
         return target
+
+    async def _already(self, db: Sql, candidate_id: uuid.UUID, status: str, action: str) -> str:
+        """Why ``action`` cannot be done: the status, who brought the candidate to it, and when
+        (in the site's time zone). Names a user, never patient data."""
+        last = await db.row(
+            "SELECT actor, at FROM candidate_transition WHERE candidate_id = :c AND to_status = :s "
+            "ORDER BY id DESC LIMIT 1",
+            {"c": candidate_id, "s": status},
+        )
+        if last is None:
+            return f"cannot {action} a candidate that is {status}"
+        at = last["at"].astimezone(self.rules.site.zone()).strftime("%Y-%m-%d %H:%M %Z")
+        if any(act == action and to == status for (_, act), to in TRANSITIONS.items()):
+            return f"cannot {action}: already {status} by {last['actor']} at {at}"  # someone did it first
+        return f"cannot {action} a candidate that is {status} ({status} by {last['actor']} at {at})"
+
+    async def record_outreach(
+        self, db: Sql, candidate_id: uuid.UUID, *, at: dt.datetime, channel: str, outcome: str, note: str | None,
+        actor: str,
+    ) -> int:
+        """One attempt of the care team to reach the candidate (migration 0009); its id."""
+        attempt_id: int = await db.scalar(
+            "INSERT INTO outreach_attempt (candidate_id, at, channel, outcome, note, actor) "
+            "VALUES (:c, :at, :ch, :o, :n, :a) RETURNING id",
+            {"c": candidate_id, "at": at, "ch": channel, "o": outcome, "n": note, "a": actor},
+        )
+        return attempt_id
+
+    async def worklog(self, db: Sql, candidate_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+        """The care team's record of a candidate: outreach attempts and services, newest first."""
+        outreach = await db.fetch(
+            "SELECT id, at, channel, outcome, note, actor, recorded_at FROM outreach_attempt "
+            "WHERE candidate_id = :c ORDER BY at DESC, id DESC",
+            {"c": candidate_id},
+        )
+        services = await db.fetch(
+            "SELECT id, kind, at, actor, recorded_at FROM service_record WHERE candidate_id = :c "
+            "ORDER BY at DESC, id DESC",
+            {"c": candidate_id},
+        )
+        return {"outreach": [dict(r) for r in outreach], "services": [dict(r) for r in services]}
 
     async def revise(self, db: Sql, candidate_id: uuid.UUID, proposal: decide.Proposal, now: dt.datetime) -> None:
         """Record the decision the in-order feed would have recorded for a kept candidate."""

@@ -9,7 +9,8 @@ encounters of one facility and visit number then become one (`combine_visits`), 
 visit of one patient is one encounter.
 
 The reads are what the use cases decide on: the window of history of the in-order path
-(`history`), and the person's record for deciding again (`record`, `unfold`).
+(`history`), and the person's record for deciding again (`record`, `unfold`); and what the
+care team's person page shows (`profile`).
 
 Methods run in the caller's transaction, on the store's `Sql`.
 """
@@ -21,7 +22,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from enrollment_svc import decide, history
+from enrollment_svc import card, decide, history
 from enrollment_svc.candidates import Candidates
 from enrollment_svc.model import EncounterFacts, Flag, PersonHistory
 from enrollment_svc.rows import HISTORY_COLUMNS, SAVE_ENCOUNTER, encounter_params, event_from_body, json_value
@@ -175,6 +176,14 @@ class Persons:
                 f"UPDATE {table} SET person_id = :i WHERE person_id = :f", {"i": into_person, "f": from_person}
             )
         await self.carry_events_through(db, from_person, into_person)
+        # The card: the survivor's keys stand, the other's fill the gaps; the newer whereabouts win.
+        await db.execute(
+            "UPDATE person i SET card = f.card || i.card, card_at = GREATEST(i.card_at, f.card_at), "
+            "whereabouts = CASE WHEN f.whereabouts_at > COALESCE(i.whereabouts_at, '-infinity') "
+            "THEN f.whereabouts ELSE i.whereabouts END, "
+            "whereabouts_at = GREATEST(i.whereabouts_at, f.whereabouts_at) FROM person f WHERE i.id = :i AND f.id = :f",
+            {"i": into_person, "f": from_person},
+        )
         await self.candidates.move(db, from_person, into_person, dt.datetime.now(dt.UTC), actor=actor)
         mc = await db.scalar("SELECT medi_cal_id FROM person WHERE id = :f", {"f": from_person})
         if mc is not None:
@@ -380,3 +389,101 @@ class Persons:
             {"now": now, "p": person_id},
         )
         return person_id
+
+    async def profile(self, db: Sql, person_id: uuid.UUID, now: dt.datetime) -> dict[str, Any] | None:
+        """Everything the care team's person page shows of one person (None: no such person):
+        the card (`enrollment_svc.card`), where they are now, identities and the links made
+        between them, the PCP and where it was learned, encounters across every hospital, flags.
+        Facility names and their Part 2 mark come from the rules' facility registry."""
+        person = await db.row(
+            "SELECT id, medi_cal_id, birth_date, medi_cal, county_resident, primary_care, primary_care_at, "
+            "card, card_at, whereabouts, whereabouts_at FROM person WHERE id = :p",
+            {"p": person_id},
+        )
+        if person is None:
+            return None
+        identities = await db.fetch(
+            "SELECT key, authority, value, type_code, merged_into, created_at FROM identity WHERE person_id = :p "
+            "ORDER BY created_at, key",
+            {"p": person_id},
+        )
+        names = {r["key"]: {"authority": r["authority"], "value": r["value"]} for r in identities}
+        links = await db.fetch(
+            "SELECT action, key_a, key_b, actor, reason, at FROM identity_link "
+            "WHERE key_a = ANY(:keys) OR key_b = ANY(:keys) ORDER BY at, id",
+            {"keys": list(names)},
+        )
+        encounters = await db.fetch(
+            "SELECT id, facility, visit_number, kind, status, patient_class, hospital_service, start_at, end_at, "
+            "dx_flags, diagnoses FROM encounter WHERE person_id = :p ORDER BY start_at DESC LIMIT 500",
+            {"p": person_id},
+        )
+        flags = await db.fetch(
+            "SELECT id, kind, source, effective, until, detail, recorded_at FROM patient_flag WHERE person_id = :p "
+            "ORDER BY effective DESC",
+            {"p": person_id},
+        )
+        registry = self.rules.site.facilities
+        homeless = self.rules.value_sets["homelessness"]
+
+        def facility(fid: str) -> dict[str, Any]:
+            known = registry.get(fid)
+            return {"id": fid, "name": known.name if known and known.name else fid,
+                    "part2": bool(known and known.part2)}
+
+        encounter_rows = [
+            {"id": str(e["id"]), "facility": facility(e["facility"]), "visit_number": e["visit_number"],
+             "kind": e["kind"], "status": e["status"], "patient_class": e["patient_class"],
+             "hospital_service": e["hospital_service"], "start_at": e["start_at"], "end_at": e["end_at"],
+             "dx_flags": list(e["dx_flags"]), "diagnoses": list(e["diagnoses"]),
+             # Which of the rules' value sets each code belongs to: what a criterion's evidence names.
+             "dx_sets": {name: codes for name, vs in self.rules.value_sets.items()
+                         if (codes := [c for c in e["diagnoses"] if vs.matches(c)])}}
+            for e in encounters
+        ]
+        flag_rows = [{**dict(f), "id": str(f["id"])} for f in flags]
+        card_body = json_value(person["card"]) or {}
+        where = json_value(person["whereabouts"])
+        if where is not None:
+            where = {**where, "facility": facility(where["facility"]), "at": person["whereabouts_at"]}
+        primary_care = json_value(person["primary_care"]) or []
+        return {
+            "person_id": str(person_id),
+            "name": card_body.get("name"),
+            "birth_date": person["birth_date"],
+            "phone": card_body.get("phone"),
+            "address": card_body.get("address"),
+            "card_at": person["card_at"],
+            "housing": card.housing(
+                card_body.get("address"),
+                [{"encounter_id": e["id"], "facility": e["facility"], "start_at": e["start_at"],
+                  "codes": [c for c in e["diagnoses"] if homeless.matches(c)]}
+                 for e in encounter_rows if "homelessness" in e["dx_flags"]],
+                [f for f in flag_rows if f["kind"] == "homelessness"],
+                now,
+            ),
+            "where": where,
+            "medi_cal_id": person["medi_cal_id"],
+            "medi_cal": person["medi_cal"],
+            "county_resident": person["county_resident"],
+            "primary_care": {
+                "providers": primary_care,
+                # PD1-4 or ROL (role PP) of an ADT message, stated at this event time; the health
+                # plan roster, the other source, is the notifier's (its PCP notices name the practice).
+                "sources": sorted({p.get("source") for p in primary_care if p.get("source")}),
+                "stated_at": person["primary_care_at"],
+            },
+            "identities": [
+                {"authority": r["authority"], "value": r["value"], "type_code": r["type_code"],
+                 "merged_into": names.get(r["merged_into"]) if r["merged_into"] else None,
+                 "created_at": r["created_at"]}
+                for r in identities
+            ],
+            "links": [
+                {"action": r["action"], "a": names.get(r["key_a"]), "b": names.get(r["key_b"]), "actor": r["actor"],
+                 "reason": r["reason"], "at": r["at"]}
+                for r in links
+            ],
+            "encounters": encounter_rows,
+            "flags": flag_rows,
+        }

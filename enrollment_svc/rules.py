@@ -152,6 +152,9 @@ class Program(_Strict):
     capacity: int = Field(ge=0)  # slots: pending + accepted + enrolled candidates
     pending_expiry_days: int = Field(default=14, gt=0)  # a proposal never acted on expires
     usual_duration_days: int = Field(default=30, gt=0)  # for disenrollment review (programs.md)
+    # A 42 CFR Part 2 program: its care team sees SUD information without the patient's consent
+    # (services.part2; the notification file's `part2_qualified` says the same of its team).
+    part2: bool = False
 
 
 class Rules(_Strict):
@@ -195,6 +198,10 @@ class Rules(_Strict):
         if stray:
             raise ValueError(f"toc.admission_only_dx: names sets not in toc.any_of_dx: {', '.join(sorted(stray))}")
         return self
+
+    def part2_programs(self) -> frozenset[str]:
+        """The programs marked ``part2``: their care teams are Part 2 qualified (services.part2)."""
+        return frozenset(name for name, spec in self.programs.items() if spec.part2)
 
     @property
     def rule_version(self) -> str:

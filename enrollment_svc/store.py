@@ -54,7 +54,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrollment_svc import decide, eligibility, findings, history
+from enrollment_svc import card, decide, eligibility, findings, history
 from enrollment_svc.candidates import Candidates, Topics
 from enrollment_svc.model import (
     EncounterEvent,
@@ -125,7 +125,16 @@ _PERSON_FACTS = (
     "primary_care = CASE WHEN CAST(:pc AS text) = '[]' OR :t < primary_care_at THEN primary_care "
     "ELSE CAST(:pc AS jsonb) END, "
     "primary_care_at = CASE WHEN :pc = '[]' OR :t < primary_care_at THEN primary_care_at ELSE :t END, "
-    "events_through = GREATEST(events_through, CAST(:et AS timestamptz)), updated_at = now()"
+    "events_through = GREATEST(events_through, CAST(:et AS timestamptz)), updated_at = now(), "
+    # The person card (name, phone, address: migration 0009) keeps each key as the newest event
+    # stating it said it; an older event only fills keys no newer one stated. Whereabouts are
+    # the newest event's with a visit. Both ride on this UPDATE: no statement more per event.
+    "card = CASE WHEN :t >= COALESCE(card_at, '-infinity') THEN card || CAST(CAST(:card AS text) AS jsonb) "
+    "ELSE CAST(CAST(:card AS text) AS jsonb) || card END, "
+    "card_at = CASE WHEN CAST(:card AS text) = '{}' THEN card_at ELSE GREATEST(card_at, :t) END, "
+    "whereabouts = CASE WHEN CAST(:wh AS text) IS NULL OR :t < whereabouts_at THEN whereabouts "
+    "ELSE CAST(CAST(:wh AS text) AS jsonb) END, "
+    "whereabouts_at = CASE WHEN CAST(:wh AS text) IS NULL OR :t < whereabouts_at THEN whereabouts_at ELSE :t END"
 )
 _LATE = "COALESCE(events_through > CAST(:et AS timestamptz), false) AS late"
 
@@ -256,6 +265,8 @@ class EnrollmentStore:
             "mc": eligibility.is_medi_cal(event, self.rules),
             "cr": eligibility.county_resident(event, self.rules),
             "pc": json.dumps([p.model_dump(mode="json") for p in event.primary_care]),
+            "card": json.dumps(card.stated(event)),
+            "wh": card.whereabouts(event),
         }
 
     async def _clock_finding(self, db: Sql, event: AdtEventV1, key: str, stated_at: dt.datetime | None) -> None:

@@ -1,7 +1,8 @@
 """The notifier's API (FastAPI): failed deliveries and re-sends, PCP rosters, panels,
 Part 2 consents, the PCP-notified measure.
 
-Bearer tokens and roles are the same as the enrollment service's (`services.auth`). A
+``GET /v1/persons/{id}/notices`` lists who was told what about a person (for the care
+team's person page). Bearer tokens and roles are the same as the enrollment service's (`services.auth`). A
 delivery listing shows ids, recipients, endpoints, states and PHI-free error reasons,
 never bodies. Recording or revoking a consent writes an ``audit`` row in its transaction.
 
@@ -260,5 +261,29 @@ def notifier_router(
         _require(user, "ops")
         async with engine.connect() as conn:
             return await dispatcher.pcp_notified(conn, cfg.timezone)
+
+    @router.get("/persons/{person_id}/notices")
+    async def person_notices(
+        person_id: uuid.UUID, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 200
+    ) -> dict[str, Any]:
+        """Who was told what about one person and when, each delivery's status, and the person's
+        Part 2 consents; with the Part 2 facts of this configuration (facilities, SUD codes), so
+        that a screen applies `services.part2` with the notifier's own lists. Ops, or the care
+        team of a program the person was ever proposed for."""
+        async with engine.begin() as conn:
+            programs = await store.person_programs_ever(conn, person_id)
+            if not user.has("ops") and not programs & user.programs():
+                raise HTTPException(403, "no role for this person's programs")
+            notices = await store.person_notices(conn, person_id, limit)
+            consents = await store.person_consents(conn, person_id, clock())
+            await audit.record(conn, user.name, "read_notices", person_id=person_id)
+        names = {r.id: r.name for r in (*cfg.care_teams, *cfg.practices)}
+        return {
+            "person_id": str(person_id),
+            "notices": [{**n, "id": str(n["id"]), "recipient_name": names.get(n["recipient_id"], n["recipient_id"])}
+                        for n in notices],
+            "consents": consents,
+            "part2": {"facilities": cfg.part2.facilities, "sud_code_prefixes": cfg.part2.sud_code_prefixes},
+        }
 
     return router

@@ -30,7 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from notifier.model import ChannelKind, Endpoint, EventKind
 from schemas.enrollment import PROGRAMS
-from services import icd10
+from services import icd10, part2
 from services.configfile import ConfigError, YamlDocument, parse_yaml, read_yaml, validate
 
 
@@ -205,8 +205,7 @@ class NotifyConfig(_Strict):
         return None
 
     def is_sud_code(self, code: str) -> bool:
-        compact = code.replace(".", "").upper()
-        return any(compact.startswith(p.replace(".", "").upper()) for p in self.part2.sud_code_prefixes)
+        return part2.is_sud_code(code, self.part2.sud_code_prefixes)
 
 
 def endpoints_of(recipient: RecipientConfig, secrets: Mapping[str, str]) -> dict[str, Endpoint]:

@@ -40,6 +40,7 @@ from notifier.config import NotifyConfig, RecipientConfig
 from notifier.model import Content, Diagnosis, Encounter, EventKind, Notice, Patient, PatientId, Practitioner
 from schemas.adt_event import AdtEventV1, Identifier, Provider, patient_key
 from schemas.enrollment import EnrollmentCandidateV1
+from services import part2
 
 NOTICE_NAMESPACE = uuid.UUID("3e0c6f8a-54d1-5b7e-9f0a-2c4d6b8e1a37")  # fixed forever: ids dedupe
 MEDI_CAL_AUTHORITY = "MEDI-CAL"
@@ -177,24 +178,31 @@ class Screened:
     suppressed_reason: str | None = None
 
 
-def consent_scope(recipient: RecipientConfig, cfg: NotifyConfig) -> str:
+def consent_scope(recipient: RecipientConfig, cfg: NotifyConfig) -> part2.Scope:
     return "pcp" if any(p.id == recipient.id for p in cfg.practices) else "care_team"
 
 
 def minimum_necessary(
     content: Content, recipient: RecipientConfig, consented_scopes: frozenset[str], cfg: NotifyConfig
 ) -> Screened:
-    if recipient.part2_qualified or consent_scope(recipient, cfg) in consented_scopes:
+    # The one Part 2 decision (services.part2), which the web app's person page applies too.
+    allowed = part2.disclosure(
+        part2_qualified=recipient.part2_qualified, scope=consent_scope(recipient, cfg),
+        consented_scopes=consented_scopes,
+    )
+    if allowed.sud_information:
         return Screened(content)
     encounter = content.encounter
-    if encounter is not None and encounter.facility in cfg.part2.facilities:
+    if encounter is not None and not allowed.facility(part2=encounter.facility in cfg.part2.facilities):
         return Screened(None, "part2_facility_without_consent")
     withheld: list[str] = []
-    if encounter is not None and any(cfg.is_sud_code(d.code) for d in encounter.diagnoses):
+    if encounter is not None and not all(allowed.diagnosis(sud=cfg.is_sud_code(d.code)) for d in encounter.diagnoses):
         withheld.append("sud_diagnoses")
-        encounter = replace(encounter, diagnoses=tuple(d for d in encounter.diagnoses if not cfg.is_sud_code(d.code)))
+        encounter = replace(encounter, diagnoses=tuple(
+            d for d in encounter.diagnoses if allowed.diagnosis(sud=cfg.is_sud_code(d.code))
+        ))
     program = content.program
-    if program == "SUD-ENS":
+    if not allowed.program(program):
         withheld.append("program")
         program = None
     if not withheld:

@@ -397,3 +397,37 @@ async def requeue(conn: AsyncConnection, delivery_id: uuid.UUID, now: dt.datetim
     await conn.execute(text("UPDATE notifier_deadletter SET resent_at = :now WHERE delivery_id = :id"),
                        {"now": now, "id": delivery_id})
     return True
+
+
+async def person_programs_ever(conn: AsyncConnection, person_id: uuid.UUID) -> set[str]:
+    """Programs the person has ever been proposed for (who may read what they were told)."""
+    rows = await conn.execute(text("SELECT DISTINCT program FROM notifier_candidate WHERE person_id = :p"),
+                              {"p": person_id})
+    return {str(r[0]) for r in rows}
+
+
+async def person_consents(conn: AsyncConnection, person_id: uuid.UUID, now: dt.datetime) -> list[dict[str, Any]]:
+    """The person's Part 2 consents, newest first, each with whether it is in effect at ``now``."""
+    rows = await conn.execute(
+        text("SELECT id, scope, granted_at, expires_at, revoked_at, recorded_by, source, "
+             "(granted_at <= :now AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now)) AS active "
+             "FROM consent WHERE person_id = :p ORDER BY granted_at DESC, id DESC"),
+        {"p": person_id, "now": now},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def person_notices(conn: AsyncConnection, person_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+    """Who was told what about the person and when, newest first: each notice (kept or
+    suppressed, with what Part 2 withheld) and the deliveries that carried it, with their status."""
+    rows = await conn.execute(
+        text("SELECT n.id, n.recipient_id, n.event_kind, n.program, n.occurred_at, n.status, n.suppressed_reason, "
+             "n.content->'withheld' AS withheld, n.content->'encounter'->>'facility' AS facility, "
+             "COALESCE((SELECT json_agg(json_build_object('delivery_id', d.id, 'endpoint', d.endpoint, "
+             "'channel', d.channel, 'status', d.status, 'attempts', d.attempts, 'last_error', d.last_error, "
+             "'created_at', d.created_at, 'finished_at', d.finished_at) ORDER BY d.created_at) "
+             "FROM delivery d WHERE d.notice_ids @> ARRAY[n.id]), '[]') AS deliveries "
+             "FROM notice n WHERE n.person_id = :p ORDER BY n.occurred_at DESC LIMIT :n"),
+        {"p": person_id, "n": limit},
+    )
+    return [dict(r._mapping) for r in rows]

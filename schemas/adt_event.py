@@ -91,6 +91,11 @@ class Patient(_Model):
     birth_date: dt.date | None = None  # PID-7 (date part; partial dates keep year and month, day 1)
     sex: str | None = None  # PID-8 as sent
     address: Address | None = None  # first PID-11 repetition
+    phone: str | None = Field(
+        default=None,
+        description="PID-13, home phone: the first repetition that carries a number, as XTN-1 when sent, "
+        "else built from its unformatted parts (XTN-5 country, XTN-6 area, XTN-7 local, XTN-8 extension)",
+    )
     death_indicator: bool | None = None  # PID-30
 
 

@@ -40,6 +40,9 @@ def adt(
     prior_mrn: str | None = None,
     control_id: str | None = None,
     processing_id: str = "P",
+    street: str = "1 MAIN ST",
+    phone: str = "",
+    room: str = "101",
 ) -> bytes:
     """One ADT message; ``at`` is MSH-7 and EVN-2."""
     cid = control_id or f"T{next(_counter):08d}"
@@ -49,12 +52,13 @@ def adt(
     segments = [
         f"MSH|^~\\&|ADT|{facility}|WPC|WPC|{ts(at)}||ADT^{trigger}^ADT_A01|{cid}|{processing_id}|2.5.1",
         f"EVN|{trigger}|{ts(at)}",
-        f"PID|1||{pid3}||DOE^ALEX||{birth}|U|||1 MAIN ST^^LOS ANGELES^CA^90012^USA^H^^{county}",
+        f"PID|1||{pid3}||DOE^ALEX||{birth}|U|||{street}^^LOS ANGELES^CA^90012^USA^H^^{county}"
+        + (f"||{phone}" if phone else ""),
     ]
     if prior_mrn is not None:
         segments.append(f"MRG|{prior_mrn}^^^{facility}^MR")
     if visit is not None:
-        pv1 = ["PV1", "1", patient_class, f"{point_of_care}^101^A^{facility}"] + [""] * 6 + [service]
+        pv1 = ["PV1", "1", patient_class, f"{point_of_care}^{room}^A^{facility}"] + [""] * 6 + [service]
         pv1 += [""] * (19 - len(pv1)) + [visit]
         pv1 += [""] * (20 - len(pv1)) + ["MC"]
         pv1 += [""] * (44 - len(pv1)) + [ts(admit) if admit else ""]

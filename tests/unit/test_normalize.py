@@ -392,3 +392,26 @@ def test_every_synthetic_and_corpus_event_revalidates_to_itself() -> None:
         assert AdtEventV1.model_validate_json(event.model_dump_json()) == event
         assert AdtEventV1.model_validate(event.model_dump()).model_dump_json() == event.model_dump_json()
     assert events > 400
+
+
+# --- PID-13 phone ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pid13", "expected"),
+    [
+        ("(212)555-1212^HOM", "(212)555-1212"),  # XTN-1, as most feeds send it
+        ("^PRN^PH^^^712^7670867", "(712) 767-0867"),  # only the unformatted parts
+        ("^PRN^PH^^1^416^2525252^12", "+1 (416) 252-5252 ext. 12"),
+        ("^PRN^PH^^^^5551234", "555-1234"),
+        ("^PRN^Internet^someone@example.org~(555) 555-2004", "(555) 555-2004"),  # an e-mail is no phone
+        ("^^^someone@example.org", None),  # XTN-4 alone: an e-mail address
+        ("3472444150^HOME~(000)000-0000^ALTERNATE", "3472444150"),  # the first repetition
+        ('""', None),
+        ("", None),
+    ],
+)
+def test_phone_from_pid_13(pid13: str, expected: str | None) -> None:
+    event, findings = run(seg("PID", {1: "1", 3: "111^^^HOSP^MR", 13: pid13}))
+    assert event.patient.phone == expected
+    assert findings == []
