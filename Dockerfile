@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# wpc-backend: one image for every `wpc` sub-command (listener, enrollment, notifier, migrate, ...).
+# wpc-backend: one image for every `wpc` sub-command (listener, enrollment, notifier, web, migrate, ...).
 #   docker build -t ghcr.io/wpc-pilot/wpc-backend:0.1.0 .
 # The tag follows `version` in pyproject.toml; tests/unit/test_deploy.py checks that the
 # compose file and the k8s manifests use exactly that tag.
@@ -39,9 +39,10 @@ USER 10001:10001
 
 # Defaults of ListenerSettings.mllp_port (MLLP, HL7 v2 over TCP), .listener_http_port,
 # EnrollmentSettings.enrollment_http_port (`wpc enrollment`: care team API, probes, metrics) and
-# NotifierSettings.notifier_http_port (`wpc notifier`: its API, probes, metrics). Each sub-command
-# listens only on its own; EXPOSE is documentation, it publishes nothing.
-EXPOSE 2575 8080 8081 8082
+# NotifierSettings.notifier_http_port (`wpc notifier`: its API, probes, metrics) and
+# WebSettings.web_port (`wpc web`: the care team's web app). Each sub-command listens only on
+# its own; EXPOSE is documentation, it publishes nothing.
+EXPOSE 2575 8080 8081 8082 8084
 
 # No HEALTHCHECK here: the image also runs one-shot commands (`wpc migrate`) that serve no
 # HTTP, and the HTTP port differs per sub-command; the services' health checks live in

@@ -4,12 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit bench clean browser
 
 $(STAMP): pyproject.toml
-	@# The browser tests (tests/browser) drive Debian's chromium through its chromedriver.
-	@if [ ! -x /usr/bin/chromedriver ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
@@ -18,8 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/wpc up
 
+# The browser tests (tests/browser) drive Debian's chromium through its chromedriver: checked
+# on every run, not only when .venv is made (an old .venv does not bring them). Installed with
+# apt-get when missing (as root); otherwise one line says what to install, before any test runs.
+browser:
+	@bash .ci/install-browser
+
 # PostgreSQL on 127.0.0.1:5432 is part of every machine of this project; start it if it is down.
-test: $(STAMP)
+test: $(STAMP) browser
 	@pg_isready -q -h 127.0.0.1 -p 5432 || bash .ci/start-postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

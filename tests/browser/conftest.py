@@ -62,7 +62,7 @@ class System:
 @pytest.fixture(scope="session")
 async def system(template_db: str, broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):  # noqa: ASYNC240 (instant)
-        pytest.fail("chromium and chromium-driver are not installed (make .venv/.installed-stamp installs them)")
+        pytest.fail("chromium and chromium-driver are not installed (`make browser` installs them)")
     name = f"wpc_b_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -103,11 +104,37 @@ def _feed(now: dt.datetime, mrn: str) -> list[bytes]:
     return messages
 
 
+# The site's time zone (WPC_WEB_TIME_ZONE's default, that of `wpc up`) and a browser zone far
+# from it: a time the page takes from the browser's clock would be off by hours.
+SITE_ZONE = ZoneInfo("America/Los_Angeles")
+BROWSER_ZONE = "Asia/Tokyo"
+
+
+def _minutes(start: dt.datetime, end: dt.datetime) -> set[str]:
+    """Every HH:MM from ``start`` to ``end`` (both included)."""
+    shown, at = set(), start.replace(second=0, microsecond=0)
+    while at <= end:
+        shown.add(at.strftime("%H:%M"))
+        at += dt.timedelta(minutes=1)
+    return shown
+
+
 @pytest.mark.timeout(180)
 async def test_a_new_candidate_shows_up_live(system: System, browser: Browser) -> None:
+    d = browser.driver
+    d.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": BROWSER_ZONE})
+    try:
+        await _new_candidate_shows_up_live(system, browser)
+    finally:
+        d.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+async def _new_candidate_shows_up_live(system: System, browser: Browser) -> None:
     browser.sign_in(system.web_url, "toc")
     browser.wait_for(lambda drv: "/worklist" in drv.current_url, "not signed in")
+    assert browser.driver.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone") == BROWSER_ZONE
     before = len(browser.driver.find_elements(By.CSS_SELECTOR, "#worklist-rows tr[data-candidate]"))
+    sent_at = dt.datetime.now(SITE_ZONE)
     client = await MllpClient.connect("127.0.0.1", system.mllp_port)
     try:
         for message in _feed(dt.datetime.now(PT), f"LIVE{time.time_ns() % 10**8}"):
@@ -121,4 +148,8 @@ async def test_a_new_candidate_shows_up_live(system: System, browser: Browser) -
     row = browser.driver.find_element(By.CSS_SELECTOR, "#worklist-rows tr[data-candidate]")
     assert "COUNTYGEN" in row.text and "pending" in row.text
     assert "pre-discharge visit" in row.text or "lapses" in row.text
+    # "Updated HH:MM": when the server made the table, in the site's zone as every other time.
+    state = browser.driver.find_element(By.ID, "live-state").text
+    assert state.startswith("Updated "), state
+    assert state.removeprefix("Updated ") in _minutes(sent_at, dt.datetime.now(SITE_ZONE)), state
     browser.shot("worklist-live")

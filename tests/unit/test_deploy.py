@@ -8,11 +8,15 @@ class; the shared ConfigMap: any service's), sub-commands against `wpc.cli.COMMA
 ports against the settings' defaults (or the env value set beside them), probe paths against
 the routes of the service that serves them, the image tag against `pyproject.toml`.
 
-Three long-running services are deployed, the ADT listener (`wpc listener`), the enrollment
-service (`wpc enrollment`) and the notifier (`wpc notifier`); every per-service check runs for
-each of them (`SERVICES`). The notifier also reads environment variables that are not
-settings: the endpoint secrets its notification configuration names (`secret_env`, smtp
-`username_env` / `password_env`), checked against the deployed file itself.
+Four long-running services are deployed, the ADT listener (`wpc listener`), the enrollment
+service (`wpc enrollment`), the notifier (`wpc notifier`) and the care team's web app (`wpc
+web`); every per-service check runs for each of them (`SERVICES`; one entry per settings class
+of `wpc.settings.SERVICE_SETTINGS`, checked). The web app reaches no database and no Kafka
+(it works through the other services' APIs), so the checks of those run for the services that
+do (`STORES`, `KAFKA_CLIENTS`: the latter derived from each settings class's topics), and
+the web app's own checks say it is given neither. The notifier also reads environment
+variables that are not settings: the endpoint secrets its notification configuration names
+(`secret_env`, smtp `username_env` / `password_env`), checked against the deployed file itself.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from notifier.config import NotifyConfig, endpoints_of, load_config
 from notifier.settings import NotifierSettings
 from services.auth import load_users
 from services.settings import ServiceSettings
+from webapp.settings import WebSettings
 from wpc.cli import COMMANDS, build_parser
 from wpc.settings import SERVICE_SETTINGS
 
@@ -57,7 +62,7 @@ FIELDS = {name: info for model in SERVICE_SETTINGS for name, info in model.model
 # What each deployed container reads (by compose service / k8s Deployment or Job name).
 SETTINGS_OF: dict[str, type[ServiceSettings]] = {
     "adt-listener": ListenerSettings, "enrollment": EnrollmentSettings, "notifier": NotifierSettings,
-    "migrate": ServiceSettings, "wpc-migrate": ServiceSettings,
+    "webapp": WebSettings, "migrate": ServiceSettings, "wpc-migrate": ServiceSettings,
 }
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
@@ -66,6 +71,9 @@ IMAGE = f"{IMAGE_REPO}:{VERSION}"
 # The public placeholder token of deploy/users.example.yaml (documented there and in the README).
 EXAMPLE_USERS_FILE = DEPLOY / "users.example.yaml"
 EXAMPLE_USER_TOKEN = "wpc-dev-only-care-team-token"
+# ... the web app's (compose's WPC_WEB_API_TOKEN default), and the example browser user's password.
+EXAMPLE_WEBAPP_TOKEN = "wpc-dev-only-webapp-token"
+EXAMPLE_SIGN_IN = ("dev.toc", "wpc-dev-only-password")
 # The county's program rules: mounted by compose, turned into a ConfigMap by kustomize.
 RULES_FILE = DEPLOY / "rules" / "wpc-rules.yaml"
 # The county's notification configuration: the same, for the notifier.
@@ -291,6 +299,27 @@ def _notifier_routes() -> set[str]:
     return set(_notifier_app().openapi()["paths"])
 
 
+def _webapp_app(**settings: Any) -> Any:
+    """The FastAPI app `WebApp` builds (the code's defaults but ``settings``, a placeholder
+    token, no users), as `_enrollment_app`."""
+    from services.auth import Users
+    from webapp.service import WebApp
+
+    try:
+        web = WebApp(WebSettings.model_construct(**settings), users=Users({}), api_token="placeholder")
+    except Exception as exc:
+        pytest.fail(
+            "WebApp could not be built with placeholders to read its HTTP routes "
+            f"(the deploy files' probe and health-check paths are checked against them): {exc!r}"
+        )
+    return web.app
+
+
+def _webapp_routes() -> set[str]:
+    # Its OpenAPI document is not served (pages, not an API), but FastAPI still makes it.
+    return set(_webapp_app().openapi()["paths"])
+
+
 _ENV_KEY = re.compile(r"\b\w+_env\s*:\s*[\"']?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -324,6 +353,12 @@ class Service:
     file_fields: tuple[str, ...]  # Path settings it reads, each from a mounted volume
     topic_fields: tuple[str, ...]  # topics it publishes or consumes
     routes: Callable[[], set[str]]
+    # Its Kubernetes readiness probe: what taking requests needs (services/health.py).
+    readiness: str = "/readyz/ingest"
+    # It keeps its data in PostgreSQL (so it waits for the schema, and gets WPC_DATABASE_URL).
+    stores: bool = True
+    # The APIs it calls: URL setting -> the service that serves it.
+    api_urls: tuple[tuple[str, str], ...] = ()
 
 
 LISTENER = Service(
@@ -360,8 +395,49 @@ NOTIFIER = Service(
     ),
     routes=_notifier_routes,
 )
-SERVICES = [LISTENER, ENROLLMENT, NOTIFIER]
+WEBAPP = Service(
+    name="webapp",
+    subcommand="web",
+    ports={"http": "web_port"},
+    file_fields=("users_file",),
+    topic_fields=(),
+    routes=_webapp_routes,
+    # Readiness: the APIs answer (its pages can show nothing without them); it has no
+    # /readyz/ingest meaning of its own.
+    readiness="/readyz",
+    stores=False,
+    api_urls=(("web_listener_url", LISTENER.name), ("web_enrollment_url", ENROLLMENT.name),
+              ("web_notifier_url", NOTIFIER.name)),
+)
+SERVICES = [LISTENER, ENROLLMENT, NOTIFIER, WEBAPP]
 each_service = pytest.mark.parametrize("svc", SERVICES, ids=lambda s: s.name)
+
+
+def _uses_kafka(svc: Service) -> bool:
+    """From the code: a service whose settings name topics it publishes or consumes."""
+    settings = SETTINGS_OF[svc.name].model_construct()
+    return bool(settings.published_topics() or settings.consumed_topics())
+
+
+# The services with a database, and those with a Kafka principal (and topics, ACLs).
+STORES = [s for s in SERVICES if s.stores]
+KAFKA_CLIENTS = [s for s in SERVICES if _uses_kafka(s)]
+each_store = pytest.mark.parametrize("svc", STORES, ids=lambda s: s.name)
+each_kafka_client = pytest.mark.parametrize("svc", KAFKA_CLIENTS, ids=lambda s: s.name)
+
+
+def test_every_service_is_deployed() -> None:
+    """One entry of SERVICES per service settings class (a service added to `wpc` and left
+    out here would go unchecked, and likely undeployed), each a `wpc` sub-command of its own."""
+    assert sorted(SETTINGS_OF[s.name].__name__ for s in SERVICES) == sorted(m.__name__ for m in SERVICE_SETTINGS)
+    assert len({s.subcommand for s in SERVICES}) == len(SERVICES)
+    assert all(s.subcommand in COMMANDS for s in SERVICES)
+    # The topics each entry names are those its settings publish and consume.
+    for s in SERVICES:
+        settings = SETTINGS_OF[s.name].model_construct()
+        named = {_default(f) for f in s.topic_fields}
+        assert named == {*settings.published_topics(), *settings.consumed_topics()}, s.name
+    assert WEBAPP in SERVICES and WEBAPP not in KAFKA_CLIENTS and WEBAPP not in STORES
 
 
 # --- setting names --------------------------------------------------------------------------
@@ -388,7 +464,7 @@ def test_compose_env_names_are_settings_fields() -> None:
             checked += 1
         else:
             assert not names, f"deploy/compose.yaml {name}: WPC_ settings in a container that is no wpc-backend"
-    assert checked == 4, "the compose services are not named as SETTINGS_OF expects"
+    assert checked == len(SERVICES) + 1, "the compose services are not named as SETTINGS_OF expects"  # + migrate
 
 
 
@@ -445,9 +521,11 @@ def test_database_url_is_secret_not_configmap() -> None:
         pytest.param(lambda: _compose_env(_services()["migrate"]), ServiceSettings, id="compose-migrate"),
         pytest.param(lambda: _compose_env(_services()["enrollment"]), EnrollmentSettings, id="compose-enrollment"),
         pytest.param(lambda: _compose_env(_services()["notifier"]), NotifierSettings, id="compose-notifier"),
+        pytest.param(lambda: _compose_env(_services()["webapp"]), WebSettings, id="compose-webapp"),
         pytest.param(_k8s_listener_env, ListenerSettings, id="k8s-listener"),
         pytest.param(lambda: _k8s_env("enrollment"), EnrollmentSettings, id="k8s-enrollment"),
         pytest.param(lambda: _k8s_env("notifier"), NotifierSettings, id="k8s-notifier"),
+        pytest.param(lambda: _k8s_env("webapp"), WebSettings, id="k8s-webapp"),
         pytest.param(lambda: _container_env(_job_container()), ServiceSettings, id="k8s-migrate"),
     ],
 )
@@ -462,7 +540,12 @@ def test_settings_accept_the_deployed_values(
     for name, value in env().items():
         monkeypatch.setenv(name, _interpolate(value))
     settings = model()  # raises on a value of the wrong type (a port "http", log_json "yes!")
-    assert settings.database_url.startswith("postgresql+asyncpg://")
+    if model is WebSettings:
+        # No database for the web app (`wpc web` would try to reach one it was given).
+        assert settings.database_url == ""
+        assert settings.web_api_token, "WPC_WEB_API_TOKEN: `wpc web` refuses to start without it"
+    else:
+        assert settings.database_url.startswith("postgresql+asyncpg://")
 
 
 # --- commands and image ---------------------------------------------------------------------
@@ -623,7 +706,8 @@ def test_k8s_probes_target_the_http_port_with_the_right_meaning(svc: Service) ->
     # the listener ACKs from its outbox while Kafka is down (services/health.py); the APIs of
     # the enrollment service and the notifier need PostgreSQL alone, and readiness does not
     # stop them consuming (the reasons are in the comments of enrollment.yaml, notifier.yaml).
-    assert probes["readinessProbe"]["path"] == "/readyz/ingest"
+    # The web app's readiness is the APIs answering (webapp.yaml).
+    assert probes["readinessProbe"]["path"] == svc.readiness
     annotations = _pod(svc.name)["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == named["http"]
 
@@ -657,6 +741,20 @@ async def test_readiness_probe_path_checks_only_the_database(name: str, app: Cal
     # would also try to reach Kafka; the answer must name the database alone.
     assert response.status_code == 503, response.text
     assert set(response.json()["checks"]) == {"database"}
+
+
+async def test_webapp_readiness_is_the_apis_it_calls() -> None:
+    """webapp.yaml's readiness probe answers 503 while the APIs do not answer, naming each API
+    the web app is configured to call (nothing listens on port 1 here)."""
+    import httpx
+
+    nowhere = {field: "http://127.0.0.1:1" for field, _ in WEBAPP.api_urls}
+    transport = httpx.ASGITransport(app=_webapp_app(**nowhere))
+    async with httpx.AsyncClient(transport=transport, base_url="http://webapp") as client:
+        response = await client.get(_probes(WEBAPP.name)["readinessProbe"]["path"])
+    assert response.status_code == 503, response.text
+    checks = response.json()["checks"]
+    assert checks == {field.removeprefix("web_").removesuffix("_url"): "failing" for field, _ in WEBAPP.api_urls}
 
 
 def _k8s_services() -> dict[str, dict[str, Any]]:
@@ -811,6 +909,7 @@ def test_credential_files_are_from_secrets_and_configuration_files_from_configma
         (ENROLLMENT.name, "rules_file"): "ConfigMap",
         (NOTIFIER.name, "users_file"): "Secret",
         (NOTIFIER.name, "notify_file"): "ConfigMap",
+        (WEBAPP.name, "users_file"): "Secret",
     }
 
 
@@ -839,22 +938,31 @@ def test_example_users_secret_loads_and_authenticates_no_known_token(tmp_path: P
     users = load_users(local)  # raises on a malformed file or an unknown role
     entries = yaml.safe_load(local.read_text())
     assert entries, "the example shows the format with at least one user"
-    for token in (EXAMPLE_USER_TOKEN, "CHANGE-ME", "", "REPLACE-WITH-SHA256-HEX-OF-ITS-TOKEN"):
+    web_token = _example_secrets()["wpc-web"][_env_name("web_api_token")]
+    for token in (EXAMPLE_USER_TOKEN, EXAMPLE_WEBAPP_TOKEN, web_token, "CHANGE-ME", "",
+                  "REPLACE-WITH-SHA256-HEX-OF-ITS-TOKEN"):
         assert users.authenticate(token) is None, f"the k8s example accepts the public token {token!r}"
-    compose_digests = {str(e["token_sha256"]).lower() for e in yaml.safe_load(EXAMPLE_USERS_FILE.read_text())}
-    assert not compose_digests & {str(e["token_sha256"]).lower() for e in entries}
+    # The web app's own entry, for its WPC_WEB_API_TOKEN (the example shows where it goes).
+    assert [e["roles"] for e in entries if "webapp" in e["roles"]] == [["webapp"]]
+    def digests(users: list[dict[str, Any]]) -> set[str]:
+        return {str(e["token_sha256"]).lower() for e in users if "token_sha256" in e}
+
+    assert not digests(yaml.safe_load(EXAMPLE_USERS_FILE.read_text())) & digests(entries)
 
 
-def test_notifier_users_are_the_enrollment_services() -> None:
-    """One users file for both APIs (services/auth.py): the same path, from the same Secret
-    in k8s and the same host file in compose."""
-    path = _k8s_env(NOTIFIER.name)[_env_name("users_file")]
+@pytest.mark.parametrize("svc", [NOTIFIER, WEBAPP], ids=lambda s: s.name)
+def test_users_are_the_enrollment_services(svc: Service) -> None:
+    """One users file for both APIs (services/auth.py), and for the web app's sign-in (a user
+    signed in there must be one the APIs know): the same path, from the same Secret in k8s
+    and the same host file in compose, mounted read-only."""
+    path = _k8s_env(svc.name)[_env_name("users_file")]
     assert path == _k8s_env(ENROLLMENT.name)[_env_name("users_file")]
     directory = str(Path(path).parent)
-    assert _mounted_keys(NOTIFIER.name)[directory] == _mounted_keys(ENROLLMENT.name)[directory]
-    compose = [_compose_env(_services()[s.name])[_env_name("users_file")] for s in (NOTIFIER, ENROLLMENT)]
+    assert _mounted_keys(svc.name)[directory] == _mounted_keys(ENROLLMENT.name)[directory]
+    compose = [_compose_env(_services()[s.name])[_env_name("users_file")] for s in (svc, ENROLLMENT)]
     assert compose[0] == compose[1]
-    assert _compose_mounts(NOTIFIER.name)[compose[0]] == _compose_mounts(ENROLLMENT.name)[compose[1]]
+    assert _compose_mounts(svc.name)[compose[0]] == _compose_mounts(ENROLLMENT.name)[compose[1]]
+    assert _compose_mounts(svc.name)[compose[0]] == (EXAMPLE_USERS_FILE.resolve(), True)
 
 
 def test_users_example_file_authenticates_its_documented_placeholder_token() -> None:
@@ -862,10 +970,28 @@ def test_users_example_file_authenticates_its_documented_placeholder_token() -> 
     user = users.authenticate(EXAMPLE_USER_TOKEN)
     assert user is not None, f"{EXAMPLE_USERS_FILE.name}: token_sha256 is not sha256({EXAMPLE_USER_TOKEN!r})"
     assert users.authenticate(EXAMPLE_USER_TOKEN + "x") is None
-    assert len(yaml.safe_load(EXAMPLE_USERS_FILE.read_text())) == 1, "one example user"
-    text = EXAMPLE_USERS_FILE.read_text()
-    assert EXAMPLE_USER_TOKEN in text and EXAMPLE_USER_TOKEN in (DEPLOY / "README.md").read_text()
+    # An API user, the web app's principal and a person who signs in to the web app.
+    assert len(yaml.safe_load(EXAMPLE_USERS_FILE.read_text())) == 3, "three example users"
+    text, readme = EXAMPLE_USERS_FILE.read_text(), (DEPLOY / "README.md").read_text()
+    for public in (EXAMPLE_USER_TOKEN, EXAMPLE_WEBAPP_TOKEN, *EXAMPLE_SIGN_IN):
+        assert public in text and public in readme, public
     assert "MUST BE REPLACED" in text
+
+
+def test_users_example_file_lets_the_web_app_in_and_its_user_sign_in() -> None:
+    """Compose's web app authenticates to the APIs with its default token (the example's
+    `webapp` entry: role webapp only), and the example person signs in with the documented
+    password (a password_scrypt made by `wpc hash-password`)."""
+    users = load_users(EXAMPLE_USERS_FILE)
+    token = _interpolate(_compose_env(_services()[WEBAPP.name])[_env_name("web_api_token")])
+    assert token == EXAMPLE_WEBAPP_TOKEN
+    principal = users.authenticate(token)
+    assert principal is not None and principal.roles == {"webapp"}
+    name, password = EXAMPLE_SIGN_IN
+    person = users.sign_in(name, password)
+    assert person is not None and person.programs(), f"{name} signs in and sees a program"
+    assert users.sign_in(name, password + "x") is None
+    assert users.sign_in(principal.name, password) is None, "the web app's principal has no password"
 
 
 def test_referenced_configmaps_and_secrets_exist() -> None:
@@ -1028,9 +1154,16 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
 def test_compose_service_waits_for_its_dependencies(svc: Service) -> None:
     services = _services()
     depends = services[svc.name]["depends_on"]
-    assert depends["postgres"]["condition"] == "service_healthy"
-    assert depends["kafka"]["condition"] == "service_healthy"
-    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    if svc.stores:
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+    if svc in KAFKA_CLIENTS:
+        assert depends["kafka"]["condition"] == "service_healthy"
+    # The web app: the APIs it calls, once they answer (its readiness is theirs).
+    for _, api in svc.api_urls:
+        assert depends[api]["condition"] == "service_healthy", api
+    if not svc.stores and svc not in KAFKA_CLIENTS:
+        assert set(depends) == {api for _, api in svc.api_urls}, f"{svc.name} waits for what it does not use"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     for name, service in services.items():
@@ -1048,7 +1181,7 @@ def _kafka_nodes() -> dict[str, dict[str, str]]:
             if s.get("image", "").startswith("apache/kafka:") and "KAFKA_NODE_ID" in _compose_env(s)}
 
 
-@each_service
+@each_kafka_client
 def test_compose_kafka_is_kraft_and_the_service_reaches_it(svc: Service) -> None:
     services = _services()
     nodes = _kafka_nodes()
@@ -1101,7 +1234,7 @@ def test_deployed_producers_are_idempotent_and_the_embedded_default_is_not() -> 
     # Tansu (the embedded broker of `wpc up`) has no idempotent producer; Kafka has.
     assert _default("kafka_idempotence") is False
     assert _configmap()[_env_name("kafka_idempotence")] == "true"
-    for s in SERVICES:
+    for s in KAFKA_CLIENTS:
         assert _compose_env(_services()[s.name])[_env_name("kafka_idempotence")] == "true", s.name
 
 
@@ -1125,7 +1258,7 @@ def test_the_drain_bound_is_within_the_grace_before_sigkill(svc: Service) -> Non
 def test_compose_database_url_points_at_the_postgres_service() -> None:
     services = _services()
     pg = _compose_env(services["postgres"])
-    for name in ("migrate", *(s.name for s in SERVICES)):
+    for name in ("migrate", *(s.name for s in STORES)):
         url = make_url(_interpolate(_compose_env(services[name])[_env_name("database_url")]))
         assert url.host == "postgres" and url.host in services, name
         assert url.username == pg["POSTGRES_USER"] and url.database == pg["POSTGRES_DB"], name
@@ -1155,7 +1288,7 @@ def test_compose_creates_the_topics_the_services_use() -> None:
     assert created == {_default(f) for s in SERVICES for f in s.topic_fields}
 
 
-@each_service
+@each_kafka_client
 def test_compose_services_wait_for_every_topic(svc: Service) -> None:
     # The setup job creates the topics and each principal's ACLs: a service's relay and
     # consumers need both before they start.
@@ -1243,7 +1376,7 @@ def _expected_acls(model: type[ServiceSettings], env: dict[str, str]) -> dict[tu
     return expected
 
 
-@each_service
+@each_kafka_client
 def test_compose_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: Service) -> None:
     env = {k: _interpolate(v) for k, v in _compose_env(_services()[svc.name]).items()}
     principal = env[_env_name("kafka_sasl_username")]
@@ -1254,7 +1387,7 @@ def test_compose_principal_may_write_only_its_topics_and_read_what_it_consumes(s
     assert f'user_{principal}="{env[_env_name("kafka_sasl_password")]}"' in jaas
 
 
-@each_service
+@each_kafka_client
 def test_k8s_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: Service) -> None:
     env = _k8s_env(svc.name)
     principal = env[_env_name("kafka_sasl_username")]
@@ -1263,9 +1396,10 @@ def test_k8s_principal_may_write_only_its_topics_and_read_what_it_consumes(svc: 
 
 
 def test_every_service_is_a_principal_of_its_own_and_no_one_else_has_rights() -> None:
-    compose = {_interpolate(_compose_env(_services()[s.name])[_env_name("kafka_sasl_username")]) for s in SERVICES}
-    k8s = {_k8s_env(s.name)[_env_name("kafka_sasl_username")] for s in SERVICES}
-    assert len(compose) == len(k8s) == len(SERVICES)
+    compose = {_interpolate(_compose_env(_services()[s.name])[_env_name("kafka_sasl_username")])
+               for s in KAFKA_CLIENTS}
+    k8s = {_k8s_env(s.name)[_env_name("kafka_sasl_username")] for s in KAFKA_CLIENTS}
+    assert len(compose) == len(k8s) == len(KAFKA_CLIENTS)
     assert set(_compose_acls()) == compose
     assert set(_strimzi_acls()) == k8s
     # Every topic's writer is one principal: the service that owns it.
@@ -1334,8 +1468,9 @@ def test_compose_stop_grace_matches_k8s_termination_grace(svc: Service) -> None:
 
 def test_every_deployment_waits_for_the_schema_before_starting() -> None:
     """The init container runs `wpc migrate --wait` (a real option of the real parser), with
-    the main container's settings, and mounts only volumes the pod has."""
-    for s in SERVICES:
+    the main container's settings, and mounts only volumes the pod has. (The web app has no
+    schema: `test_webapp_is_given_no_database_and_no_kafka_principal`.)"""
+    for s in STORES:
         spec = _pod(s.name)["spec"]
         (init,) = spec["initContainers"]
         assert init["image"] == IMAGE, s.name
@@ -1347,3 +1482,103 @@ def test_every_deployment_waits_for_the_schema_before_starting() -> None:
         volumes = {v["name"] for v in spec["volumes"]}
         assert {m["name"] for m in init.get("volumeMounts", [])} <= volumes, s.name
         assert init["securityContext"]["readOnlyRootFilesystem"] is True, s.name
+
+
+# --- the web app: no data of its own, the APIs through their Services, its secrets ------------
+
+_WEB_SECRETS = ("web_api_token", "web_session_secret")
+
+
+def test_webapp_is_given_no_database_and_no_kafka_principal() -> None:
+    """It works through the APIs only: no database URL (given one, `wpc web` would check it at
+    start), no Kafka credentials, no schema to wait for, in compose and in k8s."""
+    forbidden = {_env_name(f) for f in ("database_url", "kafka_sasl_username", "kafka_sasl_password")}
+    assert not forbidden & set(_compose_env(_services()[WEBAPP.name])), "compose"
+    assert not forbidden & set(_k8s_env(WEBAPP.name)), "k8s"
+    spec = _pod(WEBAPP.name)["spec"]
+    assert "initContainers" not in spec
+    secrets = {src["secretRef"]["name"] for src in _container(WEBAPP.name)["envFrom"] if "secretRef" in src}
+    assert secrets == {"wpc-web"}
+    assert {k for name in secrets for k in _example_secrets()[name]} == {_env_name(f) for f in _WEB_SECRETS}
+
+
+def _k8s_service_url_target(url: str) -> str:
+    """The Deployment a URL inside the cluster reaches: the Service of its host, by its port."""
+    parsed = _http_url(url)
+    spec = _k8s_services()[parsed.host]
+    (port,) = [p for p in spec["ports"] if p["port"] == parsed.port]
+    selects = spec["selector"].items()
+    (target,) = [s.name for s in SERVICES if selects <= _pod(s.name)["metadata"]["labels"].items()]
+    assert port["targetPort"] == "http", url
+    return target
+
+
+def _http_url(url: str) -> Any:
+    import httpx
+
+    parsed = httpx.URL(url)
+    assert parsed.scheme == "http" and parsed.host and parsed.port, url
+    return parsed
+
+
+def test_webapp_reaches_each_api_through_its_service() -> None:
+    """WPC_WEB_*_URL name, in compose, the service and the HTTP port it serves on and, in k8s,
+    a Service selecting that Deployment, on the port that targets its `http`."""
+    by_name = {s.name: s for s in SERVICES}
+    compose, k8s = _compose_env(_services()[WEBAPP.name]), _k8s_env(WEBAPP.name)
+    for field, api in WEBAPP.api_urls:
+        served = by_name[api]
+        url = _http_url(compose[_env_name(field)])
+        assert url.host == api and api in _services(), field
+        assert url.port == _expected_port(_compose_env(_services()[api]), served.ports["http"]), field
+        assert _k8s_service_url_target(k8s[_env_name(field)]) == api, field
+
+
+def test_webapp_secrets_come_from_a_secret_and_only_it_sees_them() -> None:
+    """Its API token and session key: in k8s from the Secret wpc-web (example values that look
+    fake), never in the ConfigMap or a manifest's `env`; in compose from the shell (or
+    deploy/.env), the session key with no value in the file at all."""
+    names = {_env_name(f) for f in _WEB_SECRETS}
+    assert not names & set(_configmap())
+    for where, container in _containers():
+        assert not names & {e["name"] for e in container.get("env", [])}, where
+        if where != f"{WEBAPP.name}/{WEBAPP.name}":
+            assert not names & set(_container_env(container)), f"{where} sees the web app's secrets"
+    example = _example_secrets()["wpc-web"]
+    assert all("CHANGE-ME" in example[n] for n in names), example
+    # Two replicas sign cookies with one key: a session made by one pod is valid on the other.
+    assert _one("Deployment", WEBAPP.name)["spec"]["replicas"] > 1 and example[_env_name("web_session_secret")]
+    compose = _compose_env(_services()[WEBAPP.name])
+    for name in sorted(names):
+        assert re.fullmatch(rf"\$\{{{name}:-[^}}]*\}}", compose[name]), f"{name}: {compose[name]}"
+    assert _interpolate(compose[_env_name("web_session_secret")]) == ""
+    for name, service in _services().items():
+        if name != WEBAPP.name:
+            assert not names & set(_compose_env(service)), f"compose {name} sees the web app's secrets"
+
+
+def test_webapp_cookies_are_secure_behind_tls_in_k8s() -> None:
+    # k8s: served by a TLS ingress, so the cookies are Secure; compose: plain HTTP on localhost.
+    secure = _env_name("web_secure_cookies")
+    assert WebSettings.model_validate({"web_secure_cookies": _k8s_env(WEBAPP.name)[secure]}).web_secure_cookies
+    compose = _interpolate(_compose_env(_services()[WEBAPP.name])[secure])
+    assert not WebSettings.model_validate({"web_secure_cookies": compose}).web_secure_cookies
+
+
+def test_webapp_time_zone_is_the_rules_site_zone() -> None:
+    # Times on the pages are the site's: the zone of the rules deployed beside it.
+    zone = str(load_rules(RULES_FILE).site.timezone)
+    for env in (_k8s_env(WEBAPP.name), _compose_env(_services()[WEBAPP.name])):
+        assert env.get(_env_name("web_time_zone"), _default("web_time_zone")) == zone
+
+
+def test_the_image_carries_the_web_apps_templates_and_static_files() -> None:
+    """The image installs the project (`pip install .`, not editable): every template and
+    static file must be package data, or the pages would fail in a container only."""
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["webapp"]
+    package = ROOT / "webapp"
+    files = [p.relative_to(package).as_posix() for d in ("templates", "static") for p in (package / d).rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    assert files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pat) and name.count("/") == pat.count("/") for pat in patterns), name

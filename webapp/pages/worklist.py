@@ -41,9 +41,12 @@ async def _worklist(request: Request, web: Web, viewer: SignedIn, program: str |
         raise PageError(400, "Not a status", f"Choose one of {', '.join(STATUSES)}.")
     body = await web.api.get("enrollment", "/v1/worklist", viewer.name,
                               {"program": chosen, "facility": facility, "region": region, "status": status})
-    view = build_worklist(body, dt.datetime.now(dt.UTC), web.time_zone)
-    return {"program": chosen, "view": view, "filters": {"facility": facility or "", "region": region or "",
-                                                         "status": status or ""}, "statuses": STATUSES}
+    now = dt.datetime.now(dt.UTC)
+    view = build_worklist(body, now, web.time_zone)
+    # ``as_of``: when the table was made, shown by the live refresh as "Updated HH:MM" in the
+    # site's zone like every other time (the browser's own zone may differ).
+    return {"program": chosen, "view": view, "as_of": now, "statuses": STATUSES,
+            "filters": {"facility": facility or "", "region": region or "", "status": status or ""}}
 
 
 @router.get("/worklist", response_class=HTMLResponse)

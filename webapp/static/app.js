@@ -18,7 +18,10 @@
       .then(function (html) {
         if (html === null) { return; }
         box.innerHTML = html;
-        if (state) { state.textContent = "Updated " + new Date().toLocaleTimeString(); }
+        // The time the server made the table, in the site's time zone (as every time on
+        // the pages), not the browser's clock and zone.
+        var made = box.querySelector("[data-updated]");
+        if (state && made) { state.textContent = "Updated " + made.getAttribute("data-updated"); }
       });
   }
   source.addEventListener("changed", refresh);
