@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
+	@# The browser tests (tests/browser) drive Debian's chromium through its chromedriver.
+	@if [ ! -x /usr/bin/chromedriver ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from enrollment_svc import findings, measures
+from enrollment_svc import findings, measures, worklist
 from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.status import TransitionError
 from enrollment_svc.store import EnrollmentStore, identity_key
@@ -74,7 +74,7 @@ class UnlinkIn(_Body):
 async def _audit(
     conn: AsyncConnection, user: User, action: str, *, person: Any = None, candidate: Any = None, detail: str = ""
 ) -> None:
-    await audit.record(conn, user.name, action, person_id=person, candidate_id=candidate, detail=detail)
+    await audit.record(conn, user.audit_actor, action, person_id=person, candidate_id=candidate, detail=detail)
 
 
 _CANDIDATE_COLUMNS = (
@@ -312,6 +312,37 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
         async with engine.connect() as conn:
             result = await measures.compute(conn, dt.date(year, mon, 1), program)
         return result
+
+    @router.get("/worklist")
+    async def read_worklist(
+        user: CurrentUser,
+        program: str,
+        status: str | None = None,
+        facility: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    ) -> dict[str, Any]:
+        """One program's active candidates with what their due dates need (`enrollment_svc.worklist`),
+        and the program's slots: for the web app's worklist."""
+        if program not in user.programs():
+            raise HTTPException(403, "no role for this program")
+        if status is not None and status not in worklist.ACTIVE_STATUSES:
+            raise HTTPException(422, f"status must be one of {', '.join(worklist.ACTIVE_STATUSES)}")
+        async with engine.begin() as conn:
+            rows = await worklist.rows(conn, program, [status] if status else worklist.ACTIVE_STATUSES, facility,
+                                       limit)
+            for r in rows:
+                await _audit(conn, user, "list_candidate", person=r["person_id"], candidate=r["id"])
+            slots = await worklist.slots(conn, program)
+        return {"program": program, **slots, "expiry_days": store.rules.programs[program].pending_expiry_days
+                if program in store.rules.programs else None, "candidates": rows}
+
+    @router.get("/worklist/version")
+    async def worklist_version(user: CurrentUser, program: str) -> dict[str, str]:
+        """A fingerprint of the program's candidates that changes when one is added or changes (no PHI)."""
+        if program not in user.programs():
+            raise HTTPException(403, "no role for this program")
+        async with engine.connect() as conn:
+            return {"program": program, "version": await worklist.version(conn, [program])}
 
     @router.get("/feed-findings")
     async def feed_findings(user: CurrentUser, facility: str | None = None) -> list[dict[str, Any]]:

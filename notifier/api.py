@@ -180,7 +180,7 @@ def notifier_router(
         async with engine.begin() as conn:
             ok = await store.requeue(conn, delivery_id, clock())
             if ok:
-                await audit.record(conn, user.name, "resend", detail=f"delivery={delivery_id}")
+                await audit.record(conn, user.audit_actor, "resend", detail=f"delivery={delivery_id}")
         if not ok:
             raise HTTPException(409, "only a failed delivery can be re-sent (or no such delivery)")
         wake()
@@ -213,7 +213,7 @@ def notifier_router(
             raise HTTPException(404, "no such recipient in the notification configuration")
         async with engine.begin() as conn:
             count = await store.replace_panel(conn, recipient_id, [m.key() for m in body.members])
-            await audit.record(conn, user.name, "panel", detail=f"recipient={recipient_id} members={count}")
+            await audit.record(conn, user.audit_actor, "panel", detail=f"recipient={recipient_id} members={count}")
         return {"members": count}
 
     @router.post("/consents", status_code=201)
@@ -232,7 +232,7 @@ def notifier_router(
                      "src": body.source},
                 )
             ).scalar_one()
-            await audit.record(conn, user.name, "consent", person_id=body.person_id,
+            await audit.record(conn, user.audit_actor, "consent", person_id=body.person_id,
                                detail=f"scope={body.scope} consent={consent_id}")
         return {"consent_id": int(consent_id)}
 
@@ -251,7 +251,8 @@ def notifier_router(
                 raise HTTPException(404, "no such active consent")
             await _check_consent_role(conn, user, person)
             await conn.execute(text("UPDATE consent SET revoked_at = now() WHERE id = :i"), {"i": consent_id})
-            await audit.record(conn, user.name, "consent_revoked", person_id=person, detail=f"consent={consent_id}")
+            await audit.record(conn, user.audit_actor, "consent_revoked", person_id=person,
+                               detail=f"consent={consent_id}")
         return {"status": "revoked"}
 
     @router.get("/measures/pcp-notified")

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "listener": ("wpc.serve", "run the ADT listener (MLLP + HTTP + outbox relay)"),
     "enrollment": ("wpc.serve", "run the enrollment service (adt.events consumer, rules, care team API)"),
     "notifier": ("wpc.serve", "run the notifier (care teams and PCPs: candidates, enrollments, encounters)"),
+    "web": ("wpc.serve", "run the care team web app (sign-in, worklists) against the services' APIs"),
+    "hash-password": ("wpc.hash_password", "print a password_scrypt value for the users file (web app sign-in)"),
     "load-roster": ("wpc.tools.roster", "load a health plan's PCP attribution roster (CSV) into the database"),
     "replay": ("wpc.tools.replay", "re-fold encounters and re-decide under a rules file (dry run by default)"),
     "redrive": ("wpc.redrive_cmd", "list parked consumer records, or apply them again after a fix"),

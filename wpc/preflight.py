@@ -41,6 +41,7 @@ from notifier.settings import NotifierSettings
 from services.configfile import ConfigError
 from services.runinfo import read_run_info
 from services.settings import DownstreamSettings, S, ServiceSettings, load_settings
+from webapp.settings import WebSettings
 from wpc.settings import SystemSettings, load_system
 
 __all__ = ["StartupError", "check_database", "check_files", "check_ports", "checked_settings", "checked_system"]
@@ -56,6 +57,7 @@ UP_FLAGS: Mapping[str, str] = {
     "enrollment_http_port": "--enrollment-port",
     "notifier_http_port": "--notifier-port",
     "demo_inbox_port": "--inbox-port",
+    "web_port": "--web-port",
 }
 
 
@@ -73,11 +75,13 @@ class Needs:
 
 
 NEEDS: Mapping[str, Needs] = {
-    "up": Needs(("mllp_port", "listener_http_port", "enrollment_http_port", "notifier_http_port", "demo_inbox_port"),
-                ("senders", "tls", "rules", "users", "notify")),
+    "up": Needs(("mllp_port", "listener_http_port", "enrollment_http_port", "notifier_http_port", "demo_inbox_port",
+                 "web_port"), ("senders", "tls", "rules", "users", "notify")),
     "listener": Needs(("mllp_port", "listener_http_port"), ("senders", "tls")),
     "enrollment": Needs(("enrollment_http_port",), ("rules", "users")),
     "notifier": Needs(("notifier_http_port",), ("notify", "users"), notify_required=True),
+    # The web app reaches no database and no broker: only the APIs (webapp/settings.py).
+    "web": Needs(("web_port",), ("users",)),
 }
 ALL_FILES = ("rules", "users", "notify", "senders", "tls")
 
@@ -86,7 +90,7 @@ def checked_settings(command: str, model: type[S]) -> S:
     """The settings of a one-service ``command`` (``model``, its service's class), after every
     check above; raises `ConfigError` / `StartupError`."""
     settings = load_settings(model)
-    if not settings.database_url or not settings.kafka_bootstrap_servers:
+    if command != "web" and (not settings.database_url or not settings.kafka_bootstrap_servers):
         raise ConfigError(f"wpc {command}: set WPC_DATABASE_URL and WPC_KAFKA_BOOTSTRAP_SERVERS (or use `wpc up`)")
     _check(command, (settings,), {})
     return settings
@@ -132,9 +136,9 @@ def check_files(
     problems: list[str] = []
     summary: list[str] = []
     for name in which:
-        model, check = _CHECKS[name]
+        models, check = _CHECKS[name]
         try:
-            summary.append(check(_part(parts, model), notify_required))
+            summary.append(check(next(p for p in parts if isinstance(p, models)), notify_required))
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -155,7 +159,7 @@ def _rules(settings: EnrollmentSettings, _: bool) -> str:
     return f"rules      {path}: version {rules.rule_version}{'' if settings.rules_file else ' (the example)'}"
 
 
-def _users(settings: DownstreamSettings, _: bool) -> str:
+def _users(settings: DownstreamSettings | WebSettings, _: bool) -> str:
     from services.auth import load_users
 
     if settings.users_file is None:
@@ -225,12 +229,12 @@ def _tls(settings: ListenerSettings, _: bool) -> str:
 
 
 # Each file, with the settings class of the service that reads it (the first of ``parts`` that is one).
-_CHECKS: Mapping[str, tuple[type[ServiceSettings], Callable[[Any, bool], str]]] = {
-    "rules": (EnrollmentSettings, _rules),
-    "users": (DownstreamSettings, _users),
-    "notify": (NotifierSettings, _notify),
-    "senders": (ListenerSettings, _senders),
-    "tls": (ListenerSettings, _tls),
+_CHECKS: Mapping[str, tuple[tuple[type[ServiceSettings], ...], Callable[[Any, bool], str]]] = {
+    "rules": ((EnrollmentSettings,), _rules),
+    "users": ((DownstreamSettings, WebSettings), _users),
+    "notify": ((NotifierSettings,), _notify),
+    "senders": ((ListenerSettings,), _senders),
+    "tls": ((ListenerSettings,), _tls),
 }
 
 

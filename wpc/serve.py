@@ -1,5 +1,6 @@
-"""`wpc listener`, `wpc enrollment`, `wpc notifier`: one service against configured
-PostgreSQL and Kafka, until SIGINT/SIGTERM (then the service's own drain).
+"""`wpc listener`, `wpc enrollment`, `wpc notifier`, `wpc web`: one service against configured
+PostgreSQL and Kafka (the web app: against the services' APIs), until SIGINT/SIGTERM (then
+the service's own drain).
 
 The service packages hold their composition roots (`adt_listener.service.Listener`,
 `enrollment_svc.service.EnrollmentService`, `notifier.service.NotifierService`); this
@@ -37,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
         from enrollment_svc.settings import EnrollmentSettings
 
         return serve_one("enrollment", EnrollmentSettings, EnrollmentService, migrate=args.migrate)
+    if args.command == "web":
+        from webapp.service import WebApp
+        from webapp.settings import WebSettings
+
+        return serve_one("web", WebSettings, WebApp, migrate=False)
     from notifier.service import NotifierService
     from notifier.settings import NotifierSettings
 

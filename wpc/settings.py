@@ -16,8 +16,10 @@ from enrollment_svc.settings import EnrollmentSettings
 from notifier.settings import NotifierSettings
 from services.configfile import ConfigError
 from services.settings import PREFIX, ServiceSettings, load_settings
+from webapp.settings import WebSettings
 
-SERVICE_SETTINGS: tuple[type[ServiceSettings], ...] = (ListenerSettings, EnrollmentSettings, NotifierSettings)
+SERVICE_SETTINGS: tuple[type[ServiceSettings], ...] = (ListenerSettings, EnrollmentSettings, NotifierSettings,
+                                                       WebSettings)
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,11 @@ class SystemSettings:
     listener: ListenerSettings
     enrollment: EnrollmentSettings
     notifier: NotifierSettings
+    web: WebSettings
 
     @property
     def services(self) -> tuple[ServiceSettings, ...]:
-        return (self.listener, self.enrollment, self.notifier)
+        return (self.listener, self.enrollment, self.notifier, self.web)
 
     @property
     def shared(self) -> ServiceSettings:
@@ -47,7 +50,7 @@ class SystemSettings:
             return {k: v for k, v in values.items() if k in model.model_fields}
 
         return cls(ListenerSettings(**own(ListenerSettings)), EnrollmentSettings(**own(EnrollmentSettings)),
-                   NotifierSettings(**own(NotifierSettings)))
+                   NotifierSettings(**own(NotifierSettings)), WebSettings(**own(WebSettings)))
 
     def updated(self, **values: object) -> SystemSettings:
         """Each service's settings with these shared ``values`` (the embedded servers' URLs)."""
@@ -56,6 +59,7 @@ class SystemSettings:
             listener=self.listener.model_copy(update=values),
             enrollment=self.enrollment.model_copy(update=values),
             notifier=self.notifier.model_copy(update=values),
+            web=self.web.model_copy(update=values),
         )
 
 
@@ -71,11 +75,12 @@ def load_system(overrides: Mapping[str, object] | None = None, *, flags: Mapping
             problems.extend(p for p in exc.problems if p not in problems)
     if problems:
         raise ConfigError(problems)
-    listener, enrollment, notifier = built
+    listener, enrollment, notifier, web = built
     assert isinstance(listener, ListenerSettings)
     assert isinstance(enrollment, EnrollmentSettings)
     assert isinstance(notifier, NotifierSettings)
-    return SystemSettings(listener, enrollment, notifier)
+    assert isinstance(web, WebSettings)
+    return SystemSettings(listener, enrollment, notifier, web)
 
 
 def setting_names() -> frozenset[str]:

@@ -28,7 +28,9 @@ the first minute.
 
 With no ``WPC_USERS_FILE``, the care team API gets one demo user with every role and a
 token made up at start and printed: a newcomer can try the API at once, and no fixed
-token ever exists.
+token ever exists. The web app (`webapp`, on WPC_WEB_PORT, 8084) runs too, with its own
+token to the APIs (WPC_WEB_API_TOKEN, else made up at start) and, with no users file, the
+demo sign-ins of `services.auth.DEMO_PEOPLE` (password ``demo``), printed at start.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from enrollment_svc.service import EnrollmentService
 from notifier.config import NotifyConfig, load_config
 from notifier.service import NotifierService
 from services import db, lifecycle, logs
-from services.auth import Users, load_users
+from services.auth import DEMO_PEOPLE, Users, load_users
 from services.bus import BusUnavailable, KafkaPublisher
 from services.embedded import (
     RUN_FILE,
@@ -62,6 +64,7 @@ from services.embedded import (
 )
 from services.httpserver import HttpServer
 from services.infrastructure import Servers, infrastructure, keep_broker_up
+from webapp.service import WebApp
 from wpc import preflight
 from wpc.demo_inbox import SECRET_ENV, DemoInbox, demo_config
 from wpc.demo_traffic import feed_demo_county
@@ -79,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enrollment-port", type=int, help="overrides WPC_ENROLLMENT_HTTP_PORT")
     parser.add_argument("--notifier-port", type=int, help="overrides WPC_NOTIFIER_HTTP_PORT")
     parser.add_argument("--inbox-port", type=int, help="overrides WPC_DEMO_INBOX_PORT")
+    parser.add_argument("--web-port", type=int, help="overrides WPC_WEB_PORT")
 
 
 async def serve(system: SystemSettings, shutdown: lifecycle.Shutdown) -> None:
@@ -109,7 +113,8 @@ def _ports(ready: SystemSettings, *, inbox: bool | None = None, mllp: int | None
             "listener_http": ready.listener.listener_http_port,
             "enrollment_http": ready.enrollment.enrollment_http_port,
             "notifier_http": ready.notifier.notifier_http_port,
-            "demo_inbox": ready.notifier.demo_inbox_port if demo_inbox else None}
+            "demo_inbox": ready.notifier.demo_inbox_port if demo_inbox else None,
+            "web": ready.web.web_port}
 
 
 async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdown: lifecycle.Shutdown) -> None:
@@ -117,11 +122,16 @@ async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdow
     if servers.broker is not None:
         await _create_topics(ready)
     demo_token = ""
+    # The web app's token to the APIs: the configured one (a users-file entry with role
+    # webapp), else one made up now and given a webapp principal here.
+    web_token = ready.web.web_api_token or secrets.token_urlsafe(24)
     if ready.enrollment.users_file is not None:
         users = load_users(ready.enrollment.users_file)
+        if not ready.web.web_api_token:
+            users = users.with_webapp(web_token)
     else:
         demo_token = secrets.token_urlsafe(24)
-        users = Users.single(demo_token, "demo", frozenset({"ops", "partner", "care_team:*"}))
+        users = Users.demo(demo_token, web_token)
     inbox: HttpServer | None = None
     demo: DemoInbox | None = None
     notify_secrets: dict[str, str] | None = None
@@ -136,7 +146,7 @@ async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdow
         inbox = HttpServer(demo.app(), "127.0.0.1", ready.notifier.demo_inbox_port)
         await inbox.start()
     try:
-        await _serve(ready, state, servers, users, notify, notify_secrets, demo_token, shutdown,
+        await _serve(ready, state, servers, users, notify, notify_secrets, demo_token, web_token, shutdown,
                      demo_inbox=inbox is not None)
     finally:
         if inbox is not None:
@@ -171,7 +181,8 @@ async def _create_topics(ready: SystemSettings) -> None:
 
 async def _serve(
     ready: SystemSettings, state: RunState, servers: Servers, users: Users, notify: NotifyConfig,
-    notify_secrets: dict[str, str] | None, demo_token: str, shutdown: lifecycle.Shutdown, *, demo_inbox: bool,
+    notify_secrets: dict[str, str] | None, demo_token: str, web_token: str, shutdown: lifecycle.Shutdown, *,
+    demo_inbox: bool,
 ) -> None:
     stop = shutdown.stop
     async with contextlib.AsyncExitStack() as stack:
@@ -186,6 +197,12 @@ async def _serve(
         )
         stack.callback(setattr, shutdown, "stage", "stopping the notifier")
         ep = listener.endpoints
+        web_settings = ready.web.model_copy(update={
+            "web_listener_url": f"http://127.0.0.1:{ep.http_port}",
+            "web_enrollment_url": f"http://127.0.0.1:{ready.enrollment.enrollment_http_port}",
+            "web_notifier_url": f"http://127.0.0.1:{ready.notifier.notifier_http_port}"})
+        await stack.enter_async_context(WebApp(web_settings, users=users, api_token=web_token))
+        stack.callback(setattr, shutdown, "stage", "stopping the web app")
         shared = ready.shared
         state.ports = _ports(ready, inbox=demo_inbox, mllp=ep.mllp_port)
         state.write(shared.data_dir)
@@ -199,8 +216,12 @@ async def _serve(
         stack.push_async_callback(_finish, supervisor)
         eport = ready.enrollment.enrollment_http_port
         inbox_url = f"http://127.0.0.1:{ready.notifier.demo_inbox_port}/"
+        web_url = f"http://127.0.0.1:{ready.web.web_port}"
+        sign_in = (f"  sign in as {', '.join(DEMO_PEOPLE)} (password: demo)" if demo_token else
+                   "  sign in as a user of WPC_USERS_FILE with a password_scrypt")
         print(
             "\nWPC backend is up\n"
+            f"  web app             {web_url}{sign_in}\n"
             f"  MLLP (HL7 v2 ADT)   tcp://{ready.listener.mllp_host}:{ep.mllp_port}"
             f"{'  (TLS)' if ready.listener.tls_cert_file else ''}\n"
             f"  HTTP ADT intake     POST http://127.0.0.1:{ep.http_port}/v1/adt\n"
@@ -265,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["notifier_http_port"] = args.notifier_port
     if args.inbox_port is not None:
         overrides["demo_inbox_port"] = args.inbox_port
+    if args.web_port is not None:
+        overrides["web_port"] = args.web_port
     system = preflight.checked_system(overrides)  # one line per mistake, before anything starts
     shared = system.shared
     logs.configure(shared.log_level, shared.log_json and not sys.stdout.isatty())

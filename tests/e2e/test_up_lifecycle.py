@@ -67,7 +67,8 @@ async def test_ctrl_c_drains_stops_the_servers_and_clears_the_run_state(
     assert state["ports"] == {"mllp": run.mllp_port, "listener_http": run.http_port,
                               "enrollment_http": run.enrollment_port,
                               "notifier_http": int(run.env["WPC_NOTIFIER_HTTP_PORT"]),
-                              "demo_inbox": int(run.env["WPC_DEMO_INBOX_PORT"])}
+                              "demo_inbox": int(run.env["WPC_DEMO_INBOX_PORT"]),
+                              "web": int(run.env["WPC_WEB_PORT"])}
     assert state["kafka_bootstrap_servers"] == f"127.0.0.1:{state['broker']['port']}"
     await send_some(run)
     started = run.everything()

@@ -80,6 +80,7 @@ class UpProcess:
             "WPC_ENROLLMENT_HTTP_PORT": str(quiet_port()),
             "WPC_NOTIFIER_HTTP_PORT": str(quiet_port()),
             "WPC_DEMO_INBOX_PORT": str(quiet_port()),
+            "WPC_WEB_PORT": str(quiet_port()),
             "WPC_LOG_JSON": "false",
             "WPC_RELAY_POLL_INTERVAL_S": "0.05",
             **env,

@@ -2,7 +2,7 @@
 
     wpc/        entry points: the commands and the composition of the whole system
     bench/      benchmarks and the synthetic feed
-    adt_listener/  enrollment_svc/  notifier/     one service each
+    adt_listener/  enrollment_svc/  notifier/  webapp/   one service each
     services/   the shared runtime
     schemas/    the event contracts
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("adt_listener", "enrollment_svc", "notifier")
+SERVICES = ("adt_listener", "enrollment_svc", "notifier", "webapp")
 PACKAGES = ("wpc", "bench", *SERVICES, "services", "schemas")
 MIGRATIONS = Path("services") / "migrations" / "versions"
 
