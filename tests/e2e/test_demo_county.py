@@ -81,6 +81,23 @@ async def test_the_first_minute_of_the_demo(run: UpProcess) -> None:
     assert not any("DTSOBERING" in b for b in bundles)
     assert any("notification-admit" in b and "STMARY" in b for b in bundles)  # the TOC patient's admission
 
+    # Every API's /docs works offline, and OpenAPI declares the bearer scheme and the models.
+    ports = {name: int(run.env[f"WPC_{name.upper()}_HTTP_PORT"]) for name in ("listener", "enrollment", "notifier")}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name, port in ports.items():
+            page = await client.get(f"http://127.0.0.1:{port}/docs")
+            assert page.status_code == 200 and "://" not in page.text, name
+            assert (await client.get(f"http://127.0.0.1:{port}/docs/assets/swagger-ui-bundle.js")).status_code == 200
+        for name in ("enrollment", "notifier"):
+            spec = (await client.get(f"http://127.0.0.1:{ports[name]}/openapi.json")).json()
+            assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+                "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"][
+                    "HTTPBearer"]["description"]}
+            main = "/v1/measures" if name == "enrollment" else "/v1/deliveries"
+            assert spec["paths"][main]["get"]["security"] == [{"HTTPBearer": []}]
+            answer = spec["paths"][main]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            assert "Out" in json.dumps(answer), answer
+
     # More traffic, to the running system, found by its run.json.
     sent = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "wpc.cli", "demo-traffic", "--rate", "20", "--duration", "3",
