@@ -17,7 +17,7 @@ from starlette.templating import Jinja2Templates
 from services.auth import Users
 from services.health import Check, ops_router
 from webapp.api import UPSTREAMS, ApiClient
-from webapp.pages import auth, worklist
+from webapp.pages import auth, measures, worklist
 from webapp.sessions import SessionCodec
 from webapp.settings import WebSettings
 from webapp.views.timefmt import local_time
@@ -52,4 +52,6 @@ def create_app(settings: WebSettings, users: Users, api: ApiClient, secret: str,
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(auth.router)
     app.include_router(worklist.router)
+    app.include_router(measures.router)
+    app.state.demo_inbox_url = settings.web_demo_inbox_url
     return app

@@ -10,4 +10,7 @@ def nav_links(user: User) -> list[tuple[str, str]]:
     """(label, path) of each page ``user`` may open, in the bar's order."""
     links = [(f"{program} worklist", f"/worklist?program={program}") for program in PROGRAMS
              if program in user.programs()]
+    if user.has("ops") or user.programs():
+        links.append(("Measures", "/measures"))
+    links.append(("Demo inbox", "/demo-inbox"))
     return links

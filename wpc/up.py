@@ -142,7 +142,8 @@ async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdow
         demo = DemoInbox(notify_secrets[SECRET_ENV])
         smtp_port = await demo.start_smtp()
         notify = demo_config(f"http://127.0.0.1:{ready.notifier.demo_inbox_port}", smtp_port=smtp_port,
-                             digest_at=_demo_digest_time(dt.datetime.now(dt.UTC)))
+                             digest_at=_demo_digest_time(dt.datetime.now(dt.UTC)),
+                             portal_url=f"http://127.0.0.1:{ready.web.web_port}/")
         inbox = HttpServer(demo.app(), "127.0.0.1", ready.notifier.demo_inbox_port)
         await inbox.start()
     try:
@@ -200,7 +201,8 @@ async def _serve(
         web_settings = ready.web.model_copy(update={
             "web_listener_url": f"http://127.0.0.1:{ep.http_port}",
             "web_enrollment_url": f"http://127.0.0.1:{ready.enrollment.enrollment_http_port}",
-            "web_notifier_url": f"http://127.0.0.1:{ready.notifier.notifier_http_port}"})
+            "web_notifier_url": f"http://127.0.0.1:{ready.notifier.notifier_http_port}",
+            "web_demo_inbox_url": f"http://127.0.0.1:{ready.notifier.demo_inbox_port}" if demo_inbox else ""})
         await stack.enter_async_context(WebApp(web_settings, users=users, api_token=web_token))
         stack.callback(setattr, shutdown, "stage", "stopping the web app")
         shared = ready.shared
@@ -247,7 +249,8 @@ async def _serve(
             flush=True,
         )
         if demo_inbox:
-            feeder = asyncio.create_task(_feed_demo(notifier.engine, ep.mllp_port, inbox_url), name="demo-county")
+            feeder = asyncio.create_task(_feed_demo(notifier.engine, ep.mllp_port, f"{web_url}/demo-inbox"),
+                                         name="demo-county")
             stack.push_async_callback(_finish, feeder)
         await stop.wait()
         print(f"stopping: draining connections, committing, closing (at most {shared.shutdown_timeout_s:g} s; "
