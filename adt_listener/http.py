@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener.ingest import Ingestor
 from adt_listener.senders import Sender, Senders
+from services import apidocs
 from services.health import Check, ops_router
 
 ACK_MEDIA_TYPE = "x-application/hl7-v2+er7"
@@ -116,7 +117,8 @@ def build_app(
     max_body_bytes: int,
     extra_routers: tuple[APIRouter, ...] = (),
 ) -> FastAPI:
-    app = FastAPI(title="WPC ADT listener", version="0.1.0")
+    app = FastAPI(title="WPC ADT listener", version="0.1.0", docs_url=None, redoc_url=None)
+    apidocs.install(app)  # /docs without the internet
     app.include_router(ops_router(checks, ingest_checks=("database",)))
     app.include_router(adt_router(ingestor, senders, max_body_bytes=max_body_bytes))
     for router in extra_routers:

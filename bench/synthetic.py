@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
-__all__ = ["DEFAULT_FACILITIES", "TRIGGER_WEIGHTS", "iter_feed", "synthetic_feed"]
+__all__ = ["DEFAULT_FACILITIES", "TRIGGER_WEIGHTS", "Patient", "Visit", "iter_feed", "render", "synthetic_feed"]
 
 DEFAULT_FACILITIES: tuple[str, ...] = ("STMARY", "COUNTYGEN", "HARBOR", "OLIVEVIEW")
 
@@ -102,7 +102,7 @@ _MAX_OPEN = 400  # open visits tracked at once: bounds the state of an endless f
 
 
 @dataclass(slots=True, eq=False)  # identity: patients are compared by who, not by field
-class _Patient:
+class Patient:
     mrn: str
     facility: str
     last: str
@@ -117,12 +117,12 @@ class _Patient:
     cin: str | None  # Medi-Cal client index number
     pcp: tuple[str, str, str] | None
     plan: tuple[str, str, str, str]
-    visit: _Visit | None = None
-    last_visit: _Visit | None = None  # the most recent discharged visit, for A13
+    visit: Visit | None = None
+    last_visit: Visit | None = None  # the most recent discharged visit, for A13
 
 
 @dataclass(slots=True, eq=False)
-class _Visit:
+class Visit:
     number: str
     patient_class: str  # I / E / O (HL7 table 0004)
     service: str  # PV1-10 hospital service (table 0069)
@@ -155,9 +155,9 @@ class _Feed:
         self._rng = random.Random(seed)
         self._seed = seed
         self._facilities = facilities
-        self._patients: list[_Patient] = []
-        self._open: list[_Patient] = []  # patients with an open visit
-        self._discharged: list[_Patient] = []  # recently discharged, candidates for A13
+        self._patients: list[Patient] = []
+        self._open: list[Patient] = []  # patients with an open visit
+        self._discharged: list[Patient] = []  # recently discharged, candidates for A13
         self._next_patient = 0
         self._next_visit = 0
         self._triggers = list(TRIGGER_WEIGHTS)
@@ -177,7 +177,7 @@ class _Feed:
 
     # --- patient state: which trigger can happen to whom ---------------------------------
 
-    def _apply(self, trigger: str, now: dt.datetime) -> tuple[_Patient, str]:
+    def _apply(self, trigger: str, now: dt.datetime) -> tuple[Patient, str]:
         """Pick a patient for ``trigger`` and update the state; fall back to an admit/register."""
         rng = self._rng
         if trigger in ("A08", "A03") and self._open:
@@ -222,7 +222,7 @@ class _Feed:
             self._open.pop(0).visit = None
         return patient, trigger
 
-    def _visit_patient(self) -> _Patient:
+    def _visit_patient(self) -> Patient:
         """A returning patient without an open visit (frequent utilizers), or a new one."""
         rng = self._rng
         if self._patients and rng.random() < 0.3:
@@ -231,7 +231,7 @@ class _Feed:
                 return candidate
         return self._new_patient()
 
-    def _close(self, patient: _Patient, now: dt.datetime) -> None:
+    def _close(self, patient: Patient, now: dt.datetime) -> None:
         assert patient.visit is not None
         patient.visit.discharged = now
         patient.last_visit, patient.visit = patient.visit, None
@@ -240,7 +240,7 @@ class _Feed:
         if len(self._discharged) > 100:  # A13 concerns recent discharges only
             self._discharged.pop(0)
 
-    def _new_patient(self) -> _Patient:
+    def _new_patient(self) -> Patient:
         rng = self._rng
         self._next_patient += 1
         facility = rng.choice(self._facilities)
@@ -254,7 +254,7 @@ class _Feed:
         else:
             plan_id, plan_name = rng.choice(_OTHER_PLANS)
             plan = (plan_id, plan_name, plan_id, plan_name)
-        patient = _Patient(
+        patient = Patient(
             mrn=f"{self._seed % 1000:03d}{self._next_patient:07d}",
             facility=facility,
             last=rng.choice(_LAST),
@@ -277,7 +277,7 @@ class _Feed:
             self._patients.pop(0)
         return patient
 
-    def _new_visit(self, patient: _Patient, trigger: str, now: dt.datetime) -> _Visit:
+    def _new_visit(self, patient: Patient, trigger: str, now: dt.datetime) -> Visit:
         rng = self._rng
         self._next_visit += 1
         if trigger == "A01":
@@ -286,7 +286,7 @@ class _Feed:
         else:
             patient_class = rng.choices(("E", "O"), (3, 1))[0]
             service = "EMR" if patient_class == "E" else rng.choice(("MED", "PSY"))
-        visit = _Visit(
+        visit = Visit(
             number=f"V{self._seed % 1000:03d}{self._next_visit:08d}",
             patient_class=patient_class,
             service=service,
@@ -315,74 +315,88 @@ class _Feed:
 
     # --- rendering: one ER7 message -------------------------------------------------------
 
-    def _render(self, trigger: str, p: _Patient, now: dt.datetime, control_id: str) -> bytes:
-        ts = now.strftime("%Y%m%d%H%M%S") + _TZ
-        segments = [
-            # MSH-3..6 sending app/facility, receiving app/facility; MSH-11 P; MSH-12 2.5.1.
-            f"MSH|^~\\&|ADT|{p.facility}|WPC|LACDHS|{ts}||ADT^{trigger}^{_STRUCTURE[trigger]}|"
-            f"{control_id}|P|2.5.1|||AL|NE|USA|UNICODE UTF-8",
-            f"EVN|{trigger}|{ts}",
-            self._pid(p),
-        ]
-        if p.pcp is not None:
-            npi, last, first = p.pcp
-            segments.append(f"PD1||||{npi}^{last}^{first}^^^^MD^^NPI")
-        visit = p.visit if trigger != "A11" else None
-        if trigger == "A31":
-            segments.append("PV1|1|N")  # ADT_A05 requires PV1; N = not applicable (table 0004)
-        elif trigger == "A11":
-            segments.append("PV1|1|I")  # the cancelled admission; its details are not resent
-        else:
-            closed = p.last_visit if trigger == "A03" else visit
-            assert closed is not None
-            segments.append(self._pv1(closed))
-            if trigger != "A02":
-                segments.extend(
-                    f"DG1|{i}||{code}^{text}^I10||{ts}|{'A' if i == 1 else 'W'}"
-                    for i, (code, text) in enumerate(closed.diagnoses, start=1)
-                )
-        if trigger in ("A01", "A04", "A08", "A13", "A31"):
-            segments.append(self._in1(p))
-        return ("\r".join(segments) + "\r").encode()
+    def _render(self, trigger: str, p: Patient, now: dt.datetime, control_id: str) -> bytes:
+        return render(trigger, p, p.last_visit if trigger == "A03" else p.visit, now, control_id)
 
-    def _pid(self, p: _Patient) -> str:
-        ids = f"{p.mrn}^^^{p.facility}^MR"
-        if p.cin is not None:
-            ids += f"~{p.cin}^^^MEDI-CAL^MA"
-        address = f"{p.street}^^{p.city}^CA^{p.zip}^USA^H^^{_COUNTY}"
-        return f"PID|1||{ids}||{p.last}^{p.first}^{p.middle}||{p.dob}|{p.sex}|||{address}||{p.phone}"
 
-    def _pv1(self, v: _Visit) -> str:
-        fields = [""] * 46  # PV1-0 is the segment name; PV1-45 the last field written
-        fields[0] = "PV1"
-        fields[1] = "1"
-        fields[2] = v.patient_class
-        fields[3] = v.location
-        fields[4] = "E" if v.patient_class == "E" else "R"  # admission type (table 0007)
-        fields[6] = v.prior_location
-        npi, last, first = v.attending
-        fields[7] = f"{npi}^{last}^{first}^^^^MD"
-        fields[10] = v.service
-        fields[14] = "7" if v.patient_class == "E" else "1"  # admit source: ER / physician referral
-        fields[18] = v.patient_class
-        fields[19] = f"{v.number}^^^{v.location.rsplit('^', 1)[-1]}^VN"
-        fields[20] = "MC" if v.patient_class != "O" else ""
-        fields[44] = v.admitted.strftime("%Y%m%d%H%M%S") + _TZ
-        if v.discharged is not None:
-            fields[36] = "01"  # discharge disposition: home (table 0112)
-            fields[45] = v.discharged.strftime("%Y%m%d%H%M%S") + _TZ
-        return "|".join(fields).rstrip("|")
+def _ts(t: dt.datetime) -> str:
+    """An HL7 DTM with its offset: a zone-aware time carries its own, a naive one is the feed's -0800."""
+    if t.tzinfo is not None:
+        return t.strftime("%Y%m%d%H%M%S%z")
+    return t.strftime("%Y%m%d%H%M%S") + _TZ
 
-    def _in1(self, p: _Patient) -> str:
-        plan_id, plan_name, company_id, company_name = p.plan
-        policy = p.cin or f"P{p.mrn}"
-        fields = [""] * 37
-        fields[0] = "IN1"
-        fields[1] = "1"
-        fields[2] = f"{plan_id}^{plan_name}^L"
-        fields[3] = f"{company_id}^^^{company_id}"
-        fields[4] = company_name
-        fields[15] = "MC" if company_id == "CADHCS" else "CP"  # plan type
-        fields[17] = "SEL"  # insured's relationship to patient: self (table 0063)
-        fields[36] = policy
-        return "|".join(fields)
+
+def render(trigger: str, p: Patient, visit: Visit | None, now: dt.datetime, control_id: str) -> bytes:
+    """One ER7 message of ``trigger`` about ``p`` and ``visit`` (the discharged visit for A03),
+    sent at ``now``. Shared by the synthetic feed and the demo county (`bench.demo_county`)."""
+    ts = _ts(now)
+    segments = [
+        # MSH-3..6 sending app/facility, receiving app/facility; MSH-11 P; MSH-12 2.5.1.
+        f"MSH|^~\\&|ADT|{p.facility}|WPC|LACDHS|{ts}||ADT^{trigger}^{_STRUCTURE[trigger]}|"
+        f"{control_id}|P|2.5.1|||AL|NE|USA|UNICODE UTF-8",
+        f"EVN|{trigger}|{ts}",
+        _pid(p),
+    ]
+    if p.pcp is not None:
+        npi, last, first = p.pcp
+        segments.append(f"PD1||||{npi}^{last}^{first}^^^^MD^^NPI")
+    if trigger == "A31":
+        segments.append("PV1|1|N")  # ADT_A05 requires PV1; N = not applicable (table 0004)
+    elif trigger == "A11":
+        segments.append("PV1|1|I")  # the cancelled admission; its details are not resent
+    else:
+        assert visit is not None
+        segments.append(_pv1(visit))
+        if trigger != "A02":
+            segments.extend(
+                f"DG1|{i}||{code}^{text}^I10||{ts}|{'A' if i == 1 else 'W'}"
+                for i, (code, text) in enumerate(visit.diagnoses, start=1)
+            )
+    if trigger in ("A01", "A04", "A08", "A13", "A31"):
+        segments.append(_in1(p))
+    return ("\r".join(segments) + "\r").encode()
+
+
+def _pid(p: Patient) -> str:
+    ids = f"{p.mrn}^^^{p.facility}^MR"
+    if p.cin is not None:
+        ids += f"~{p.cin}^^^MEDI-CAL^MA"
+    address = f"{p.street}^^{p.city}^CA^{p.zip}^USA^H^^{_COUNTY}"
+    return f"PID|1||{ids}||{p.last}^{p.first}^{p.middle}||{p.dob}|{p.sex}|||{address}||{p.phone}"
+
+
+def _pv1(v: Visit) -> str:
+    fields = [""] * 46  # PV1-0 is the segment name; PV1-45 the last field written
+    fields[0] = "PV1"
+    fields[1] = "1"
+    fields[2] = v.patient_class
+    fields[3] = v.location
+    fields[4] = "E" if v.patient_class == "E" else "R"  # admission type (table 0007)
+    fields[6] = v.prior_location
+    npi, last, first = v.attending
+    fields[7] = f"{npi}^{last}^{first}^^^^MD"
+    fields[10] = v.service
+    fields[14] = "7" if v.patient_class == "E" else "1"  # admit source: ER / physician referral
+    fields[18] = v.patient_class
+    fields[19] = f"{v.number}^^^{v.location.rsplit('^', 1)[-1]}^VN"
+    fields[20] = "MC" if v.patient_class != "O" else ""
+    fields[44] = _ts(v.admitted)
+    if v.discharged is not None:
+        fields[36] = "01"  # discharge disposition: home (table 0112)
+        fields[45] = _ts(v.discharged)
+    return "|".join(fields).rstrip("|")
+
+
+def _in1(p: Patient) -> str:
+    plan_id, plan_name, company_id, company_name = p.plan
+    policy = p.cin or f"P{p.mrn}"
+    fields = [""] * 37
+    fields[0] = "IN1"
+    fields[1] = "1"
+    fields[2] = f"{plan_id}^{plan_name}^L"
+    fields[3] = f"{company_id}^^^{company_id}"
+    fields[4] = company_name
+    fields[15] = "MC" if company_id == "CADHCS" else "CP"  # plan type
+    fields[17] = "SEL"  # insured's relationship to patient: self (table 0063)
+    fields[36] = policy
+    return "|".join(fields)

@@ -26,6 +26,7 @@ from enrollment_svc.store import EnrollmentStore, identity_key
 from services import audit, part2
 from services.auth import User, current_user
 from services.httpserver import utc_time
+from services.openapi_models import ActionOut, CandidateDetailOut, CandidateOut, MeasuresOut, ServiceOut
 
 CurrentUser = Annotated[User, Depends(current_user)]
 
@@ -103,7 +104,7 @@ def _row(row: Any) -> dict[str, Any]:
 def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["enrollment"])
 
-    @router.get("/candidates")
+    @router.get("/candidates", response_model=list[CandidateOut])
     async def list_candidates(
         user: CurrentUser,
         program: str | None = None,
@@ -143,7 +144,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             raise HTTPException(403, "no role for this candidate's program")
         return row
 
-    @router.get("/candidates/{candidate_id}")
+    @router.get("/candidates/{candidate_id}", response_model=CandidateDetailOut)
     async def read_candidate(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
         async with engine.begin() as conn:
             row = await _one(conn, user, candidate_id, write=False)
@@ -179,25 +180,25 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             await _audit(conn, user, action, person=row.person_id, candidate=row.id, detail=reason or "")
         return {"id": str(candidate_id), "status": status}
 
-    @router.post("/candidates/{candidate_id}/accept")
+    @router.post("/candidates/{candidate_id}/accept", response_model=ActionOut)
     async def accept(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
         """Outreach started."""
         return await _act(candidate_id, "accept", None, user)
 
-    @router.post("/candidates/{candidate_id}/consent")
+    @router.post("/candidates/{candidate_id}/consent", response_model=ActionOut)
     async def consent(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
         """The patient opted in: enrolled."""
         return await _act(candidate_id, "consent", None, user)
 
-    @router.post("/candidates/{candidate_id}/decline")
+    @router.post("/candidates/{candidate_id}/decline", response_model=ActionOut)
     async def decline(candidate_id: uuid.UUID, body: ActionIn, user: CurrentUser) -> dict[str, Any]:
         return await _act(candidate_id, "decline", body.reason, user)
 
-    @router.post("/candidates/{candidate_id}/disenroll")
+    @router.post("/candidates/{candidate_id}/disenroll", response_model=ActionOut)
     async def disenroll(candidate_id: uuid.UUID, body: ActionIn, user: CurrentUser) -> dict[str, Any]:
         return await _act(candidate_id, "disenroll", body.reason, user)
 
-    @router.post("/candidates/{candidate_id}/services", status_code=201)
+    @router.post("/candidates/{candidate_id}/services", status_code=201, response_model=ServiceOut)
     async def record_service(candidate_id: uuid.UUID, body: ServiceIn, user: CurrentUser) -> dict[str, Any]:
         """A service delivered (for the measures): pre-discharge visit, home visit, PCP appointment."""
         async with engine.begin() as conn:
@@ -310,7 +311,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             await _audit(conn, user, "unlink", person=person, detail=body.reason)
         return {"person_id": str(person)}
 
-    @router.get("/measures")
+    @router.get("/measures", response_model=MeasuresOut)
     async def get_measures(
         user: CurrentUser,
         month: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],

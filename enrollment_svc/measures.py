@@ -16,22 +16,28 @@ For the enrollments of one calendar month (candidates that became ``enrolled`` i
 
 Business days are Monday to Friday; county holidays are not configured (a choice:
 say so in reports). A share is None when its denominator is 0.
+
+Each measure is a pure function over loaded rows (`measure_rows.EnrolledRow`,
+`measure_rows.StayRow`): `toc_visit_share`, `toc_pcp_appointment_share`,
+`isr_home_visit_share`, `readmissions`, and `report` puts a month together. `compute` is
+the use case: it loads the rows (`enrollment_svc.measure_rows`, the SQL) and calls them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrollment_svc import reported
+from enrollment_svc import measure_rows, reported
 from enrollment_svc.eligibility import months_before
+from enrollment_svc.measure_rows import EnrolledRow, StayRow
 
-_INPATIENT = ["inpatient", "psych_inpatient"]
 _PACIFIC = ZoneInfo("America/Los_Angeles")
+BUSINESS_DAYS = "Mon-Fri, no holidays"
 
 
 def add_business_days(start: dt.datetime, days: int) -> dt.datetime:
@@ -62,37 +68,70 @@ def add_months(start: dt.datetime, months: int) -> dt.datetime:
     return months_before(start, -months)
 
 
+def month_range(month: dt.date, zone: ZoneInfo = _PACIFIC) -> tuple[dt.datetime, dt.datetime]:
+    """The first instant of ``month`` in ``zone`` and that of the next month."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=zone)
+    return start, add_months(start, 1)
+
+
 def _share(numerator: int, denominator: int) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
 
 
-async def compute(
-    conn: AsyncConnection, month: dt.date, program: str | None, zone: ZoneInfo = _PACIFIC
+def _discharged(rows: Iterable[EnrolledRow]) -> list[tuple[EnrolledRow, dt.datetime]]:
+    return [(r, r.discharged_at) for r in rows if r.discharged_at is not None]
+
+
+def toc_visit_share(rows: Sequence[EnrolledRow], zone: ZoneInfo) -> float | None:
+    """Of enrollees whose stay ended: a pre-discharge visit before discharge, or a home visit
+    within 3 business days after it."""
+    done = _discharged(rows)
+    return _share(sum(
+        any((kind == "pre_discharge_visit" and at <= end)
+            or (kind == "home_visit" and within_business_days(end, at, 3, zone)) for kind, at in r.services)
+        for r, end in done
+    ), len(done))
+
+
+def toc_pcp_appointment_share(rows: Sequence[EnrolledRow]) -> float | None:
+    """Of enrollees whose stay ended: a PCP appointment within 1 month of discharge."""
+    done = _discharged(rows)
+    return _share(sum(
+        any(kind == "pcp_appointment" and at <= add_months(end, 1) for kind, at in r.services) for r, end in done
+    ), len(done))
+
+
+def isr_home_visit_share(rows: Sequence[EnrolledRow], zone: ZoneInfo) -> float | None:
+    """Of enrollees discharged from the psychiatric stay: a home visit within 5 business days."""
+    done = _discharged(rows)
+    return _share(sum(
+        any(kind == "home_visit" and within_business_days(end, at, 5, zone) for kind, at in r.services)
+        for r, end in done
+    ), len(done))
+
+
+def readmissions(stays: Sequence[StayRow]) -> dict[str, Any]:
+    """Inpatient stays that ended, and how many were followed by an admission within 30 days."""
+    readmitted = sum(1 for s in stays if s.readmitted_within_30d)
+    return {"discharges": len(stays), "readmitted": readmitted, "rate": _share(readmitted, len(stays))}
+
+
+def report(
+    month: dt.date,
+    rows: Sequence[EnrolledRow],
+    stays: Sequence[StayRow],
+    notified: Mapping[str, dict[str, Any]],
+    program: str | None = None,
+    zone: ZoneInfo = _PACIFIC,
 ) -> dict[str, Any]:
-    start = dt.datetime(month.year, month.month, 1, tzinfo=zone)
-    end = add_months(start, 1)
-    rows = (
-        await conn.execute(
-            text(
-                "SELECT c.id, c.person_id, c.program, e.end_at, "
-                "  array_remove(array_agg(s.kind ORDER BY s.at), NULL) AS kinds, "
-                "  array_remove(array_agg(s.at ORDER BY s.at), NULL) AS ats "
-                "FROM candidate c JOIN candidate_transition t ON t.candidate_id = c.id AND t.to_status = 'enrolled' "
-                "LEFT JOIN encounter e ON e.id = c.encounter_id "
-                "LEFT JOIN service_record s ON s.candidate_id = c.id "
-                "WHERE t.at >= :s AND t.at < :e AND (CAST(:p AS text) IS NULL OR c.program = :p) "
-                "GROUP BY c.id, c.person_id, c.program, e.end_at"
-            ),
-            {"s": start, "e": end, "p": program},
-        )
-    ).all()
-    out: dict[str, Any] = {"month": month.strftime("%Y-%m"), "business_days": "Mon-Fri, no holidays", "programs": {}}
-    notified = await reported.pcp_notified(conn, month)
+    """The measures of one month, per program: every program with an enrollment or a
+    PCP-notified figure, or only ``program`` (always listed, even with nothing)."""
     if program is not None:
         notified = {p: v for p, v in notified.items() if p == program}
+        rows = [r for r in rows if r.program == program]
+    out: dict[str, Any] = {"month": month.strftime("%Y-%m"), "business_days": BUSINESS_DAYS, "programs": {}}
     for prog in sorted({r.program for r in rows} | set(notified) | ({program} if program else set())):
         mine = [r for r in rows if r.program == prog]
-        services = [list(zip(r.kinds, r.ats, strict=True)) for r in mine]
         figure = notified.get(prog)
         result: dict[str, Any] = {
             "enrolled": len(mine),
@@ -100,48 +139,23 @@ async def compute(
             "pcp_notified": figure or {"source": "notifier", "share": None,
                                        "detail": "no figure received from the notifier for this month"},
         }
-        discharged = [(r, s) for r, s in zip(mine, services, strict=True) if r.end_at is not None]
         if prog == "TOC":
-            result["visit_within_3_business_days_share"] = _share(
-                sum(
-                    any((k == "pre_discharge_visit" and at <= r.end_at)
-                        or (k == "home_visit" and within_business_days(r.end_at, at, 3, zone)) for k, at in s)
-                    for r, s in discharged
-                ),
-                len(discharged),
-            )
-            result["pcp_appointment_within_1_month_share"] = _share(
-                sum(
-                    any(k == "pcp_appointment" and at <= add_months(r.end_at, 1) for k, at in s)
-                    for r, s in discharged
-                ),
-                len(discharged),
-            )
+            result["visit_within_3_business_days_share"] = toc_visit_share(mine, zone)
+            result["pcp_appointment_within_1_month_share"] = toc_pcp_appointment_share(mine)
         if prog == "ISR":
-            result["home_visit_within_5_business_days_share"] = _share(
-                sum(
-                    any(k == "home_visit" and within_business_days(r.end_at, at, 5, zone) for k, at in s)
-                    for r, s in discharged
-                ),
-                len(discharged),
-            )
-        persons = list({r.person_id for r in mine})
-        stays = (
-            await conn.execute(
-                text(
-                    "SELECT a.id, EXISTS (SELECT 1 FROM encounter b WHERE b.person_id = a.person_id AND b.id <> a.id "
-                    "  AND b.kind = ANY(:k) AND b.status <> 'cancelled' AND b.start_at > a.end_at "
-                    "  AND b.start_at <= a.end_at + interval '30 days') AS readmitted "
-                    "FROM encounter a WHERE a.person_id = ANY(:p) AND a.kind = ANY(:k) AND a.status = 'discharged' "
-                    "AND a.end_at >= :s AND a.end_at < :e"
-                ),
-                {"p": persons, "k": _INPATIENT, "s": start, "e": end},
-            )
-        ).all()
-        result["readmissions_30d"] = {
-            "discharges": len(stays),
-            "readmitted": sum(1 for s in stays if s.readmitted),
-            "rate": _share(sum(1 for s in stays if s.readmitted), len(stays)),
-        }
+            result["home_visit_within_5_business_days_share"] = isr_home_visit_share(mine, zone)
+        persons = {r.person_id for r in mine}
+        result["readmissions_30d"] = readmissions([s for s in stays if s.person_id in persons])
         out["programs"][prog] = result
     return out
+
+
+async def compute(
+    conn: AsyncConnection, month: dt.date, program: str | None, zone: ZoneInfo = _PACIFIC
+) -> dict[str, Any]:
+    """Load the month's rows (`measure_rows`, `reported`) and report them."""
+    start, end = month_range(month, zone)
+    rows = await measure_rows.enrollments(conn, start, end, program)
+    stays = await measure_rows.inpatient_stays(conn, sorted({r.person_id for r in rows}), start, end)
+    notified = await reported.pcp_notified(conn, month)
+    return report(month, rows, stays, notified, program, zone)

@@ -31,7 +31,7 @@ from enrollment_svc.reported import MeasureHandler
 from enrollment_svc.rules import Rules, load_rules
 from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import EnrollmentStore, Topics
-from services import db, lifecycle
+from services import apidocs, db, lifecycle
 from services.auth import Users, load_users
 from services.backlog import consumers_router
 from services.bus import KafkaPublisher, Publisher
@@ -114,7 +114,8 @@ class EnrollmentService:
             settings.measures_group_id(), MeasureHandler(self.engine),
             client_options=settings.kafka_client_options(),
         )
-        app = FastAPI(title="WPC enrollment service", version="0.1.0")
+        app = FastAPI(title="WPC enrollment service", version="0.1.0", docs_url=None, redoc_url=None)
+        apidocs.install(app)  # /docs without the internet
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
         checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping,
                                     f"consumer {self.consumer.group}": self.consumer.check}

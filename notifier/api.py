@@ -34,6 +34,7 @@ from schemas.adt_event import patient_key
 from services import audit
 from services.auth import User, current_user, may_handle_consent
 from services.httpserver import utc_time
+from services.openapi_models import DeliveryOut
 
 CurrentUser = Annotated[User, Depends(current_user)]
 
@@ -159,7 +160,7 @@ def notifier_router(
     """``wake`` tells the dispatcher a re-sent delivery is due now; ``clock`` is its clock."""
     router = APIRouter(prefix="/v1", tags=["notifier"])
 
-    @router.get("/deliveries")
+    @router.get("/deliveries", response_model=list[DeliveryOut])
     async def deliveries(
         user: CurrentUser,
         status: Annotated[Literal["queued", "sent", "delivered", "failed"] | None, Query()] = None,

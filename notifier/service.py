@@ -36,7 +36,7 @@ from notifier.config import NotifyConfig, endpoints_of, load_config
 from notifier.dispatcher import Dispatcher
 from notifier.handler import NotifierHandler, Topics
 from notifier.settings import NotifierSettings
-from services import db, lifecycle
+from services import apidocs, db, lifecycle
 from services.auth import Users, load_users
 from services.backlog import consumers_router
 from services.bus import KafkaPublisher, Publisher
@@ -141,7 +141,8 @@ class NotifierService:
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
             client_options=settings.kafka_client_options(),
         )
-        app = FastAPI(title="WPC notifier", version="0.1.0")
+        app = FastAPI(title="WPC notifier", version="0.1.0", docs_url=None, redoc_url=None)
+        apidocs.install(app)  # /docs without the internet
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
         checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping,
                                     f"consumer {self.consumer.group}": self.consumer.check}

@@ -43,8 +43,10 @@ import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.enrollment import PROGRAMS
@@ -268,7 +270,14 @@ def load_users(path: Path, *, setting: str | None = None) -> Users:
     return Users(entries, passwords, people.values())
 
 
-def current_user(request: Request) -> User:
+# Declares the bearer scheme in OpenAPI (``/docs`` gets its "Authorize" button); the token
+# itself is read below, where a missing or wrong one is our 401 with its reason.
+BEARER = HTTPBearer(auto_error=False, description="A token of WPC_USERS_FILE (`wpc up` prints a demo one)")
+
+
+def current_user(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> User:
     """FastAPI dependency: the authenticated user, or 401."""
     users: Users = request.app.state.users
     header = request.headers.get("authorization", "")

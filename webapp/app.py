@@ -17,7 +17,7 @@ from starlette.templating import Jinja2Templates
 from services.auth import Users
 from services.health import Check, ops_router
 from webapp.api import UPSTREAMS, ApiClient
-from webapp.pages import auth, candidate, feeds, worklist
+from webapp.pages import auth, candidate, feeds, measures, worklist
 from webapp.sessions import SessionCodec
 from webapp.settings import WebSettings
 from webapp.views.timefmt import local_time
@@ -54,4 +54,6 @@ def create_app(settings: WebSettings, users: Users, api: ApiClient, secret: str,
     app.include_router(worklist.router)
     app.include_router(feeds.router)
     app.include_router(candidate.router)
+    app.include_router(measures.router)
+    app.state.demo_inbox_url = settings.web_demo_inbox_url
     return app

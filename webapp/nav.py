@@ -12,4 +12,7 @@ def nav_links(user: User) -> list[tuple[str, str]]:
              if program in user.programs()]
     if user.has("ops"):
         links += [("Feeds", "/feeds"), ("Messages", "/messages")]
+    if user.has("ops") or user.programs():
+        links.append(("Measures", "/measures"))
+    links.append(("Demo inbox", "/demo-inbox"))
     return links

@@ -48,3 +48,6 @@ class WebSettings(ServiceSettings):
         default=1.0, gt=0, description="How often an open worklist asks the enrollment API whether it changed"
     )
     web_time_zone: str = Field(default="America/Los_Angeles", description="The site's time zone: times on the pages")
+    web_demo_inbox_url: str = Field(
+        default="", description="The demo inbox of `wpc up` (its page /demo-inbox); empty: no demo inbox"
+    )

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("wpc.migrate_cmd", "apply database migrations and exit"),
     "import": ("wpc.tools.bulk_import", "load ADT history from files (single, batch, MLLP dumps, gzip), resumable"),
     "send": ("wpc.tools.send", "send HL7 files over MLLP and print the ACKs"),
+    "demo-traffic": ("wpc.demo_traffic", "send the demo county's synthetic ADT to a running `wpc up` at a chosen rate"),
     "validate": ("wpc.tools.validate", "check HL7 files against their declared version with hl7apy"),
     "feed-report": ("wpc.tools.feed_report", "per-facility feed-quality report from the database"),
     "bench": ("wpc.bench_cmd", "benchmarks: `wpc bench ingest`, `wpc bench enroll`, `wpc bench notify`"),

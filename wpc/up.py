@@ -20,7 +20,11 @@ exits while we run is started again on the same port.
 Services run: the ADT listener (with the outbox relay and conformance worker), the
 enrollment service (adt.events consumer, program rules, care team API) and the notifier
 (care teams and PCPs). With no ``WPC_NOTIFY_FILE``, the notifier delivers to a demo inbox
-run here (`wpc.demo_inbox`), which plays every care team and practice.
+run here (`wpc.demo_inbox`), which plays every care team and practice, and this is *demo
+mode*: once the services are up, the demo county (`bench.demo_county`, dated relative to
+now) is sent over MLLP like a hospital would (`wpc.demo_traffic`), so candidates of every
+program, PCP notices by FHIR and e-mail, a digest and a Part 2 redaction arrive within
+the first minute.
 
 With no ``WPC_USERS_FILE``, the care team API gets one demo user with every role and a
 token made up at start and printed: a newcomer can try the API at once, and no fixed
@@ -40,8 +44,10 @@ import logging
 import os
 import secrets
 import sys
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener.service import Listener
 from enrollment_svc.service import EnrollmentService
@@ -60,10 +66,13 @@ from services.httpserver import HttpServer
 from services.infrastructure import Servers, infrastructure, keep_broker_up
 from webapp.service import WebApp
 from wpc import preflight
-from wpc.demo_inbox import SECRET_ENV, demo_config, inbox_app
+from wpc.demo_inbox import SECRET_ENV, DemoInbox, demo_config
+from wpc.demo_traffic import feed_demo_county
 from wpc.settings import SystemSettings
 
 log = logging.getLogger(__name__)
+
+DEMO_ZONE = "America/Los_Angeles"  # deploy/notify/demo-notify.yaml's timezone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,13 +133,18 @@ async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdow
         demo_token = secrets.token_urlsafe(24)
         users = Users.demo(demo_token, web_token)
     inbox: HttpServer | None = None
+    demo: DemoInbox | None = None
     notify_secrets: dict[str, str] | None = None
     if ready.notifier.notify_file is not None:
         notify: NotifyConfig = load_config(ready.notifier.notify_file)
     else:
         notify_secrets = {SECRET_ENV: secrets.token_urlsafe(32)}
-        notify = demo_config(f"http://127.0.0.1:{ready.notifier.demo_inbox_port}")
-        inbox = HttpServer(inbox_app(notify_secrets[SECRET_ENV]), "127.0.0.1", ready.notifier.demo_inbox_port)
+        demo = DemoInbox(notify_secrets[SECRET_ENV])
+        smtp_port = await demo.start_smtp()
+        notify = demo_config(f"http://127.0.0.1:{ready.notifier.demo_inbox_port}", smtp_port=smtp_port,
+                             digest_at=_demo_digest_time(dt.datetime.now(dt.UTC)),
+                             portal_url=f"http://127.0.0.1:{ready.web.web_port}/")
+        inbox = HttpServer(demo.app(), "127.0.0.1", ready.notifier.demo_inbox_port)
         await inbox.start()
     try:
         await _serve(ready, state, servers, users, notify, notify_secrets, demo_token, web_token, shutdown,
@@ -138,6 +152,17 @@ async def _run(ready: SystemSettings, state: RunState, servers: Servers, shutdow
     finally:
         if inbox is not None:
             await inbox.stop()
+        if demo is not None:
+            await demo.stop_smtp()
+
+
+DEMO_DIGEST_AFTER = dt.timedelta(seconds=60)
+
+
+def _demo_digest_time(now: dt.datetime) -> dt.time:
+    """The demo e-mail clinic's daily digest: a minute from now (site time), so the first
+    minute of the demo shows one; the notices the start-up feed makes for it are all due then."""
+    return (now + DEMO_DIGEST_AFTER).astimezone(ZoneInfo(DEMO_ZONE)).time().replace(microsecond=0)
 
 
 async def _create_topics(ready: SystemSettings) -> None:
@@ -176,7 +201,8 @@ async def _serve(
         web_settings = ready.web.model_copy(update={
             "web_listener_url": f"http://127.0.0.1:{ep.http_port}",
             "web_enrollment_url": f"http://127.0.0.1:{ready.enrollment.enrollment_http_port}",
-            "web_notifier_url": f"http://127.0.0.1:{ready.notifier.notifier_http_port}"})
+            "web_notifier_url": f"http://127.0.0.1:{ready.notifier.notifier_http_port}",
+            "web_demo_inbox_url": f"http://127.0.0.1:{ready.notifier.demo_inbox_port}" if demo_inbox else ""})
         await stack.enter_async_context(WebApp(web_settings, users=users, api_token=web_token))
         stack.callback(setattr, shutdown, "stage", "stopping the web app")
         shared = ready.shared
@@ -222,9 +248,25 @@ async def _serve(
             f"{ep.mllp_port}\nCtrl-C stops.",
             flush=True,
         )
+        if demo_inbox:
+            feeder = asyncio.create_task(_feed_demo(notifier.engine, ep.mllp_port, f"{web_url}/demo-inbox"),
+                                         name="demo-county")
+            stack.push_async_callback(_finish, feeder)
         await stop.wait()
         print(f"stopping: draining connections, committing, closing (at most {shared.shutdown_timeout_s:g} s; "
               "Ctrl-C again exits at once)", flush=True)
+
+
+async def _feed_demo(engine: AsyncEngine, mllp_port: int, inbox_url: str) -> None:
+    """Demo mode: the demo county over MLLP, once. A failure is said and changes nothing else."""
+    try:
+        codes = await feed_demo_county(engine, "127.0.0.1", mllp_port, dt.datetime.now(dt.UTC))
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        print(f"demo county: could not be sent ({exc.__class__.__name__}); try `wpc demo-traffic`", flush=True)
+        return
+    accepted = codes["AA"] + codes["CA"]
+    print(f"demo county: {sum(codes.values())} ADT messages sent ({accepted} accepted); candidates and "
+          f"notices arrive within a minute: {inbox_url}  More: wpc demo-traffic --rate 2", flush=True)
 
 
 async def _finish(task: asyncio.Task[None]) -> None:

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from notifier.config import NotifyConfig, config_from_text, endpoints_of, load_config
 from notifier.model import Endpoint, EventKind
 from services.configfile import ConfigError
+from wpc.demo_inbox import demo_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "notify"
 EXAMPLE = DEPLOY / "wpc-notify.yaml"
-DEMO = DEPLOY / "demo-notify.yaml"
 
 ALL_KINDS: tuple[EventKind, ...] = ("admit", "discharge", "transfer", "admit_discharge", "candidate", "enrolled")
 ENCOUNTER_KINDS = {"admit", "discharge", "transfer", "admit_discharge"}
@@ -77,11 +77,16 @@ def test_example_file_loads(example: NotifyConfig) -> None:
 
 
 def test_demo_file_loads() -> None:
-    cfg = config_from_text(DEMO.read_text(encoding="utf-8").replace("{inbox}", "http://127.0.0.1:8099"))
+    cfg = demo_config("http://127.0.0.1:8099", smtp_port=2525, digest_at=dt.time(9, 15, 30))
     assert cfg.version == "demo-1"
     assert cfg.portal_url == "http://127.0.0.1:8099/"
     assert {t.id for t in cfg.care_teams} == {"toc-team", "isr-team", "sud-ens-team"}
     assert cfg.practice_of_provider("1234567893") is not None
+    # The e-mail clinic of the demo county (bench/demo_county.py): a digest at the time given.
+    mail = cfg.recipient("eastside-clinic")
+    assert mail is not None and mail.digest_at == dt.time(9, 15, 30)
+    assert [e.channel for e in mail.endpoints] == ["email"]
+    assert cfg.smtp.port == 2525
 
 
 def test_minimal_config_is_valid() -> None:
