@@ -162,7 +162,8 @@ def render(request: Request, template: str, values: Mapping[str, Any] | None = N
     session: Session | None = getattr(request.state, "session", None)
     user = web.users.named(session.user) if session is not None and session.user else None
     csrf = session.csrf if session is not None else ""
-    nav = nav_links(user) if user is not None else []
+    demo = bool(getattr(request.app.state, "demo_inbox_url", ""))
+    nav = nav_links(user, demo_inbox=demo) if user is not None else []
 
     def csrf_field() -> Markup:
         return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, escape(csrf))
