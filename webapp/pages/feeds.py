@@ -75,7 +75,9 @@ async def messages_page(request: Request, web: Web, viewer: SignedIn) -> Respons
     try:
         query = views.search_form(form, web.time_zone)
     except views.FormProblem as exc:
-        raise PageError(400, "Something in the search is not right", str(exc)) from exc
+        # The form again, the value named, so it is corrected where it was typed.
+        return render(request, "feeds/messages.html", {"form": form, "found": [], "older": None, "problem": str(exc),
+                                                       "ack_words": views.ACK_WORDS}, status=400)
     found = await web.api.get("listener", "/v1/messages", viewer.name, query)
     older = None
     if found.get("next"):

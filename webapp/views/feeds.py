@@ -26,7 +26,8 @@ QUIET_AFTER = dt.timedelta(hours=2)
 _EVENT = re.compile(r"^[A-Z0-9]{3}$")
 # The longest values the listener's search takes (HL7 v2.5 lengths of MSH-4 and MSH-10).
 _LONGEST = {"facility": 227, "control_id": 199}
-_LABELS = {"facility": "facility (MSH-4)", "control_id": "control id (MSH-10)"}
+# How the form labels the fields (a problem names the field as the user sees it).
+_LABELS = {"facility": "facility (MSH-4)", "control_id": "control id (MSH-10)", "since": "From", "until": "Until"}
 
 
 class FormProblem(ValueError):
@@ -151,7 +152,7 @@ def search_form(values: Mapping[str, str | None], zone: str) -> dict[str, str]:
             raise FormProblem("event: a trigger such as A01")
     for name in ("since", "until"):
         if name in query:
-            query[name] = _local(query[name], name, ZoneInfo(zone))
+            query[name] = _local(query[name], _LABELS[name], ZoneInfo(zone))
     return query
 
 
