@@ -38,6 +38,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 WAIT_S = 30.0
+START_S = 120.0  # a service process to answer /healthz
 
 pytestmark = pytest.mark.browser
 
@@ -88,11 +89,13 @@ def web_app(system: System, tmp_path: Path) -> Iterator[WebAppFactory]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(**env: str) -> str:
-        users = tmp_path / "users.yaml"
+        port = quiet_port()
+        # Its own file name: a test's own users file (given as WPC_USERS_FILE, e.g. one a
+        # listener of the test also reads) in the same tmp_path is never overwritten.
+        users = tmp_path / f"web-users-{port}.yaml"
         hashed = hash_password("demo")
         users.write_text("".join(f"- {{name: {n}, password_scrypt: '{hashed}', roles: [{r}]}}\n"
                                  for n, r in (("toc", "care_team:TOC"), ("sud", "care_team:SUD-ENS"))))
-        port = quiet_port()
         up = system.up.env
         with (tmp_path / "web.log").open("ab") as log:
             proc = subprocess.Popen(  # stopped below
@@ -104,20 +107,28 @@ def web_app(system: System, tmp_path: Path) -> Iterator[WebAppFactory]:
                      "WPC_WEB_NOTIFIER_URL": f"http://127.0.0.1:{up['WPC_NOTIFIER_HTTP_PORT']}", **env})
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "web.log").read_text()
-            time.sleep(0.1)
+        serving(url, proc, tmp_path / "web.log")
+        return url
 
     yield start
     for proc in started:
         proc.terminate()
         proc.wait(30)
+
+
+def serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the process started at ``url`` answers /healthz (its log in the failure).
+    A start-up deadline, not a timed assertion: on this shared 2-core machine a Python
+    service has been seen to need more than 30 s to start."""
+    deadline = time.monotonic() + START_S
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.1)
 
 
 class WebAppFactory:  # the type of `web_app` (a callable: environment -> base URL)

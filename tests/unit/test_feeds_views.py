@@ -58,8 +58,16 @@ def test_search_form_to_the_listener_query() -> None:
         search_form({"ack": "OK"}, "UTC")
     with pytest.raises(FormProblem, match="event"):
         search_form({"event": "A1;DROP"}, "UTC")
-    with pytest.raises(FormProblem, match="since"):
+    with pytest.raises(FormProblem, match="From: not a date"):
         search_form({"since": "yesterday"}, "UTC")
+    with pytest.raises(FormProblem, match="Until: not a date"):
+        search_form({"until": "2026-13-45T99:00"}, "UTC")
+    # What the listener would refuse with a 422 is named here, as a 400 with the field.
+    with pytest.raises(FormProblem, match="before: not a message id"):
+        search_form({"before": "not-an-id"}, "UTC")
+    with pytest.raises(FormProblem, match=r"facility \(MSH-4\): at most 227"):
+        search_form({"facility": "F" * 228}, "UTC")
+    assert search_form({"control_id": "C" * 199}, "UTC") == {"control_id": "C" * 199}
 
 
 def test_message_findings_split_by_severity() -> None:

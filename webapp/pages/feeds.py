@@ -18,7 +18,7 @@ import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -46,7 +46,7 @@ async def _or_none(call: Awaitable[T]) -> T | None:
 
 
 @router.get("/feeds", response_class=HTMLResponse)
-async def feeds_page(request: Request, web: Web, viewer: SignedIn, resent: str | None = None) -> Response:
+async def feeds_page(request: Request, web: Web, viewer: SignedIn, resent: uuid.UUID | None = None) -> Response:
     _ops(viewer)
     who = viewer.name
     listener, findings, enrollment, notifier, failed = await asyncio.gather(
@@ -75,7 +75,9 @@ async def messages_page(request: Request, web: Web, viewer: SignedIn) -> Respons
     try:
         query = views.search_form(form, web.time_zone)
     except views.FormProblem as exc:
-        raise PageError(400, "Something in the search is not right", str(exc)) from exc
+        # The form again, the value named, so it is corrected where it was typed.
+        return render(request, "feeds/messages.html", {"form": form, "found": [], "older": None, "problem": str(exc),
+                                                       "ack_words": views.ACK_WORDS}, status=400)
     found = await web.api.get("listener", "/v1/messages", viewer.name, query)
     older = None
     if found.get("next"):
@@ -86,7 +88,7 @@ async def messages_page(request: Request, web: Web, viewer: SignedIn) -> Respons
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
 async def message_page(request: Request, message_id: uuid.UUID, web: Web, viewer: SignedIn,
-                       rerun: str | None = None) -> Response:
+                       rerun: Literal["AA", "AE", "AR"] | None = None) -> Response:
     _ops(viewer)
     detail = await web.api.get("listener", f"/v1/messages/{message_id}", viewer.name)
     values: dict[str, Any] = {"m": views.message(detail), "rerun": rerun}
@@ -96,7 +98,13 @@ async def message_page(request: Request, message_id: uuid.UUID, web: Web, viewer
 @router.get("/messages/{message_id}/reprocess", response_class=HTMLResponse)
 async def confirm_reprocess(request: Request, message_id: uuid.UUID, web: Web, viewer: SignedIn) -> Response:
     _ops(viewer)
-    return render(request, "feeds/confirm.html", {"message_id": message_id})
+    # The message as the listener has it: an unknown id is the 404 page, and one that
+    # cannot be re-run (accepted, or re-run to AA already) says so instead of offering it.
+    detail = await web.api.get("listener", f"/v1/messages/{message_id}", viewer.name)
+    if not detail.get("reprocessable"):
+        raise PageError(409, "Nothing to re-run",
+                        "This message was accepted, or a re-run accepted it already: it is not re-run twice.")
+    return render(request, "feeds/confirm.html", {"message_id": message_id, "m": views.message(detail)})
 
 
 @router.post("/messages/{message_id}/reprocess")

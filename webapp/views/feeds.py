@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,10 @@ ACK_WORDS = {"AA": "accepted", "AE": "error", "AR": "rejected"}
 # A facility that sent nothing for this long is marked quiet (feeds send around the clock).
 QUIET_AFTER = dt.timedelta(hours=2)
 _EVENT = re.compile(r"^[A-Z0-9]{3}$")
+# The longest values the listener's search takes (HL7 v2.5 lengths of MSH-4 and MSH-10).
+_LONGEST = {"facility": 227, "control_id": 199}
+# How the form labels the fields (a problem names the field as the user sees it).
+_LABELS = {"facility": "facility (MSH-4)", "control_id": "control id (MSH-10)", "since": "From", "until": "Until"}
 
 
 class FormProblem(ValueError):
@@ -131,6 +136,14 @@ def search_form(values: Mapping[str, str | None], zone: str) -> dict[str, str]:
         value = (values.get(name) or "").strip()
         if value:
             query[name] = value
+    for name, limit in _LONGEST.items():
+        if len(query.get(name, "")) > limit:
+            raise FormProblem(f"{_LABELS[name]}: at most {limit} characters")
+    if "before" in query:
+        try:
+            uuid.UUID(query["before"])
+        except ValueError as exc:
+            raise FormProblem("before: not a message id (use the Older messages link)") from exc
     if "ack" in query and query["ack"] not in ACK_WORDS:
         raise FormProblem("ACK code: choose AA, AE or AR")
     if "event" in query:
@@ -139,7 +152,7 @@ def search_form(values: Mapping[str, str | None], zone: str) -> dict[str, str]:
             raise FormProblem("event: a trigger such as A01")
     for name in ("since", "until"):
         if name in query:
-            query[name] = _local(query[name], name, ZoneInfo(zone))
+            query[name] = _local(query[name], _LABELS[name], ZoneInfo(zone))
     return query
 
 
