@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from typing import Any
 
 from enrollment_svc import decide, metrics
 from enrollment_svc.model import Evaluation, Trigger
@@ -42,6 +43,12 @@ from schemas.enrollment import (
 from services.outbox import Outbox
 
 __all__ = ["Candidates", "Topics"]
+
+# What the care team sees of a candidate (`EnrollmentStore.candidate`, the API's bodies).
+_SHOWN = (
+    "SELECT c.id, c.person_id, c.program, c.status, c.facility, c.encounter_id, c.rule_version, c.decision, "
+    "c.created_at, c.proposed_at, c.expires_at, c.updated_at, c.status_reason FROM candidate c "
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,52 @@ class Candidates:
         self.outbox = outbox or Outbox.of(EnrollmentSettings.service, (topics.candidates, topics.events))
         self.outbox.check(topics.candidates)
         self.outbox.check(topics.events)
+
+    # --- what the care team reads and records ----------------------------------------------
+
+    async def shown(self, db: Sql, candidate_id: uuid.UUID) -> dict[str, Any] | None:
+        """One candidate as the care team sees it, or None."""
+        row = await db.row(_SHOWN + "WHERE c.id = :c", {"c": candidate_id})
+        return dict(row) if row is not None else None
+
+    async def listing(
+        self, db: Sql, programs: list[str], status: str | None, facility: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Candidates of ``programs``, newest first, optionally of one status and one facility."""
+        rows = await db.fetch(
+            _SHOWN + "WHERE c.program = ANY(:p) AND (CAST(:s AS text) IS NULL OR c.status = :s) "
+            "AND (CAST(:f AS text) IS NULL OR c.facility = :f) ORDER BY c.seq DESC LIMIT :n",
+            {"p": programs, "s": status, "f": facility, "n": limit},
+        )
+        return [dict(r) for r in rows]
+
+    async def of_person(self, db: Sql, person_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Every candidate of a person, newest first."""
+        rows = await db.fetch(_SHOWN + "WHERE c.person_id = :p ORDER BY c.seq DESC", {"p": person_id})
+        return [dict(r) for r in rows]
+
+    async def programs_of(self, db: Sql, person_id: uuid.UUID) -> set[str]:
+        """The programs a person was ever a candidate of (whose care teams may read the person)."""
+        rows = await db.fetch("SELECT DISTINCT program FROM candidate WHERE person_id = :p", {"p": person_id})
+        return {r["program"] for r in rows}
+
+    async def transitions(self, db: Sql, candidate_id: uuid.UUID) -> list[dict[str, Any]]:
+        """A candidate's status changes, oldest first."""
+        rows = await db.fetch(
+            "SELECT from_status, to_status, actor, reason, at FROM candidate_transition "
+            "WHERE candidate_id = :c ORDER BY id",
+            {"c": candidate_id},
+        )
+        return [dict(r) for r in rows]
+
+    async def record_service(self, db: Sql, candidate_id: uuid.UUID, kind: str, at: dt.datetime, actor: str) -> None:
+        """A service delivered to a candidate (for the measures)."""
+        await db.execute(
+            "INSERT INTO service_record (candidate_id, kind, at, actor) VALUES (:c, :k, :at, :a)",
+            {"c": candidate_id, "k": kind, "at": at, "a": actor},
+        )
+
+    # --- proposals, lifecycle, slots -------------------------------------------------------
 
     async def sync_capacity(self, db: Sql) -> None:
         """Make ``program_capacity`` say what the rules say (run at start, in a transaction)."""

@@ -58,6 +58,36 @@ class Persons:
         self.rules = rules
         self.candidates = candidates
 
+    # --- what the care team reads ------------------------------------------------------------
+
+    async def identifiers(self, db: Sql, person_id: uuid.UUID) -> list[dict[str, Any]]:
+        """A person's identifiers (MRNs with their authority, merged ones too), oldest first."""
+        rows = await db.fetch(
+            "SELECT authority, value, type_code FROM identity WHERE person_id = :p ORDER BY created_at",
+            {"p": person_id},
+        )
+        return [dict(r) for r in rows]
+
+    async def encounters(self, db: Sql, person_id: uuid.UUID, limit: int = 500) -> list[dict[str, Any]]:
+        """A person's encounters, newest first (at most ``limit``)."""
+        rows = await db.fetch(
+            "SELECT id, facility, visit_number, kind, status, patient_class, start_at, end_at, dx_flags "
+            "FROM encounter WHERE person_id = :p ORDER BY start_at DESC LIMIT :n",
+            {"p": person_id, "n": limit},
+        )
+        return [dict(r) for r in rows]
+
+    async def flags(self, db: Sql, person_id: uuid.UUID) -> list[dict[str, Any]]:
+        """A person's flags (partner systems' facts), newest first."""
+        rows = await db.fetch(
+            "SELECT id, kind, source, effective, until, detail FROM patient_flag WHERE person_id = :p "
+            "ORDER BY effective DESC",
+            {"p": person_id},
+        )
+        return [dict(r) for r in rows]
+
+    # --- identities --------------------------------------------------------------------------
+
     async def resolve(
         self,
         db: Sql,
