@@ -25,7 +25,7 @@ import json
 import uuid
 from typing import Any
 
-from enrollment_svc import decide, metrics
+from enrollment_svc import decide, merges, metrics, slots
 from enrollment_svc.model import Evaluation, Trigger
 from enrollment_svc.rules import Rules
 from enrollment_svc.settings import EnrollmentSettings
@@ -186,7 +186,7 @@ class Candidates:
         # lock serializes every instance's proposals for the program, so it is held for as few
         # statements as can be (count, write, commit).
         proposal = await self._proposal(db, candidate_id, now)
-        if not await self._slot_free(db, program):
+        if slots.placement(await self._occupancy(db, program)) == "queued":
             return candidate_id, "queued"
         await self._publish(db, proposal)
         return candidate_id, "pending"
@@ -288,7 +288,7 @@ class Candidates:
             {"s": target, "r": reason, "now": now, "c": candidate_id},
         )
         await self._record_transition(db, candidate_id, row["status"], target, actor=actor, reason=reason, now=now)
-        if refill and row["status"] in HOLDS_SLOT and target not in HOLDS_SLOT:
+        if refill and slots.releases_slot(row["status"], target):
             await self.fill_slot(db, row["program"], now)
         return target
 
@@ -301,9 +301,9 @@ class Candidates:
              "c": candidate_id},
         )
 
-    async def _slot_free(self, db: Sql, program: str) -> bool:
-        """Whether the program has a free slot; the capacity row stays locked until commit, so
-        two transactions cannot both take the last slot. The count is a statement of its own,
+    async def _occupancy(self, db: Sql, program: str) -> slots.Occupancy:
+        """The program's slots (`enrollment_svc.slots`); the capacity row stays locked until commit,
+        so two transactions cannot both take the last slot. The count is a statement of its own,
         after the lock: one statement's reads would not see what the previous holder committed."""
         capacity = await db.scalar(
             "SELECT capacity FROM program_capacity WHERE program = :p FOR UPDATE", {"p": program}
@@ -312,18 +312,21 @@ class Candidates:
             "SELECT count(*) FROM candidate WHERE program = :p AND status = ANY(:s)",
             {"p": program, "s": list(HOLDS_SLOT)},
         )
-        return bool(used < (capacity or 0))
+        return slots.Occupancy(capacity=capacity or 0, used=int(used))
 
     async def fill_slot(self, db: Sql, program: str, now: dt.datetime) -> None:
-        if not await self._slot_free(db, program):
-            return
-        waiting = await db.scalar(
+        """Refill the program (`slots.next_in_line`): the oldest queued candidate, when a slot is free."""
+        occupancy = await self._occupancy(db, program)
+        if not occupancy.free:
+            return  # no need to read the queue
+        waiting = await db.fetch(
             "SELECT id FROM candidate WHERE program = :p AND status = 'queued' ORDER BY seq LIMIT 1 "
             "FOR UPDATE SKIP LOCKED",
             {"p": program},
         )
-        if waiting is not None:
-            await self.propose(db, waiting, now)
+        chosen = slots.next_in_line(occupancy, [r["id"] for r in waiting])
+        if chosen is not None:
+            await self.propose(db, chosen, now)
 
     async def expire_due(self, db: Sql, now: dt.datetime, *, limit: int = 100) -> int:
         """Expire pending candidates nobody acted on (one batch; the service calls it periodically)."""
@@ -344,16 +347,13 @@ class Candidates:
     ) -> None:
         """One active candidate per person survives a merge: the survivor's; the other is withdrawn
         (`decide.MERGED`: it binds no later decision, which the merged person's replay makes)."""
-        survivor_has = await db.scalar(
-            "SELECT id FROM candidate WHERE person_id = :p AND status = ANY(:a)", {"p": into_person, "a": list(ACTIVE)}
-        )
-        if survivor_has is not None:
-            moving = await db.scalar(
-                "SELECT id FROM candidate WHERE person_id = :p AND status = ANY(:a)",
-                {"p": from_person, "a": list(ACTIVE)},
-            )
-            if moving is not None:
-                await self.transition(db, moving, "withdraw", actor="system", reason=decide.MERGED, now=now)
+        active = {r["person_id"]: r["id"] for r in await db.fetch(
+            "SELECT person_id, id FROM candidate WHERE person_id = ANY(:ps) AND status = ANY(:a)",
+            {"ps": [from_person, into_person], "a": list(ACTIVE)},
+        )}
+        withdrawn = merges.withdrawn_on_merge(active.get(into_person), active.get(from_person))
+        if withdrawn is not None:
+            await self.transition(db, withdrawn, "withdraw", actor="system", reason=decide.MERGED, now=now)
         await db.execute(
             "UPDATE candidate SET person_id = :i WHERE person_id = :f", {"i": into_person, "f": from_person}
         )
