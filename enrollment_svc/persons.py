@@ -163,7 +163,7 @@ class Persons:
             "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('merge', :a, :b, :who, 'A40')",
             {"a": prior_key, "b": survivor_key, "who": actor},
         )
-        if row is None:  # merge.kind == "early"
+        if merge.kind == "early":
             await db.execute(
                 "INSERT INTO identity (key, person_id, authority, value, type_code, merged_into) "
                 "VALUES (:k, :p, :a, :v, :t, :s)",
