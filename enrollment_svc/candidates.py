@@ -1,4 +1,6 @@
-"""Candidates: their proposal, lifecycle and program slots, with their outbox rows.
+"""Candidates: their proposal, lifecycle and program slots, with their outbox rows. The
+decisions are pure rules elsewhere (`status.next_status`, `slots`, `merges`); this
+repository loads what they read and writes what they decide.
 
 A candidate is created queued, with its recorded decision (`decide.recorded_decision`),
 its first transition and that transition's `enrollment.events` outbox row in one

@@ -2,9 +2,11 @@
 identities, act on a candidate, expire what nobody acted on, decide a person again.
 
 Each loads what it needs, calls the pure rules (`history.fold`, `eligibility.evaluate`,
-`decide.plan`, `status.next_status`) and saves through the repositories: `Persons`
-(identities, merges, links, the reads deciding needs) and `Candidates` (proposals,
-status changes, slots, outbox rows). The ADT path's own statements, tuned for the hot
+`decide.plan`, `status.next_status`, the slot rules of `slots` and the merge rules of
+`merges`) and saves through the repositories: `Persons` (identities, merges, links, the
+reads deciding needs) and `Candidates` (proposals, status changes, slots, outbox rows).
+The care team's API calls the use cases at the end of the class for its reads; it checks
+roles and writes audit rows itself. The ADT path's own statements, tuned for the hot
 path, are here.
 
 Every change of state happens in one transaction together with its outbox rows
