@@ -15,10 +15,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from enrollment_svc import findings, measures, worklist
+from enrollment_svc import measures, worklist
 from enrollment_svc.model import Flag, FlagKind
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import TransitionError
@@ -90,15 +89,9 @@ async def _audit(
     await audit.record(conn, user.audit_actor, action, person_id=person, candidate_id=candidate, detail=detail)
 
 
-_CANDIDATE_COLUMNS = (
-    "c.id, c.person_id, c.program, c.status, c.facility, c.encounter_id, c.rule_version, c.decision, "
-    "c.created_at, c.proposed_at, c.expires_at, c.updated_at, c.status_reason"
-)
-
-
-def _row(row: Any) -> dict[str, Any]:
-    """A result row as JSON-ready fields (candidates, encounters, flags)."""
-    return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in row._mapping.items()}
+def _row(row: dict[str, Any]) -> dict[str, Any]:
+    """A repository's row as JSON-ready fields (candidates, encounters, flags)."""
+    return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in row.items()}
 
 
 def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
@@ -117,30 +110,16 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             raise HTTPException(403, "no role for this program")
         programs = [program] if program else sorted(allowed)
         async with engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.program = ANY(:p) "
-                        "AND (CAST(:s AS text) IS NULL OR c.status = :s) "
-                        "AND (CAST(:f AS text) IS NULL OR c.facility = :f) ORDER BY c.seq DESC LIMIT :n"
-                    ),
-                    {"p": programs, "s": status, "f": facility, "n": limit},
-                )
-            ).all()
+            rows = await store.list_candidates(conn, programs, status=status, facility=facility, limit=limit)
             for r in rows:
-                await _audit(conn, user, "list_candidate", person=r.person_id, candidate=r.id)
+                await _audit(conn, user, "list_candidate", person=r["person_id"], candidate=r["id"])
         return [_row(r) for r in rows]
 
-    async def _one(conn: AsyncConnection, user: User, candidate_id: uuid.UUID, *, write: bool) -> Any:
-        row = (
-            await conn.execute(
-                text(f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.id = :c"),
-                {"c": candidate_id},
-            )
-        ).first()
+    async def _one(conn: AsyncConnection, user: User, candidate_id: uuid.UUID, *, write: bool) -> dict[str, Any]:
+        row = await store.candidate(conn, candidate_id)
         if row is None:
             raise HTTPException(404, "no such candidate")
-        if row.program not in user.programs(write=write):
+        if row["program"] not in user.programs(write=write):
             raise HTTPException(403, "no role for this candidate's program")
         return row
 
@@ -148,24 +127,12 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
     async def read_candidate(candidate_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
         async with engine.begin() as conn:
             row = await _one(conn, user, candidate_id, write=False)
-            identifiers = (
-                await conn.execute(
-                    text("SELECT authority, value, type_code FROM identity WHERE person_id = :p ORDER BY created_at"),
-                    {"p": row.person_id},
-                )
-            ).all()
-            transitions = (
-                await conn.execute(
-                    text("SELECT from_status, to_status, actor, reason, at FROM candidate_transition "
-                         "WHERE candidate_id = :c ORDER BY id"),
-                    {"c": candidate_id},
-                )
-            ).all()
-            await _audit(conn, user, "read_candidate", person=row.person_id, candidate=row.id)
+            identifiers, transitions = await store.candidate_trail(conn, candidate_id, row["person_id"])
+            await _audit(conn, user, "read_candidate", person=row["person_id"], candidate=row["id"])
             worklog = await store.candidates.worklog(await Sql.of(conn), candidate_id)
         body = {**_row(row), **worklog}
-        body["identifiers"] = [dict(i._mapping) for i in identifiers]
-        body["transitions"] = [dict(t._mapping) for t in transitions]
+        body["identifiers"] = identifiers
+        body["transitions"] = transitions
         return body
 
     async def _act(candidate_id: uuid.UUID, action: str, reason: str | None, user: User) -> dict[str, Any]:
@@ -177,7 +144,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
                 )
             except TransitionError as exc:
                 raise HTTPException(409, str(exc)) from exc
-            await _audit(conn, user, action, person=row.person_id, candidate=row.id, detail=reason or "")
+            await _audit(conn, user, action, person=row["person_id"], candidate=row["id"], detail=reason or "")
         return {"id": str(candidate_id), "status": status}
 
     @router.post("/candidates/{candidate_id}/accept", response_model=ActionOut)
@@ -203,51 +170,25 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
         """A service delivered (for the measures): pre-discharge visit, home visit, PCP appointment."""
         async with engine.begin() as conn:
             row = await _one(conn, user, candidate_id, write=True)
-            await conn.execute(
-                text("INSERT INTO service_record (candidate_id, kind, at, actor) VALUES (:c, :k, :at, :a)"),
-                {"c": candidate_id, "k": body.kind, "at": utc_time(body.at), "a": user.name},
-            )
-            await _audit(conn, user, "record_service", person=row.person_id, candidate=row.id, detail=body.kind)
+            await store.record_service(conn, candidate_id, body.kind, at=utc_time(body.at), actor=user.name)
+            await _audit(conn, user, "record_service", person=row["person_id"], candidate=row["id"],
+                         detail=body.kind)
         return {"id": str(candidate_id), "kind": body.kind}
 
     @router.get("/persons/{person_id}/timeline")
     async def timeline(person_id: uuid.UUID, user: CurrentUser) -> dict[str, Any]:
         """Encounters, flags, decisions (candidates) and enrollments of one person, newest first."""
         async with engine.begin() as conn:
-            programs = (
-                await conn.execute(
-                    text("SELECT DISTINCT program FROM candidate WHERE person_id = :p"), {"p": person_id}
-                )
-            ).scalars().all()
-            if not user.has("ops") and not set(programs) & user.programs():
+            programs = await store.person_programs(conn, person_id)
+            if not user.has("ops") and not programs & user.programs():
                 raise HTTPException(403, "no role for this person's programs")
-            encounters = (
-                await conn.execute(
-                    text("SELECT id, facility, visit_number, kind, status, patient_class, start_at, end_at, dx_flags "
-                         "FROM encounter WHERE person_id = :p ORDER BY start_at DESC LIMIT 500"),
-                    {"p": person_id},
-                )
-            ).all()
-            flags = (
-                await conn.execute(
-                    text("SELECT id, kind, source, effective, until, detail FROM patient_flag WHERE person_id = :p "
-                         "ORDER BY effective DESC"),
-                    {"p": person_id},
-                )
-            ).all()
-            candidates = (
-                await conn.execute(
-                    text(f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.person_id = :p "
-                         "ORDER BY c.seq DESC"),
-                    {"p": person_id},
-                )
-            ).all()
+            timeline = await store.timeline(conn, person_id)
             await _audit(conn, user, "read_timeline", person=person_id)
         return {
             "person_id": str(person_id),
-            "encounters": [_row(e) for e in encounters],
-            "flags": [_row(f) for f in flags],
-            "candidates": [_row(c) for c in candidates],
+            "encounters": [_row(e) for e in timeline.encounters],
+            "flags": [_row(f) for f in timeline.flags],
+            "candidates": [_row(c) for c in timeline.candidates],
         }
 
     @router.post("/flags", status_code=201)
@@ -366,7 +307,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
         if not user.has("ops"):
             raise HTTPException(403, "feed findings are ops work: they need the ops role")
         async with engine.connect() as conn:
-            return await findings.report(conn, facility)
+            return await store.feed_findings(conn, facility)
 
     @router.post("/candidates/{candidate_id}/outreach", status_code=201)
     async def record_outreach(candidate_id: uuid.UUID, body: OutreachIn, user: CurrentUser) -> dict[str, Any]:
@@ -377,14 +318,14 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
             raise HTTPException(422, "at: an outreach attempt cannot be in the future")
         async with engine.begin() as conn:
             row = await _one(conn, user, candidate_id, write=True)
-            if row.status not in _REACHABLE:
+            if row["status"] not in _REACHABLE:
                 raise HTTPException(409, f"outreach is recorded on a pending, accepted or enrolled candidate; "
-                                         f"this one is {row.status}")
+                                         f"this one is {row['status']}")
             attempt = await store.candidates.record_outreach(
                 await Sql.of(conn), candidate_id, at=at, channel=body.channel, outcome=body.outcome,
                 note=body.note or None, actor=user.name,
             )
-            await _audit(conn, user, "record_outreach", person=row.person_id, candidate=row.id,
+            await _audit(conn, user, "record_outreach", person=row["person_id"], candidate=row["id"],
                          detail=f"{body.channel}:{body.outcome}")
         return {"id": str(candidate_id), "outreach_id": attempt, "channel": body.channel, "outcome": body.outcome}
 
@@ -395,12 +336,7 @@ def enrollment_router(engine: AsyncEngine, store: EnrollmentStore) -> APIRouter:
         the viewer's team is a 42 CFR Part 2 program (`services.part2`), for the page to apply it."""
         async with engine.begin() as conn:
             db = await Sql.of(conn)
-            candidates = [
-                _row(c) for c in (await conn.execute(
-                    text(f"SELECT {_CANDIDATE_COLUMNS} FROM candidate c WHERE c.person_id = :p ORDER BY c.seq DESC"),
-                    {"p": person_id},
-                )).all()
-            ]
+            candidates = [_row(c) for c in await store.candidates.of_person(db, person_id)]
             if not user.has("ops") and not {c["program"] for c in candidates} & user.programs():
                 raise HTTPException(403, "no role for this person's programs")
             profile = await store.persons.profile(db, person_id, dt.datetime.now(dt.UTC))

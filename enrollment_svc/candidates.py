@@ -1,4 +1,6 @@
-"""Candidates: their proposal, lifecycle and program slots, with their outbox rows.
+"""Candidates: their proposal, lifecycle and program slots, with their outbox rows. The
+decisions are pure rules elsewhere (`status.next_status`, `slots`, `merges`); this
+repository loads what they read and writes what they decide.
 
 A candidate is created queued, with its recorded decision (`decide.recorded_decision`),
 its first transition and that transition's `enrollment.events` outbox row in one
@@ -25,7 +27,7 @@ import json
 import uuid
 from typing import Any
 
-from enrollment_svc import decide, metrics
+from enrollment_svc import decide, merges, metrics, slots
 from enrollment_svc.model import Evaluation, Trigger
 from enrollment_svc.rules import Rules
 from enrollment_svc.settings import EnrollmentSettings
@@ -43,6 +45,12 @@ from schemas.enrollment import (
 from services.outbox import Outbox
 
 __all__ = ["Candidates", "Topics"]
+
+# What the care team sees of a candidate (`EnrollmentStore.candidate`, the API's bodies).
+_SHOWN = (
+    "SELECT c.id, c.person_id, c.program, c.status, c.facility, c.encounter_id, c.rule_version, c.decision, "
+    "c.created_at, c.proposed_at, c.expires_at, c.updated_at, c.status_reason FROM candidate c "
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,52 @@ class Candidates:
         self.outbox = outbox or Outbox.of(EnrollmentSettings.service, (topics.candidates, topics.events))
         self.outbox.check(topics.candidates)
         self.outbox.check(topics.events)
+
+    # --- what the care team reads and records ----------------------------------------------
+
+    async def shown(self, db: Sql, candidate_id: uuid.UUID) -> dict[str, Any] | None:
+        """One candidate as the care team sees it, or None."""
+        row = await db.row(_SHOWN + "WHERE c.id = :c", {"c": candidate_id})
+        return dict(row) if row is not None else None
+
+    async def listing(
+        self, db: Sql, programs: list[str], status: str | None, facility: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Candidates of ``programs``, newest first, optionally of one status and one facility."""
+        rows = await db.fetch(
+            _SHOWN + "WHERE c.program = ANY(:p) AND (CAST(:s AS text) IS NULL OR c.status = :s) "
+            "AND (CAST(:f AS text) IS NULL OR c.facility = :f) ORDER BY c.seq DESC LIMIT :n",
+            {"p": programs, "s": status, "f": facility, "n": limit},
+        )
+        return [dict(r) for r in rows]
+
+    async def of_person(self, db: Sql, person_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Every candidate of a person, newest first."""
+        rows = await db.fetch(_SHOWN + "WHERE c.person_id = :p ORDER BY c.seq DESC", {"p": person_id})
+        return [dict(r) for r in rows]
+
+    async def programs_of(self, db: Sql, person_id: uuid.UUID) -> set[str]:
+        """The programs a person was ever a candidate of (whose care teams may read the person)."""
+        rows = await db.fetch("SELECT DISTINCT program FROM candidate WHERE person_id = :p", {"p": person_id})
+        return {r["program"] for r in rows}
+
+    async def transitions(self, db: Sql, candidate_id: uuid.UUID) -> list[dict[str, Any]]:
+        """A candidate's status changes, oldest first."""
+        rows = await db.fetch(
+            "SELECT from_status, to_status, actor, reason, at FROM candidate_transition "
+            "WHERE candidate_id = :c ORDER BY id",
+            {"c": candidate_id},
+        )
+        return [dict(r) for r in rows]
+
+    async def record_service(self, db: Sql, candidate_id: uuid.UUID, kind: str, at: dt.datetime, actor: str) -> None:
+        """A service delivered to a candidate (for the measures)."""
+        await db.execute(
+            "INSERT INTO service_record (candidate_id, kind, at, actor) VALUES (:c, :k, :at, :a)",
+            {"c": candidate_id, "k": kind, "at": at, "a": actor},
+        )
+
+    # --- proposals, lifecycle, slots -------------------------------------------------------
 
     async def sync_capacity(self, db: Sql) -> None:
         """Make ``program_capacity`` say what the rules say (run at start, in a transaction)."""
@@ -134,7 +188,7 @@ class Candidates:
         # lock serializes every instance's proposals for the program, so it is held for as few
         # statements as can be (count, write, commit).
         proposal = await self._proposal(db, candidate_id, now)
-        if not await self._slot_free(db, program):
+        if slots.placement(await self._occupancy(db, program)) == "queued":
             return candidate_id, "queued"
         await self._publish(db, proposal)
         return candidate_id, "pending"
@@ -240,7 +294,7 @@ class Candidates:
             {"s": target, "r": reason, "now": now, "c": candidate_id},
         )
         await self._record_transition(db, candidate_id, row["status"], target, actor=actor, reason=reason, now=now)
-        if refill and row["status"] in HOLDS_SLOT and target not in HOLDS_SLOT:
+        if refill and slots.releases_slot(row["status"], target):
             await self.fill_slot(db, row["program"], now)
         return target
 
@@ -294,9 +348,9 @@ class Candidates:
              "c": candidate_id},
         )
 
-    async def _slot_free(self, db: Sql, program: str) -> bool:
-        """Whether the program has a free slot; the capacity row stays locked until commit, so
-        two transactions cannot both take the last slot. The count is a statement of its own,
+    async def _occupancy(self, db: Sql, program: str) -> slots.Occupancy:
+        """The program's slots (`enrollment_svc.slots`); the capacity row stays locked until commit,
+        so two transactions cannot both take the last slot. The count is a statement of its own,
         after the lock: one statement's reads would not see what the previous holder committed."""
         capacity = await db.scalar(
             "SELECT capacity FROM program_capacity WHERE program = :p FOR UPDATE", {"p": program}
@@ -305,18 +359,21 @@ class Candidates:
             "SELECT count(*) FROM candidate WHERE program = :p AND status = ANY(:s)",
             {"p": program, "s": list(HOLDS_SLOT)},
         )
-        return bool(used < (capacity or 0))
+        return slots.Occupancy(capacity=capacity or 0, used=int(used))
 
     async def fill_slot(self, db: Sql, program: str, now: dt.datetime) -> None:
-        if not await self._slot_free(db, program):
-            return
-        waiting = await db.scalar(
+        """Refill the program (`slots.next_in_line`): the oldest queued candidate, when a slot is free."""
+        occupancy = await self._occupancy(db, program)
+        if not occupancy.free:
+            return  # no need to read the queue
+        waiting = await db.fetch(
             "SELECT id FROM candidate WHERE program = :p AND status = 'queued' ORDER BY seq LIMIT 1 "
             "FOR UPDATE SKIP LOCKED",
             {"p": program},
         )
-        if waiting is not None:
-            await self.propose(db, waiting, now)
+        chosen = slots.next_in_line(occupancy, [r["id"] for r in waiting])
+        if chosen is not None:
+            await self.propose(db, chosen, now)
 
     async def expire_due(self, db: Sql, now: dt.datetime, *, limit: int = 100) -> int:
         """Expire pending candidates nobody acted on (one batch; the service calls it periodically)."""
@@ -337,16 +394,13 @@ class Candidates:
     ) -> None:
         """One active candidate per person survives a merge: the survivor's; the other is withdrawn
         (`decide.MERGED`: it binds no later decision, which the merged person's replay makes)."""
-        survivor_has = await db.scalar(
-            "SELECT id FROM candidate WHERE person_id = :p AND status = ANY(:a)", {"p": into_person, "a": list(ACTIVE)}
-        )
-        if survivor_has is not None:
-            moving = await db.scalar(
-                "SELECT id FROM candidate WHERE person_id = :p AND status = ANY(:a)",
-                {"p": from_person, "a": list(ACTIVE)},
-            )
-            if moving is not None:
-                await self.transition(db, moving, "withdraw", actor="system", reason=decide.MERGED, now=now)
+        active = {r["person_id"]: r["id"] for r in await db.fetch(
+            "SELECT person_id, id FROM candidate WHERE person_id = ANY(:ps) AND status = ANY(:a)",
+            {"ps": [from_person, into_person], "a": list(ACTIVE)},
+        )}
+        withdrawn = merges.withdrawn_on_merge(active.get(into_person), active.get(from_person))
+        if withdrawn is not None:
+            await self.transition(db, withdrawn, "withdraw", actor="system", reason=decide.MERGED, now=now)
         await db.execute(
             "UPDATE candidate SET person_id = :i WHERE person_id = :f", {"i": into_person, "f": from_person}
         )

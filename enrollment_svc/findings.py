@@ -27,9 +27,6 @@ import datetime as dt
 import zlib
 from typing import Any, Final
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from enrollment_svc.sql import Sql
 
 __all__ = ["CLOCK_AHEAD", "KINDS", "SHARDS", "VISIT_REUSED", "clock_ahead", "count", "report"]
@@ -61,20 +58,16 @@ async def count(db: Sql, facility: str, kind: str, patient_key: str, at: dt.date
     )
 
 
-async def report(conn: AsyncConnection, facility: str | None = None) -> list[dict[str, Any]]:
+async def report(db: Sql, facility: str | None = None) -> list[dict[str, Any]]:
     """Findings per facility and kind, shards added up, most frequent first."""
-    rows = (
-        await conn.execute(
-            text(
-                "SELECT facility, kind, sum(count) AS n, min(first_seen) AS first_seen, "
-                "max(last_seen) AS last_seen FROM feed_finding WHERE CAST(:f AS text) IS NULL OR facility = :f "
-                "GROUP BY facility, kind ORDER BY sum(count) DESC, facility, kind"
-            ),
-            {"f": facility},
-        )
-    ).all()
+    rows = await db.fetch(
+        "SELECT facility, kind, sum(count) AS n, min(first_seen) AS first_seen, "
+        "max(last_seen) AS last_seen FROM feed_finding WHERE CAST(:f AS text) IS NULL OR facility = :f "
+        "GROUP BY facility, kind ORDER BY sum(count) DESC, facility, kind",
+        {"f": facility},
+    )
     return [
-        {"facility": r.facility, "kind": r.kind, "count": int(r.n), "first_seen": r.first_seen,
-         "last_seen": r.last_seen}
+        {"facility": r["facility"], "kind": r["kind"], "count": int(r["n"]), "first_seen": r["first_seen"],
+         "last_seen": r["last_seen"]}
         for r in rows
     ]

@@ -22,7 +22,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from enrollment_svc import card, decide, history
+from enrollment_svc import card, decide, history, merges
 from enrollment_svc.candidates import Candidates
 from enrollment_svc.model import EncounterFacts, Flag, PersonHistory
 from enrollment_svc.rows import HISTORY_COLUMNS, SAVE_ENCOUNTER, encounter_params, event_from_body, json_value
@@ -59,6 +59,36 @@ class Persons:
         self.rules = rules
         self.candidates = candidates
 
+    # --- what the care team reads ------------------------------------------------------------
+
+    async def identifiers(self, db: Sql, person_id: uuid.UUID) -> list[dict[str, Any]]:
+        """A person's identifiers (MRNs with their authority, merged ones too), oldest first."""
+        rows = await db.fetch(
+            "SELECT authority, value, type_code FROM identity WHERE person_id = :p ORDER BY created_at",
+            {"p": person_id},
+        )
+        return [dict(r) for r in rows]
+
+    async def encounters(self, db: Sql, person_id: uuid.UUID, limit: int = 500) -> list[dict[str, Any]]:
+        """A person's encounters, newest first (at most ``limit``)."""
+        rows = await db.fetch(
+            "SELECT id, facility, visit_number, kind, status, patient_class, start_at, end_at, dx_flags "
+            "FROM encounter WHERE person_id = :p ORDER BY start_at DESC LIMIT :n",
+            {"p": person_id, "n": limit},
+        )
+        return [dict(r) for r in rows]
+
+    async def flags(self, db: Sql, person_id: uuid.UUID) -> list[dict[str, Any]]:
+        """A person's flags (partner systems' facts), newest first."""
+        rows = await db.fetch(
+            "SELECT id, kind, source, effective, until, detail FROM patient_flag WHERE person_id = :p "
+            "ORDER BY effective DESC",
+            {"p": person_id},
+        )
+        return [dict(r) for r in rows]
+
+    # --- identities --------------------------------------------------------------------------
+
     async def resolve(
         self,
         db: Sql,
@@ -81,22 +111,25 @@ class Persons:
         by_medi_cal: uuid.UUID | None = None
         if medi_cal_id:
             by_medi_cal = await db.scalar("SELECT id FROM person WHERE medi_cal_id = :m", {"m": medi_cal_id})
-        if row is not None:
-            person_id: uuid.UUID = row["person_id"]
-            if by_medi_cal is not None and by_medi_cal != person_id:
-                # The same Medi-Cal id at two hospitals: one person (programs.md, identity across hospitals).
-                for p in sorted((person_id, by_medi_cal), key=str):
-                    await self.lock(db, p)
-                await self.merge_persons(db, person_id, by_medi_cal, actor="medi-cal-id", reason="same Medi-Cal id")
-                return by_medi_cal, True
-            if by_medi_cal is None and medi_cal_id:
-                await db.execute(
-                    "UPDATE person SET medi_cal_id = :m WHERE id = :p AND medi_cal_id IS NULL",
-                    {"m": medi_cal_id, "p": person_id},
-                )
-            return person_id, False
-        person_id = by_medi_cal or uuid.uuid4()
-        if by_medi_cal is None:
+        found = merges.resolve(row["person_id"] if row is not None else None, by_medi_cal, medi_cal_id)
+        if found.kind == "merge":
+            # The same Medi-Cal id at two hospitals: one person (programs.md, identity across hospitals).
+            assert found.person is not None and found.merge_from is not None
+            for p in sorted((found.merge_from, found.person), key=str):
+                await self.lock(db, p)
+            await self.merge_persons(db, found.merge_from, found.person, actor="medi-cal-id",
+                                     reason="same Medi-Cal id")
+            return found.person, True
+        if found.kind == "claim":
+            await db.execute(
+                "UPDATE person SET medi_cal_id = :m WHERE id = :p AND medi_cal_id IS NULL",
+                {"m": medi_cal_id, "p": found.person},
+            )
+        if found.kind in ("known", "claim"):
+            assert found.person is not None
+            return found.person, False
+        person_id = found.person or uuid.uuid4()
+        if found.kind == "new":
             await db.execute("INSERT INTO person (id, medi_cal_id) VALUES (:p, :m)", {"p": person_id, "m": medi_cal_id})
         await db.execute(
             "INSERT INTO identity (key, person_id, authority, value, type_code) VALUES (:k, :p, :a, :v, :t)",
@@ -121,27 +154,31 @@ class Persons:
         whenever they come, join the survivor. True when the merge is new (not a redelivery).
         """
         row = await db.row("SELECT person_id, merged_into FROM identity WHERE key = :k", {"k": prior_key})
-        if row is not None and row["merged_into"] == survivor_key:
-            return False  # already merged: a redelivered A40
+        merge = merges.identity_merge(
+            row["person_id"] if row is not None else None, row["merged_into"] if row is not None else None,
+            survivor_key, survivor_person,
+        )
+        if merge.kind == "redelivered":
+            return False
         await db.execute(
             "INSERT INTO identity_link (action, key_a, key_b, actor, reason) VALUES ('merge', :a, :b, :who, 'A40')",
             {"a": prior_key, "b": survivor_key, "who": actor},
         )
-        if row is None:
+        if merge.kind == "early":
             await db.execute(
                 "INSERT INTO identity (key, person_id, authority, value, type_code, merged_into) "
                 "VALUES (:k, :p, :a, :v, :t, :s)",
                 {"k": prior_key, "p": survivor_person, "a": prior_authority, "v": prior.value,
                  "t": prior.type_code, "s": survivor_key},
             )
-            return False  # nothing of it is stored yet: nothing to decide again
+            return merge.regroups  # nothing of it is stored yet: nothing to decide again
         await db.execute("UPDATE identity SET merged_into = :s WHERE key = :k", {"s": survivor_key, "k": prior_key})
         prior_person: uuid.UUID = row["person_id"]
-        if prior_person != survivor_person:
+        if merge.other_person:
             await self.lock(db, prior_person)
         keys = [r["key"] for r in await db.fetch(_MERGED_INTO, {"k": prior_key})]
         moving = await db.fetch("SELECT id FROM encounter WHERE identity_key = ANY(:keys)", {"keys": keys})
-        kept = await self.combine_visits(db, survivor_person, [r["id"] for r in moving])
+        kept = await self._combine_visits(db, survivor_person, [r["id"] for r in moving])
         # Encounters keep their (facility, visit number) key, so moving them can never double count.
         await db.execute(
             "UPDATE encounter SET identity_key = :s, person_id = :p WHERE id = ANY(:ids)",
@@ -151,7 +188,7 @@ class Persons:
             "UPDATE patient_flag SET identity_key = :s, person_id = :p WHERE identity_key = ANY(:keys)",
             {"s": survivor_key, "p": survivor_person, "keys": keys},
         )
-        if prior_person != survivor_person:
+        if merge.other_person:
             remaining = await db.scalar(
                 "SELECT count(*) FROM identity WHERE person_id = :p AND merged_into IS NULL AND key <> :k",
                 {"p": prior_person, "k": prior_key},
@@ -160,16 +197,16 @@ class Persons:
                 "UPDATE identity SET person_id = :s WHERE key = ANY(:keys)", {"s": survivor_person, "keys": keys}
             )
             await self.carry_events_through(db, prior_person, survivor_person)
-            if not remaining:
+            if merges.candidates_follow(int(remaining)):
                 await self.candidates.move(db, prior_person, survivor_person, now, actor=actor)
-        return True
+        return merge.regroups
 
     async def merge_persons(
         self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID, *, actor: str, reason: str
     ) -> None:
         """One person of two (the caller holds both locks): identities, encounters, flags, candidates."""
         moving = await db.fetch("SELECT id FROM encounter WHERE person_id = :f", {"f": from_person})
-        kept = await self.combine_visits(db, into_person, [r["id"] for r in moving])
+        kept = await self._combine_visits(db, into_person, [r["id"] for r in moving])
         await db.execute("UPDATE encounter SET person_id = :i WHERE id = ANY(:ids)", {"i": into_person, "ids": kept})
         for table in ("identity", "patient_flag"):
             await db.execute(
@@ -185,12 +222,15 @@ class Persons:
             {"i": into_person, "f": from_person},
         )
         await self.candidates.move(db, from_person, into_person, dt.datetime.now(dt.UTC), actor=actor)
-        mc = await db.scalar("SELECT medi_cal_id FROM person WHERE id = :f", {"f": from_person})
-        if mc is not None:
+        ids = {r["id"]: r["medi_cal_id"] for r in await db.fetch(
+            "SELECT id, medi_cal_id FROM person WHERE id = ANY(:ps)", {"ps": [from_person, into_person]}
+        )}
+        if ids.get(from_person) is not None:
+            # Medi-Cal ids are unique: the merged-away person lets go of its id first.
             await db.execute("UPDATE person SET medi_cal_id = NULL WHERE id = :f", {"f": from_person})
-            await db.execute(
-                "UPDATE person SET medi_cal_id = COALESCE(medi_cal_id, :m) WHERE id = :i", {"m": mc, "i": into_person}
-            )
+            kept_id = merges.medi_cal_after_merge(ids.get(into_person), ids.get(from_person))
+            if kept_id != ids.get(into_person):
+                await db.execute("UPDATE person SET medi_cal_id = :m WHERE id = :i", {"m": kept_id, "i": into_person})
 
     async def carry_events_through(self, db: Sql, from_person: uuid.UUID, into_person: uuid.UUID) -> None:
         await db.execute(
@@ -199,23 +239,27 @@ class Persons:
             {"f": from_person, "i": into_person},
         )
 
-    async def combine_visits(self, db: Sql, into_person: uuid.UUID, moving: list[uuid.UUID]) -> list[uuid.UUID]:
-        """Of the encounters ``moving`` to ``into_person``, fold each one whose facility and visit
-        number the person has already into that encounter (one visit of one patient is one
-        encounter: the events of both, re-folded); the others are returned, to be moved."""
-        pairs = await db.fetch(
-            "SELECT b.id AS gone, a.id AS kept FROM encounter b JOIN encounter a ON a.facility = b.facility "
-            "AND a.visit_number = b.visit_number AND a.person_id = :i AND a.id <> b.id WHERE b.id = ANY(:ids)",
+    async def _combine_visits(self, db: Sql, into_person: uuid.UUID, moving: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Of the encounters ``moving`` to ``into_person``, fold each one whose visit the person
+        has already into that encounter (`merges.combine_visits`: the events of both, re-folded);
+        the others are returned, to be moved."""
+        rows = await db.fetch(
+            "SELECT e.id, e.facility, e.visit_number, e.person_id = :i AS survivor FROM encounter e "
+            "WHERE e.id = ANY(:ids) OR (e.person_id = :i AND (e.facility, e.visit_number) IN "
+            "(SELECT m.facility, m.visit_number FROM encounter m WHERE m.id = ANY(:ids)))",
             {"i": into_person, "ids": moving},
         )
-        for pair in pairs:
-            ids = {"k": pair["kept"], "g": pair["gone"]}
+        visits = {r["id"]: merges.Visit(r["id"], r["facility"], r["visit_number"]) for r in rows}
+        combined = merges.combine_visits(
+            [visits[i] for i in moving if i in visits], [visits[r["id"]] for r in rows if r["survivor"]]
+        )
+        for gone, kept in combined.folded:
+            ids = {"k": kept, "g": gone}
             await db.execute("UPDATE encounter_event SET encounter_id = :k WHERE encounter_id = :g", ids)
             await db.execute("UPDATE candidate SET encounter_id = :k WHERE encounter_id = :g", ids)
             await db.execute("DELETE FROM encounter WHERE id = :g", ids)
-            await self._refold(db, pair["kept"])
-        gone = {pair["gone"] for pair in pairs}
-        return [i for i in moving if i not in gone]
+            await self._refold(db, kept)
+        return list(combined.moved)
 
     async def _refold(self, db: Sql, encounter_id: uuid.UUID) -> None:
         row = await db.one(

@@ -109,16 +109,21 @@ class EnrollmentService:
         )
         # The notifier's PCP-notified figures, which the measures report (enrollment_svc.reported): a
         # group of their own, so this small topic never waits behind an adt.events backlog.
+        # Ready means both consumers are: the same bounds (restarts, lag), and both in /readyz.
         self.measures_consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers, [settings.topic_notifications_measures],
             settings.measures_group_id(), MeasureHandler(self.engine),
+            max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
+            restart_window_s=settings.consumer_restart_window_s,
+            session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
             client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0", docs_url=None, redoc_url=None)
         apidocs.install(app)  # /docs without the internet
         app.state.users = users or (load_users(settings.users_file) if settings.users_file else Users({}))
         checks: dict[str, Check] = {"database": functools.partial(db.ping, self.engine), "broker": self.publisher.ping,
-                                    f"consumer {self.consumer.group}": self.consumer.check}
+                                    f"consumer {self.consumer.group}": self.consumer.check,
+                                    f"consumer {self.measures_consumer.group}": self.measures_consumer.check}
         app.include_router(ops_router(checks, ingest_checks=("database",)))
         app.include_router(enrollment_router(self.engine, self.store))
         app.include_router(parking_router(self.parking, self.handler.reapply))
@@ -152,6 +157,7 @@ class EnrollmentService:
             ),
         ]
         await self.http.start()
+        lifecycle.freeze_heap()  # short full collections from here on (services.lifecycle)
         log.info("enrollment service up: http %s, rules %s", self.settings.enrollment_http_port,
                  self.rules.rule_version)
         return self

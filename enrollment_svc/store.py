@@ -2,9 +2,11 @@
 identities, act on a candidate, expire what nobody acted on, decide a person again.
 
 Each loads what it needs, calls the pure rules (`history.fold`, `eligibility.evaluate`,
-`decide.plan`, `status.next_status`) and saves through the repositories: `Persons`
-(identities, merges, links, the reads deciding needs) and `Candidates` (proposals,
-status changes, slots, outbox rows). The ADT path's own statements, tuned for the hot
+`decide.plan`, `status.next_status`, the slot rules of `slots` and the merge rules of
+`merges`) and saves through the repositories: `Persons` (identities, merges, links, the
+reads deciding needs) and `Candidates` (proposals, status changes, slots, outbox rows).
+The care team's API calls the use cases at the end of the class for its reads; it checks
+roles and writes audit rows itself. The ADT path's own statements, tuned for the hot
 path, are here.
 
 Every change of state happens in one transaction together with its outbox rows
@@ -80,7 +82,7 @@ from schemas.adt_event import AdtEventV1, patient_key
 from services.outbox import Outbox
 
 # Topics and event_from_body are imported from here by the service and `wpc replay`.
-__all__ = ["Applied", "EnrollmentStore", "Topics", "event_from_body", "identity_key"]
+__all__ = ["Applied", "EnrollmentStore", "Timeline", "Topics", "event_from_body", "identity_key"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,15 @@ class Applied:
     evaluation: Evaluation | None = None
     candidate_id: uuid.UUID | None = None
     candidate_status: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    """One person's record as the care team reads it, newest first: rows as JSON-ready values."""
+
+    encounters: list[dict[str, Any]]
+    flags: list[dict[str, Any]]
+    candidates: list[dict[str, Any]]
 
 
 # --- statements of the ADT path ------------------------------------------------------------
@@ -494,6 +505,45 @@ class EnrollmentStore:
     async def expire_due(self, conn: Conn, now: dt.datetime, *, limit: int = 100) -> int:
         """Expire pending candidates nobody acted on (one batch; the service calls it periodically)."""
         return await self.candidates.expire_due(await Sql.of(conn), now, limit=limit)
+
+    async def record_service(
+        self, conn: Conn, candidate_id: uuid.UUID, kind: str, *, at: dt.datetime, actor: str
+    ) -> None:
+        """A service delivered to a candidate (pre-discharge visit, home visit, PCP appointment)."""
+        await self.candidates.record_service(await Sql.of(conn), candidate_id, kind, at, actor)
+
+    # --- the care team's reads (the API checks roles and writes the audit row) ------------
+
+    async def list_candidates(
+        self, conn: Conn, programs: list[str], *, status: str | None, facility: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await self.candidates.listing(await Sql.of(conn), programs, status, facility, limit)
+
+    async def candidate(self, conn: Conn, candidate_id: uuid.UUID) -> dict[str, Any] | None:
+        return await self.candidates.shown(await Sql.of(conn), candidate_id)
+
+    async def candidate_trail(
+        self, conn: Conn, candidate_id: uuid.UUID, person_id: uuid.UUID
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A candidate's person's identifiers, and the candidate's status changes."""
+        db = await Sql.of(conn)
+        return await self.persons.identifiers(db, person_id), await self.candidates.transitions(db, candidate_id)
+
+    async def person_programs(self, conn: Conn, person_id: uuid.UUID) -> set[str]:
+        """The programs whose care teams may read the person (it was their candidate)."""
+        return await self.candidates.programs_of(await Sql.of(conn), person_id)
+
+    async def timeline(self, conn: Conn, person_id: uuid.UUID) -> Timeline:
+        db = await Sql.of(conn)
+        return Timeline(
+            encounters=await self.persons.encounters(db, person_id),
+            flags=await self.persons.flags(db, person_id),
+            candidates=await self.candidates.of_person(db, person_id),
+        )
+
+    async def feed_findings(self, conn: Conn, facility: str | None) -> list[dict[str, Any]]:
+        """Feed-quality findings per facility and kind (`enrollment_svc.findings`)."""
+        return await findings.report(await Sql.of(conn), facility)
 
 def identity_key(authority: str, value: str) -> str:
     """The key of an identity as the listener computes it (`adt_listener.normalize.patient_key`)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -131,6 +132,20 @@ async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's main coroutine on uvloop (a pinned dependency)."""
     return uvloop.run(coro)
+
+
+def freeze_heap() -> None:
+    """Take what start-up built out of the cyclic garbage collector's sight (`gc.freeze`).
+
+    Why: a full collection walks every tracked object, and a service's are mostly what
+    start-up made and keeps to the end (imported modules, the app and its routes, the
+    engine, the rules). At full scale the enrollment service's full collections stalled
+    every lane for 104-156 ms, more than the whole p99 goal; frozen, a full collection
+    walks only what serving made since. Garbage is collected first, so nothing dead is
+    kept; frozen objects are still freed by reference counting when let go.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gc
 import uuid
 from typing import Any
 
@@ -16,6 +17,7 @@ from enrollment_svc.service import EnrollmentService
 from enrollment_svc.settings import EnrollmentSettings
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
+from schemas.measure import PcpNotifiedV1
 from schemas.parked_event import ParkedEventV1
 from services.auth import Users
 from services.bus import KafkaPublisher, Record
@@ -37,6 +39,7 @@ def settings(database_url: str, broker: Broker, **extra: Any) -> EnrollmentSetti
         topic_adt_events=f"adt.events.{suffix}", topic_enrollment_candidates=f"enrollment.candidates.{suffix}",
         topic_enrollment_events=f"enrollment.events.{suffix}",
         topic_enrollment_deadletter=f"enrollment.deadletter.{suffix}",
+        topic_notifications_measures=f"notifications.measures.{suffix}",
         relay_poll_interval_s=0.05, expiry_interval_s=3600, **extra,
     )
 
@@ -109,7 +112,8 @@ async def test_a_consumer_failing_again_and_again_turns_readiness_red_until_it_a
         await eventually(red, 60, "/readyz stayed green while the consumer kept failing", 0.2)
         body = (await client.get("/readyz")).json()
         check = f"consumer {s.enrollment_group_id}"
-        assert body["checks"] == {"database": "ok", "broker": "ok", check: "failing"}
+        assert body["checks"] == {"database": "ok", "broker": "ok", check: "failing",
+                                  f"consumer {s.measures_group_id()}": "ok"}
         assert s.enrollment_group_id in body["reasons"][check] and "restarts" in body["reasons"][check]
         assert (await client.get("/readyz/ingest")).status_code == 200  # the API still serves
         metrics = (await client.get("/metrics")).text
@@ -123,6 +127,54 @@ async def test_a_consumer_failing_again_and_again_turns_readiness_red_until_it_a
 
         await eventually(green, 60, "/readyz did not turn green once the consumer applied its batch", 0.2)
         assert await processed(database_url) == len(events)
+
+
+async def test_the_measures_consumer_is_part_of_readiness(database_url: str, broker: Broker) -> None:
+    """The `notifications.measures` consumer counts for /readyz as the `adt.events` one does: a
+    figure PostgreSQL refuses (a NUL character in its zone), read again and again, turns it red,
+    naming the measures group, while the main consumer stays ok."""
+    s = settings(database_url, broker, consumer_max_restarts=1, consumer_restart_window_s=120)
+    measures_check = f"consumer {s.measures_group_id()}"
+    async with (EnrollmentService(s, users=Users({}), rules=rules()),
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.enrollment_http_port}") as client):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.json()
+        assert ready.json()["checks"][measures_check] == "ok"
+        figure = PcpNotifiedV1(
+            event_id=uuid.uuid4(), program="TOC", month="2026-11", timezone="America/Los_Angeles\x00",
+            enrolled=2, notified=1, share=0.5, computed_at=dt.datetime.now(dt.UTC),
+        )
+        publisher = KafkaPublisher(broker.bootstrap)
+        try:
+            await publisher.publish([Record(s.topic_notifications_measures, b"pcp_notified|TOC|2026-11",
+                                            figure.model_dump_json().encode())])
+        finally:
+            await publisher.close()
+
+        async def red() -> bool:
+            return (await client.get("/readyz")).status_code == 503
+
+        await eventually(red, 60, "/readyz stayed green while the measures consumer kept failing", 0.2)
+        body = (await client.get("/readyz")).json()
+        assert body["checks"] == {"database": "ok", "broker": "ok", f"consumer {s.enrollment_group_id}": "ok",
+                                  measures_check: "failing"}
+        assert s.measures_group_id() in body["reasons"][measures_check]
+        assert "restarts" in body["reasons"][measures_check]
+
+
+async def test_the_service_freezes_its_start_up_heap(database_url: str, broker: Broker) -> None:
+    """What start-up built is out of the collector's sight once the service is up (full
+    collections at full scale stalled every lane for 104-156 ms before)."""
+    gc.unfreeze()  # whatever an earlier test in this process froze
+    assert gc.get_freeze_count() == 0
+    held = [[n] for n in range(1000)]  # made before start-up ends, kept alive: frozen with it
+    try:
+        async with EnrollmentService(settings(database_url, broker), users=Users({}), rules=rules()):
+            assert gc.get_freeze_count() > len(held)
+            seen = {id(o) for generation in range(3) for o in gc.get_objects(generation=generation)}
+            assert not any(id(x) in seen for x in held)  # frozen: no collection walks them
+    finally:
+        gc.unfreeze()
 
 
 async def _is(value: Any, expected: int) -> bool:
