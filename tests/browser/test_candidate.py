@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -156,6 +158,40 @@ def test_accept_then_outreach_then_home_visit_show_on_the_page(
     # A second accept (a colleague's stale page): the clear answer, never a 500.
     status, body = _post_in_page(browser, f"/candidates/{candidate_id}/accept", {})
     assert status == 409 and "already accepted by toc at" in body
+
+
+def _enrolled_this_month(browser: Browser, system: System) -> int:
+    """The TOC measures page's "Enrolled per month" figure for this month (site time)."""
+    browser.driver.get(f"{system.web_url}/measures?program=TOC&months=3")
+    line = browser.driver.find_element(By.CSS_SELECTOR, "p.enrolled").text
+    month = dt.datetime.now(ZoneInfo("America/Los_Angeles")).strftime("%Y-%m")
+    found = re.search(rf"{month}: (\d+)", line)
+    assert found, line
+    return int(found.group(1))
+
+
+async def test_accept_and_consent_change_the_measures_page(system: System, browser: Browser) -> None:
+    """A candidate of its own (the module's one stays accepted for the tests below): accept →
+    consent on the page, and the program's measures count the enrollment (issue 13: "the
+    measures page changes")."""
+    mrn = f"PM{_unique()}"
+    await _send(system, _toc_feed(dt.datetime.now(PT), mrn, f"8{_unique()}A"))
+    candidate_id, _ = await _candidate_of(system, mrn, "TOC")
+    browser.sign_in(system.web_url, "toc")
+    browser.wait_for(lambda drv: "/signin" not in drv.current_url, "not signed in")
+    before = _enrolled_this_month(browser, system)
+    browser.driver.get(f"{system.web_url}/candidates/{candidate_id}")
+    d = browser.driver
+    d.find_element(By.XPATH, "//summary[contains(., 'Accept')]").click()
+    d.find_element(By.ID, "confirm-accept").click()
+    browser.wait_for(lambda drv: "Accepted: outreach started." in _text(browser), "no confirmation of the accept")
+    d.find_element(By.XPATH, "//summary[contains(., 'Consent given')]").click()
+    d.find_element(By.ID, "confirm-consent").click()
+    browser.wait_for(lambda drv: "Enrolled: the patient's consent is recorded." in _text(browser),
+                     "no confirmation of the consent")
+    assert d.find_element(By.ID, "candidate-status").text == "enrolled"
+    assert _enrolled_this_month(browser, system) == before + 1
+    _shot(browser, "measures-after-enrollment")
 
 
 def test_bad_form_input_gets_a_4xx_page_never_a_500(
