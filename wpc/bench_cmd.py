@@ -1,5 +1,5 @@
-"""`wpc bench ingest` (bench.ingest), `wpc bench enroll` (bench.enroll) and
-`wpc bench notify` (bench.notify)."""
+"""`wpc bench ingest` (bench.ingest), `wpc bench enroll` (bench.enroll),
+`wpc bench notify` (bench.notify) and `wpc bench pipeline` (bench.pipeline)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 from bench import enroll as enroll_bench
 from bench import ingest as ingest_bench
 from bench import notify as notify_bench
+from bench import pipeline as pipeline_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     enroll_bench.add_arguments(sub.add_parser("enroll", help="enrollment decisions on a loaded synthetic county"))
     notify_bench.add_arguments(sub.add_parser("notify", help="notifications/s and event -> delivered latency"))
+    pipeline_bench.add_arguments(sub.add_parser(
+        "pipeline", help="the whole system under background ADT: MLLP -> care team webhook latency, CPU per event"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,4 +26,6 @@ def run(args: argparse.Namespace) -> int:
         return enroll_bench.run(args)
     if args.bench == "notify":
         return notify_bench.run(args)
+    if args.bench == "pipeline":
+        return pipeline_bench.run(args)
     return ingest_bench.run(args)
