@@ -144,6 +144,7 @@ class ConsumerLoop:
         max_restarts: int = 3,
         restart_window_s: float = 300.0,
         lag_interval_s: float = 5.0,
+        fetch_max_wait_ms: int = 20,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
@@ -157,6 +158,7 @@ class ConsumerLoop:
         self._max_restarts = max_restarts
         self._restart_window = restart_window_s
         self._lag_interval = lag_interval_s
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._lag_at = -float("inf")
         self._backoff = Backoff(_FIRST_BACKOFF_S, max_backoff_s, jitter=0.5)
         # Monotonic times of the restarts since the last committed batch (or caught-up lag).
@@ -220,6 +222,10 @@ class ConsumerLoop:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=max(1000, self._session_timeout_ms // 4),
             metadata_max_age_ms=5_000,
+            # Records are handed over as soon as the broker answers: a fetch that waits for more
+            # (aiokafka's default 500 ms; Tansu sits out the whole wait) delays every record
+            # of an idle system by that much, at each of the two hops to a care team.
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
             **self._options,
         )
         try:

@@ -189,6 +189,12 @@ class DownstreamSettings(ServiceSettings):
         description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "
         "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=20, ge=0, le=5000,
+        description="How long a consumer's fetch may wait at the broker for records to arrive. Kafka answers a "
+        "waiting fetch as soon as records come; Tansu only when the wait is over, so this is the delay of an "
+        "idle system's next record: small (one empty fetch per consumer every this often when idle)",
+    )
     consumer_max_lag: int = Field(
         default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"
     )
