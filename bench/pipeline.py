@@ -131,6 +131,7 @@ class Arrivals:
     """When each candidate notice arrived (by visit number), and how many notices in all."""
 
     candidates: dict[str, float] = field(default_factory=dict)
+    wall: dict[str, float] = field(default_factory=dict)  # the same arrivals, time.time()
     notices: int = 0
     bad_signatures: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -153,6 +154,7 @@ def receiver_app(secret: str, arrivals: Arrivals) -> FastAPI:
             visit = (notice.get("encounter") or {}).get("visit_number")
             if notice.get("event") == "candidate" and visit:
                 arrivals.candidates.setdefault(visit, now)
+                arrivals.wall.setdefault(visit, time.time())
         arrivals.changed.set()
         return {"status": "ok"}
 
@@ -308,6 +310,10 @@ class Phase:
     caught_up: bool = False
     cpu_s: dict[str, float] = field(default_factory=dict)
     events: int = 0
+    wall_sent: dict[str, float] = field(default_factory=dict)  # probe visit -> time.time() of its send
+    max_queue: int = 0  # most accepted messages waiting for their adt.events record (derivation)
+    max_behind: int = 0  # most accepted messages not yet applied by the enrollment service
+    stages: dict[str, float | None] = field(default_factory=dict)  # stage -> median seconds over the probes
 
     def pct(self, q: float) -> float | None:
         if not self.latencies:
@@ -373,6 +379,7 @@ class Bench:
         visit, raw = probe_admission(self.run_id, self._next_probe, dt.datetime.now(_PT))
         self._next_probe += 1
         sent_at[visit] = time.perf_counter()
+        phase.wall_sent[visit] = time.time()
         sender.write(raw)
         code = await sender.ack()
         phase.probes += 1
@@ -420,6 +427,7 @@ class Bench:
                     await asyncio.sleep(delay)
                 await self.probe_once(sender, phase, sent_at)
 
+        sampling = asyncio.create_task(self._sample_backlog(phase, accepted_before, applied_before))
         try:
             if rate > 0:
                 spec = LoadSpec(port=self.mllp_port, mode="open", seed=seed, connections=o.connections,
@@ -438,11 +446,65 @@ class Bench:
         phase.caught_up = await self._until_applied(applied_before + accepted, 120.0)
         await self._until_delivered(list(sent_at), PROBE_TIMEOUT_S)
         phase.drain_s = time.perf_counter() - sending_ended
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
         phase.cpu_s = cpu_used(cpu_before, self.cpu.sample(extra=self._extra_pids()))
         phase.events = phase.sent + phase.probes
         phase.latencies = [self.arrivals.candidates[v] - t for v, t in sent_at.items() if v in self.arrivals.candidates]
         phase.delivered = len(phase.latencies)
+        phase.stages = await self._stages(phase)
         return phase
+
+    async def _sample_backlog(self, phase: Phase, accepted_before: int, applied_before: int) -> None:
+        """Every second: the derivation queue, and accepted messages the enrollment service has
+        not applied yet (both reach their maxima where a stage falls behind)."""
+        import asyncpg
+
+        conn = await asyncpg.connect(_asyncpg_dsn(self.database_url))
+        try:
+            while True:
+                queued, accepted, applied = await conn.fetchrow(f"SELECT ({_QUEUED}), ({_ACCEPTED}), ({_APPLIED})")
+                phase.max_queue = max(phase.max_queue, int(queued))
+                phase.max_behind = max(phase.max_behind, (accepted - accepted_before) - (applied - applied_before))
+                await asyncio.sleep(1.0)
+        finally:
+            await conn.close()
+
+    async def _stages(self, phase: Phase) -> dict[str, float | None]:
+        """Where a probe's time went, median per stage, from the rows each service wrote
+        (their times are the database's clock, the same machine's as ours)."""
+        import asyncpg
+
+        visits = list(phase.wall_sent)
+        conn = await asyncpg.connect(_asyncpg_dsn(self.database_url))
+        try:
+            stored = {r[0][: -len("A01")]: r[1] for r in await conn.fetch(
+                "SELECT control_id, extract(epoch FROM received_at)::float8 FROM adt_message "
+                "WHERE control_id = ANY($1::text[])", [f"{v}A01" for v in visits])}
+            decided = {r[0]: r[1] for r in await conn.fetch(
+                "SELECT e.visit_number, extract(epoch FROM c.created_at)::float8 FROM candidate c "
+                "JOIN encounter e ON e.id = c.encounter_id WHERE e.visit_number = ANY($1::text[])", visits)}
+            planned: dict[str, tuple[float, float | None]] = {}
+            for body, created, finished in await conn.fetch(
+                    "SELECT body, extract(epoch FROM created_at)::float8, extract(epoch FROM finished_at)::float8 "
+                    "FROM delivery WHERE created_at >= to_timestamp($1)", min(phase.wall_sent.values(), default=0.0)):
+                for notice in json.loads(bytes(body)).get("notices", []):
+                    visit = (notice.get("encounter") or {}).get("visit_number")
+                    if notice.get("event") == "candidate" and visit in phase.wall_sent:
+                        planned.setdefault(visit, (created, finished))
+        finally:
+            await conn.close()
+        arrived = {v: self.arrivals.wall.get(v) for v in visits}
+        marks = {v: (phase.wall_sent[v], stored.get(v), decided.get(v), *planned.get(v, (None, None)), arrived[v])
+                 for v in visits}
+        names = ("listener", "to enrollment decision", "to notifier delivery", "to webhook sent", "to received")
+        out: dict[str, float | None] = {}
+        for i, name in enumerate(names):
+            spans = sorted(m[i + 1] - m[i] for m in marks.values()
+                           if m[i] is not None and m[i + 1] is not None)
+            out[name] = spans[len(spans) // 2] if spans else None
+        return out
 
     def _extra_pids(self) -> dict[str, set[int]]:
         return self.cpu.extra() if self.cpu.extra is not None else {}
@@ -631,8 +693,10 @@ def _report(options: PipelineOptions, phases: list[Phase], external_db: bool, ex
             "background_accepted": p.accepted, "errors": p.errors, "probes": p.probes, "delivered": p.delivered,
             "p50_ms": _ms(p.pct(0.50)), "p99_ms": _ms(p.pct(0.99)), "max_ms": _ms(p.pct(1.0)),
             "drain_s": round(p.drain_s, 2), "caught_up": p.caught_up, "sustained": p.sustained,
+            "max_derivation_queue": p.max_queue, "max_enrollment_behind": p.max_behind,
             "cpu_ms_per_event": {**per_event, "total": total},
             "cpu_s": {g: round(v, 2) for g, v in p.cpu_s.items()},
+            "stages_p50_ms": {k: _ms(v) for k, v in p.stages.items()},
         })
     sustained = [p.rate for p in phases if p.sustained]
     goals: dict[str, str] = {}
@@ -669,11 +733,14 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
         f"{report['connections']} MLLP connections, a probe admission every {report['probe_interval_s']:g} s; "
         f"PostgreSQL {report['postgresql']}, broker {report['broker']}")
     out(f"{'ADT/s':>7}{'achieved':>10}{'errors':>8}{'probes':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'drain s':>9}  sustained")
+        f"{'drain s':>9}{'max queue':>11}{'max behind':>12}  sustained")
     for r in report["phases"]:
         out(f"{r['rate_per_s']:>7,.0f}{r['achieved_per_s']:>10,.1f}{r['errors']:>8}"
             f"{r['delivered']:>4}/{r['probes']:<3}{_fmt(r['p50_ms']):>9}{_fmt(r['p99_ms']):>9}"
-            f"{_fmt(r['max_ms']):>9}{r['drain_s']:>9.2f}  {'yes' if r['sustained'] else 'NO'}")
+            f"{_fmt(r['max_ms']):>9}{r['drain_s']:>9.2f}{r['max_derivation_queue']:>11,}"
+            f"{r['max_enrollment_behind']:>12,}  {'yes' if r['sustained'] else 'NO'}")
+    out("max queue: accepted messages waiting for their adt.events record; max behind: accepted messages "
+        "not yet applied by the enrollment service (sampled every second)")
     out("")
     out("CPU ms per ADT event (start of the phase to the end of its drain, / messages sent)")
     out(f"{'ADT/s':>7}" + "".join(f"{g:>18}" for g in (*_GROUPS, "total")))
@@ -681,6 +748,12 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
         c = r["cpu_ms_per_event"]
         out(f"{r['rate_per_s']:>7,.0f}" + "".join(
             f"{'n/a' if c[g] is None else format(c[g], '.3f'):>18}" for g in (*_GROUPS, "total")))
+    out("")
+    out("where a probe's time goes, median per stage (ms; from the times the services recorded)")
+    names = list(report["phases"][0]["stages_p50_ms"]) if report["phases"] else []
+    out(f"{'ADT/s':>7}" + "".join(f"{n:>24}" for n in names))
+    for r in report["phases"]:
+        out(f"{r['rate_per_s']:>7,.0f}" + "".join(f"{_fmt(r['stages_p50_ms'][n]):>24}" for n in names))
     out("")
     out(f"highest rate sustained (lag bounded: drained within {DRAIN_BOUND_S:g} s): "
         f"{_fmt(report['highest_sustained_per_s'])} ADT/s")

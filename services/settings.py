@@ -190,10 +190,11 @@ class DownstreamSettings(ServiceSettings):
         "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
     )
     kafka_fetch_max_wait_ms: int = Field(
-        default=20, ge=0, le=5000,
+        default=100, ge=0, le=5000,
         description="How long a consumer's fetch may wait at the broker for records to arrive. Kafka answers a "
-        "waiting fetch as soon as records come; Tansu only when the wait is over, so this is the delay of an "
-        "idle system's next record: small (one empty fetch per consumer every this often when idle)",
+        "waiting fetch as soon as records come; Tansu looks for them a few times during the wait (measured: "
+        "~17 ms after a record at 100, ~115 ms at aiokafka's default 500). Lower: less delay, more empty "
+        "fetches when idle",
     )
     consumer_max_lag: int = Field(
         default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"
