@@ -73,6 +73,7 @@ _EVENT_JSON: TypeAdapter[AdtEventV1] = TypeAdapter(AdtEventV1)
 EVENT_QUEUE_CHANNEL = "wpc_adt_event_queue"
 
 _WORKER_NICE = 10  # as the conformance worker: custody first, a bounded share for derivation
+DERIVATION_PROCESS = "wpc-derive"  # the worker's process name (ps, top)
 
 _SELECT = """
 SELECT q.id, m.id AS message_id, m.raw, m.received_at, m.event_id, m.patient_key
@@ -135,7 +136,7 @@ def _worker_init(listener_pid: int) -> None:
     down, and the worker would idle on forever."""
     os.nice(_WORKER_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(listener_pid)
+    die_with_parent(listener_pid, DERIVATION_PROCESS)
 
 
 class DerivedEvents:

@@ -186,19 +186,21 @@ def bench_rules(example: Path) -> str:
 # --- CPU of the system's processes, from /proc ------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, user + system CPU seconds) of ``pid``; None if it is gone."""
+def _stat(pid: int) -> tuple[int, float, str] | None:
+    """(parent pid, user + system CPU seconds, name) of ``pid``; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    end = data.rindex(b")")
+    fields = data[end + 2 :].split()
+    name = data[data.index(b"(") + 1 : end].decode(errors="replace")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK, name
 
 
-def process_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds) of every process we may read."""
+def process_table() -> dict[int, tuple[int, float, str]]:
+    """pid -> (parent pid, CPU seconds, name) of every process we may read."""
     table = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -208,9 +210,9 @@ def process_table() -> dict[int, tuple[int, float]]:
     return table
 
 
-def descendants(table: dict[int, tuple[int, float]], root: int) -> set[int]:
+def descendants(table: dict[int, tuple[int, float, str]], root: int) -> set[int]:
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _cpu) in table.items():
+    for pid, (ppid, _cpu, _name) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = set(), [root]
     while todo:
@@ -228,9 +230,10 @@ class CpuGroups:
     roots: dict[str, int]  # group -> the pid whose own CPU counts (listener, enrollment, ...)
     trees: dict[str, int]  # group -> the pid whose descendants count (its workers, PostgreSQL's backends)
     extra: Callable[[], dict[str, set[int]]] | None = None  # more pids per group (external PostgreSQL)
+    named: dict[str, str] = field(default_factory=dict)  # process name -> group, before the trees' groups
 
-    def sample(self, table: dict[int, tuple[int, float]] | None = None, extra: dict[str, set[int]] | None = None
-               ) -> dict[str, dict[int, float]]:
+    def sample(self, table: dict[int, tuple[int, float, str]] | None = None,
+               extra: dict[str, set[int]] | None = None) -> dict[str, dict[int, float]]:
         """group -> {pid: CPU seconds}."""
         table = table if table is not None else process_table()
         out: dict[str, dict[int, float]] = {}
@@ -239,7 +242,9 @@ class CpuGroups:
                 out.setdefault(group, {})[pid] = table[pid][1]
         for group, pid in self.trees.items():
             pids = descendants(table, pid) | ({pid} if pid not in self.roots.values() else set())
-            out.setdefault(group, {}).update({p: table[p][1] for p in pids if p in table})
+            for p in pids:
+                if p in table:
+                    out.setdefault(self.named.get(table[p][2], group), {})[p] = table[p][1]
         for group, pids in (extra or {}).items():
             out.setdefault(group, {}).update({p: table[p][1] for p in pids if p in table})
         return out
@@ -622,13 +627,16 @@ async def _with_services(
         await _wait_http(ports["enrollment"], "/healthz", enrollment, 60)
         await _wait_http(ports["notifier"], "/healthz", notifier, 60)
 
-        trees = {"listener workers": listener.proc.pid}
+        from adt_listener.conformance import CONFORMANCE_PROCESS
+        from adt_listener.events import DERIVATION_PROCESS
+
+        trees = {"listener": listener.proc.pid}
         if servers.pg is not None and servers.pg.pid is not None:
             trees["postgresql"] = servers.pg.pid
         roots = {"listener": listener.proc.pid, "enrollment": enrollment.proc.pid, "notifier": notifier.proc.pid}
         if servers.broker is not None and servers.broker.pid is not None:
             roots["broker"] = servers.broker.pid
-        cpu = CpuGroups(roots, trees)
+        cpu = CpuGroups(roots, trees, named={DERIVATION_PROCESS: "derivation", CONFORMANCE_PROCESS: "conformance"})
         bench = Bench(options, database_url, ports["mllp"], arrivals, cpu, out)
         refresh: Callable[[], Awaitable[None]] | None = None
         if external_db:
@@ -675,7 +683,7 @@ async def _with_services(
 
 # --- the report -------------------------------------------------------------------------
 
-_GROUPS = ("listener", "listener workers", "enrollment", "notifier", "postgresql", "broker")
+_GROUPS = ("listener", "derivation", "conformance", "enrollment", "notifier", "postgresql", "broker")
 
 
 def _ms(x: float | None) -> float | None:
@@ -743,11 +751,11 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
         "not yet applied by the enrollment service (sampled every second)")
     out("")
     out("CPU ms per ADT event (start of the phase to the end of its drain, / messages sent)")
-    out(f"{'ADT/s':>7}" + "".join(f"{g:>18}" for g in (*_GROUPS, "total")))
+    out(f"{'ADT/s':>7}" + "".join(f"{g:>13}" for g in (*_GROUPS, "total")))
     for r in report["phases"]:
         c = r["cpu_ms_per_event"]
         out(f"{r['rate_per_s']:>7,.0f}" + "".join(
-            f"{'n/a' if c[g] is None else format(c[g], '.3f'):>18}" for g in (*_GROUPS, "total")))
+            f"{'n/a' if c[g] is None else format(c[g], '.3f'):>13}" for g in (*_GROUPS, "total")))
     out("")
     out("where a probe's time goes, median per stage (ms; from the times the services recorded)")
     names = list(report["phases"][0]["stages_p50_ms"]) if report["phases"] else []
