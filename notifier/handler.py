@@ -66,8 +66,8 @@ class NotifierHandler:
         self._parking = parking  # None: a failing record fails the batch (tests of the flow)
 
     async def __call__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """A consumer batch (one partition) in one transaction: fewer commits, same guarantees,
-        since every record's dedupe mark commits with its effects or not at all."""
+        """A consumer batch (a fetch, every partition of it) in one transaction: fewer commits,
+        same guarantees, since every record's dedupe mark commits with its effects or not at all."""
         refs = [RecordRef.of(r) for r in records]
         if self._parking is None:
             await self._apply_all(refs)

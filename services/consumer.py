@@ -241,23 +241,25 @@ class ConsumerLoop:
                 if time.monotonic() - self._lag_at >= self._lag_interval:
                     await self._measure_lag(consumer, batch)
                 pending = [(tp, records) for tp, records in batch.items() if records]
-                while pending:
-                    tp, records = pending[0]
-                    try:
-                        await self._handler(records)
-                    except Exception as exc:
-                        # The handler's trouble (the database away): the records not handled are
-                        # read again after the backoff by this same member, which keeps its
-                        # partitions (a new consumer would wait for the group to rebalance).
-                        for again, unhandled in pending:
-                            if again in consumer.assignment():  # else revoked meanwhile: its new owner reads it
-                                consumer.seek(again, unhandled[0].offset)
-                        await self._failed(exc, stop, "reading the batch again")
-                        break
-                    await consumer.commit({tp: records[-1].offset + 1})
-                    pending.pop(0)
-                    self._restarts.clear()
-                    self._backoff.reset()
+                if not pending:
+                    continue
+                # Every partition's records in one call (each partition's in offset order), and
+                # one offset commit: a handler's transactions and the broker's round trips are
+                # per fetch, not per partition of it.
+                try:
+                    await self._handler([r for _tp, records in pending for r in records])
+                except Exception as exc:
+                    # The handler's trouble (the database away): the batch is read again after
+                    # the backoff by this same member, which keeps its partitions (a new consumer
+                    # would wait for the group to rebalance); what it did apply is a no-op then.
+                    for again, unhandled in pending:
+                        if again in consumer.assignment():  # else revoked meanwhile: its new owner reads it
+                            consumer.seek(again, unhandled[0].offset)
+                    await self._failed(exc, stop, "reading the batch again")
+                    continue
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in pending})
+                self._restarts.clear()
+                self._backoff.reset()
         finally:
             self.running = False
             try:
