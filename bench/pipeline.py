@@ -796,8 +796,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-
     from adt_listener.settings import ListenerSettings
     from services import lifecycle
     from services.settings import load_settings
@@ -808,17 +806,8 @@ def run(args: argparse.Namespace) -> int:
     options = PipelineOptions(rates=args.rates, duration=args.duration, connections=args.connections,
                               probe_interval=args.probe_interval)
 
-    async def main() -> dict[str, Any]:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)  # unwinds every `finally`: children, embedded servers
-        return await pipeline(options, load_settings(ListenerSettings))
-
-    try:
-        report: dict[str, Any] = lifecycle.run(main())
-    except asyncio.CancelledError:
+    report = lifecycle.run_interruptible(lambda: pipeline(options, load_settings(ListenerSettings)))
+    if report is None:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
     lost = any(p["delivered"] < p["probes"] or not p["caught_up"] for p in report["phases"])
