@@ -532,8 +532,12 @@ def _env(ready: ServiceSettings, database_url: str, tmp: Path, ports: dict[str, 
     rules.write_text(bench_rules(EXAMPLE_RULES), encoding="utf-8")
     notify = tmp / "notify.yaml"
     notify.write_text(notify_config(f"http://127.0.0.1:{ports['receiver']}"), encoding="utf-8")
+    # The topics and consumer groups of the given settings (a test's own, or the defaults).
+    names = {f"WPC_{name.upper()}": str(getattr(ready, name)) for name in type(ready).model_fields
+             if name.startswith("topic_") or name.endswith("_group_id")}
     return {
         **os.environ,
+        **names,
         "WPC_DATABASE_URL": database_url,
         "WPC_KAFKA_BOOTSTRAP_SERVERS": ready.kafka_bootstrap_servers,
         "WPC_MLLP_HOST": "127.0.0.1",
