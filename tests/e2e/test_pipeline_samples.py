@@ -129,15 +129,17 @@ async def test_every_sample_reaches_both_consumers_and_a_toc_patient_still_gets_
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
                     ready = await client.get("/readyz")
                     assert ready.status_code == 200, ready.json()
-                    assert set(ready.json()["checks"]) == {"database", "broker", _consumer_check(s, http_port)}
+                    assert set(ready.json()["checks"]) == {"database", "broker", *_consumer_checks(s, http_port)}
                     parked = await client.get("/v1/parked", headers={"authorization": f"Bearer {TOKEN}"})
                     assert parked.status_code == 200 and parked.json() == []
 
 
-def _consumer_check(s: SystemSettings, http_port: int) -> str:
-    group = s.enrollment.enrollment_group_id if http_port == s.enrollment.enrollment_http_port \
-        else s.notifier.notifier_group_id
-    return f"consumer {group}"
+def _consumer_checks(s: SystemSettings, http_port: int) -> set[str]:
+    """The service's consumer groups, each a readiness check (the enrollment service's second one
+    reads `notifications.measures`)."""
+    if http_port == s.enrollment.enrollment_http_port:
+        return {f"consumer {s.enrollment.enrollment_group_id}", f"consumer {s.enrollment.measures_group_id()}"}
+    return {f"consumer {s.notifier.notifier_group_id}"}
 
 
 async def _stored(database_url: str, n: int) -> bool:
