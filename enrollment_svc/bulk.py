@@ -43,6 +43,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from enrollment_svc import findings, history
 from enrollment_svc.model import EncounterEvent
@@ -318,14 +319,43 @@ async def _new_persons(db: Sql, items: Sequence[Item], routing: Routing, applyin
 async def _person_facts(
     db: Sql, store: EnrollmentStore, items: Sequence[Item], routing: Routing, applying: list[int]
 ) -> None:
-    """Each event's person facts by the per-event UPDATE, in batch order: newest fact wins
-    exactly as one by one, in one pipelined round trip."""
-    rows = []
+    """Each event's person facts by the per-event UPDATE, in batch order, in one pipelined
+    round trip: the newest fact wins exactly as one by one (`person_rows`)."""
+    updates = []
     for i in applying:
         it = items[i]
-        rows.append({**store.person_params(it.event), "t": it.stated_at, "p": routing.person_of[i],
-                     "et": it.ev.event_time if it.ev is not None else None})
-    await db.execute_many(UPDATE_PERSON, rows)
+        event_time = it.ev.event_time if it.ev is not None else None
+        updates.append((routing.person_of[i], store.person_params(it.event), it.stated_at, event_time))
+    await db.execute_many(UPDATE_PERSON, person_rows(updates))
+
+
+def person_rows(
+    updates: Iterable[tuple[uuid.UUID, dict[str, Any], dt.datetime | None, dt.datetime | None]],
+) -> list[dict[str, Any]]:
+    """The rows of `store.UPDATE_PERSON` for (person, facts, stated at, event time) in order,
+    a person's run of events stating the same facts as one row at the run's latest times.
+
+    Exact: for one value, that UPDATE keeps the stored one or takes the new one and its time
+    by comparing times only, so applying it at t1 then t2 ends as applying it once at
+    max(t1, t2) (the card too: ``card || new`` and ``new || card`` agree once ``new`` is
+    merged in). Only a person's own consecutive events are joined, so the order of
+    different values is kept."""
+    rows: list[dict[str, Any]] = []
+    last: dict[uuid.UUID, dict[str, Any]] = {}
+    for person, facts, stated_at, event_time in updates:
+        row = last.get(person)
+        if row is not None and all(row[name] == value for name, value in facts.items()):
+            row["t"] = _later(row["t"], stated_at)
+            row["et"] = _later(row["et"], event_time)
+            continue
+        last[person] = row = {**facts, "t": stated_at, "et": event_time, "p": person}
+        rows.append(row)
+    return rows
+
+
+def _later(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+    """The later of two times, None being no time (SQL's GREATEST)."""
+    return b if a is None else a if b is None else max(a, b)
 
 
 async def _clock_findings(db: Sql, rules: Rules, items: Sequence[Item], applying: Iterable[int]) -> None:
@@ -349,9 +379,9 @@ async def _encounters(
         ev, pv1 = it.ev, it.event.visit
         if ev is None or pv1 is None or pv1.visit_number is None:
             continue
+        # `history.encounter_event` makes an event of the triggers `history.fold` replays only,
+        # so the event folds alone: the per-event path stores each of these.
         facility, number = it.event.sending_facility, pv1.visit_number
-        if history.fold(facility, number, [ev]) is None:
-            continue  # no effect on a visit alone: the per-event path stores nothing for it either
         person = routing.person_of[i]
         visits.setdefault((facility, number, person), _Visit(facility, number, person, i, [])).events.append(ev)
     if not visits:
