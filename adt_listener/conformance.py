@@ -399,6 +399,8 @@ def sample_selected(mode: Literal["off", "sampled", "all"], rate: float, message
 
 # --- the worker ---------------------------------------------------------------------------
 
+CONFORMANCE_PROCESS = "wpc-conformance"  # the worker's process name (ps, top)
+
 
 def _worker_init(listener_pid: int) -> None:
     """The checking process: low priority, and deaf to Ctrl-C. A terminal's Ctrl-C goes to the
@@ -409,7 +411,7 @@ def _worker_init(listener_pid: int) -> None:
     waits for it) would idle on forever."""
     os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(listener_pid)
+    die_with_parent(listener_pid, CONFORMANCE_PROCESS)
 
 
 def _check_batch(items: list[tuple[bytes, str | None]]) -> list[list[ConformanceFinding]]:

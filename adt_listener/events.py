@@ -58,7 +58,8 @@ from services.replay import Kept
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_BACKLOG", "EVENT_RELAY_LEADER", "DerivedEvents", "derive_batch", "derive_event"]
+__all__ = ["EVENT_BACKLOG", "EVENT_QUEUE_CHANNEL", "EVENT_RELAY_LEADER", "DerivedEvents", "derive_batch",
+           "derive_event"]
 
 EVENT_BACKLOG = Gauge("wpc_adt_event_queue_backlog", "Accepted messages whose adt.events record is not yet published")
 EVENT_RELAY_LEADER = Gauge("wpc_adt_event_relay_leader", "1 while this process leads the adt.events relay")
@@ -67,7 +68,12 @@ UNDERIVABLE = Counter("wpc_adt_events_underivable_total", "Accepted messages who
 # Serializes straight to bytes (model_dump_json gives str, which we would encode again).
 _EVENT_JSON: TypeAdapter[AdtEventV1] = TypeAdapter(AdtEventV1)
 
+# The notification of a commit that queued events (the queue's trigger, migration 0012): it
+# wakes the relay's leader, which may be another replica than the one that took the message.
+EVENT_QUEUE_CHANNEL = "wpc_adt_event_queue"
+
 _WORKER_NICE = 10  # as the conformance worker: custody first, a bounded share for derivation
+DERIVATION_PROCESS = "wpc-derive"  # the worker's process name (ps, top)
 
 _SELECT = """
 SELECT q.id, m.id AS message_id, m.raw, m.received_at, m.event_id, m.patient_key
@@ -130,7 +136,7 @@ def _worker_init(listener_pid: int) -> None:
     down, and the worker would idle on forever."""
     os.nice(_WORKER_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(listener_pid)
+    die_with_parent(listener_pid, DERIVATION_PROCESS)
 
 
 class DerivedEvents:

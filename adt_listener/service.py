@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adt_listener import tls
 from adt_listener.conformance import ConformanceWorker
-from adt_listener.events import EVENT_BACKLOG, EVENT_RELAY_LEADER, DerivedEvents
+from adt_listener.events import EVENT_BACKLOG, EVENT_QUEUE_CHANNEL, EVENT_RELAY_LEADER, DerivedEvents
 from adt_listener.feed_report import router as feed_quality_router
 from adt_listener.http import build_app
 from adt_listener.ingest import Ingestor
@@ -92,7 +92,7 @@ class Listener:
             self.engine, self.publisher, owner=self.outbox,
             lock_key=EVENTS_LOCK_KEY, batch=settings.relay_batch_max, poll_interval_s=settings.relay_poll_interval_s,
             source=self.event_source, backlog_gauge=EVENT_BACKLOG, leader_gauge=EVENT_RELAY_LEADER,
-            retention=retention,
+            retention=retention, listen=(EVENT_QUEUE_CHANNEL, None),
         )
         self.store = MessageStore(
             self.engine,

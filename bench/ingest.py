@@ -833,17 +833,8 @@ def run(args: argparse.Namespace) -> int:
 
     from services import lifecycle
 
-    async def main() -> dict[str, Any]:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)  # unwinds every `finally`: children, embedded servers
-        return await ingest(options, load_settings(ListenerSettings))
-
-    try:
-        report: dict[str, Any] = lifecycle.run(main())
-    except asyncio.CancelledError:
+    report = lifecycle.run_interruptible(lambda: ingest(options, load_settings(ListenerSettings)))
+    if report is None:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
     return 0 if report["durability"]["result"] == "PASS" else 1

@@ -106,6 +106,7 @@ class EnrollmentService:
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             client_options=settings.kafka_client_options(),
         )
         # The notifier's PCP-notified figures, which the measures report (enrollment_svc.reported): a
@@ -113,6 +114,7 @@ class EnrollmentService:
         self.measures_consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers, [settings.topic_notifications_measures],
             settings.measures_group_id(), MeasureHandler(self.engine),
+            fetch_max_wait_ms=500,  # monthly figures: no hurry, and fewer empty fetches when idle
             client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC enrollment service", version="0.1.0")

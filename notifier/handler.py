@@ -66,8 +66,8 @@ class NotifierHandler:
         self._parking = parking  # None: a failing record fails the batch (tests of the flow)
 
     async def __call__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """A consumer batch (one partition) in one transaction: fewer commits, same guarantees,
-        since every record's dedupe mark commits with its effects or not at all."""
+        """A consumer batch (a fetch, every partition of it) in one transaction: fewer commits,
+        same guarantees, since every record's dedupe mark commits with its effects or not at all."""
         refs = [RecordRef.of(r) for r in records]
         if self._parking is None:
             await self._apply_all(refs)
@@ -91,12 +91,30 @@ class NotifierHandler:
         await self._apply_all([record])
 
     async def _apply_all(self, records: Sequence[RecordRef]) -> int:
-        """The records in one transaction; returns the number of notices made."""
+        """The records in one transaction; returns the number of notices made.
+
+        Per batch, not per record: the dedupe marks (one statement), and, when the batch
+        holds only `adt.events` (nothing in it can add or drop a watch), which of its
+        patients anyone watches (one statement), so an admission of a patient nobody
+        watches costs no statement of its own."""
         outcomes: list[tuple[str, str]] = []
         made = 0
+        decoded = [self._decode(r) for r in records]
         async with self._engine.begin() as conn:
-            for r in records:
-                outcome, n = await self._apply_one(conn, r.topic, r.value, r.partition, r.offset)
+            fresh = await store.mark_all_processed(
+                conn, [(e.event_id, r.topic) for r, e in zip(records, decoded, strict=True) if e is not None])
+            watched = await self._watched(conn, decoded)
+            for r, event in zip(records, decoded, strict=True):
+                if event is None:
+                    await keep_undecodable(conn, r.topic, r.partition, r.offset, r.value)
+                    log.error("%s record at partition %d offset %d does not decode; kept in undecodable_event",
+                              r.topic, r.partition, r.offset)
+                    outcome, n = "undecodable", 0
+                elif event.event_id not in fresh:
+                    outcome, n = "duplicate", 0
+                else:
+                    fresh.discard(event.event_id)  # the same event twice in the batch: the second is a duplicate
+                    outcome, n = await self._apply_one(conn, event, watched)
                 outcomes.append((r.topic, outcome))
                 made += n
         for topic, outcome in outcomes:
@@ -105,30 +123,38 @@ class NotifierHandler:
             self._on_notice()
         return made
 
-    async def _apply_one(
-        self, conn: AsyncConnection, topic: str, value: bytes, partition: int, offset: int
-    ) -> tuple[str, int]:
+    def _decode(self, record: RecordRef) -> EnrollmentCandidateV1 | EnrollmentEventV1 | AdtEventV1 | None:
+        """The record's event, or None when it breaks its topic's contract."""
         try:
-            if topic == self._topics.candidates:
-                event: EnrollmentCandidateV1 | EnrollmentEventV1 | AdtEventV1 = (
-                    EnrollmentCandidateV1.model_validate_json(value))
-            elif topic == self._topics.enrollment_events:
-                event = EnrollmentEventV1.model_validate_json(value)
-            else:
-                event = AdtEventV1.model_validate_json(value)
+            if record.topic == self._topics.candidates:
+                return EnrollmentCandidateV1.model_validate_json(record.value)
+            if record.topic == self._topics.enrollment_events:
+                return EnrollmentEventV1.model_validate_json(record.value)
+            return AdtEventV1.model_validate_json(record.value)
         except ValidationError:
-            await keep_undecodable(conn, topic, partition, offset, value)
-            log.error("%s record at partition %d offset %d does not decode; kept in undecodable_event",
-                      topic, partition, offset)
-            return "undecodable", 0
-        if not await store.mark_processed(conn, event.event_id, topic):
-            return "duplicate", 0
+            return None
+
+    async def _watched(
+        self, conn: AsyncConnection, events: Sequence[EnrollmentCandidateV1 | EnrollmentEventV1 | AdtEventV1 | None]
+    ) -> set[str] | None:
+        """The watched keys among the batch's patients, or None (look per event) when a record
+        of the batch may change the watches."""
+        if not all(isinstance(e, AdtEventV1) for e in events):
+            return None
+        keys = [k for e in events if isinstance(e, AdtEventV1)
+                for k in policy.keys_of(e.patient.identifiers, e.patient.medi_cal_id, e.sending_facility)]
+        return await store.watched_keys(conn, keys)
+
+    async def _apply_one(
+        self, conn: AsyncConnection, event: EnrollmentCandidateV1 | EnrollmentEventV1 | AdtEventV1,
+        watched: set[str] | None,
+    ) -> tuple[str, int]:
         now = self._clock()
         if isinstance(event, EnrollmentCandidateV1):
             return "applied", await self._candidate(conn, event, now)
         if isinstance(event, EnrollmentEventV1):
             return "applied", await self._status(conn, event, now)
-        return "applied", await self._encounter(conn, event, now)
+        return "applied", await self._encounter(conn, event, now, watched)
 
     # --- enrollment.candidates -----------------------------------------------------------
 
@@ -181,7 +207,9 @@ class NotifierHandler:
 
     # --- adt.events ----------------------------------------------------------------------
 
-    async def _encounter(self, conn: AsyncConnection, event: AdtEventV1, now: dt.datetime) -> int:
+    async def _encounter(self, conn: AsyncConnection, event: AdtEventV1, now: dt.datetime,
+                         watched: set[str] | None = None) -> int:
+        """``watched``: the keys anyone watched when the batch began (None: unknown)."""
         visit_number = event.visit.visit_number if event.visit else None
         key = policy.encounter_key(event.sending_facility, visit_number)
         if event.trigger_event.upper() == "A11" and key is not None:
@@ -190,6 +218,8 @@ class NotifierHandler:
         if policy.encounter_event_kind(event) is None:
             return 0
         keys = policy.keys_of(event.patient.identifiers, event.patient.medi_cal_id, event.sending_facility)
+        if watched is not None and watched.isdisjoint(keys):
+            return 0
         found = await store.watchers(conn, keys)
         if not found:
             return 0

@@ -139,6 +139,7 @@ class NotifierService:
             max_lag=settings.consumer_max_lag, max_restarts=settings.consumer_max_restarts,
             restart_window_s=settings.consumer_restart_window_s,
             session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             client_options=settings.kafka_client_options(),
         )
         app = FastAPI(title="WPC notifier", version="0.1.0")

@@ -61,13 +61,25 @@ class DeliveryRow:
 # --- the consuming side ---------------------------------------------------------------------
 
 
-async def mark_processed(conn: AsyncConnection, event_id: uuid.UUID, topic: str) -> bool:
-    """True the first time an event is seen; False on redelivery."""
-    row = await conn.execute(
-        text("INSERT INTO notifier_processed (event_id, topic) VALUES (:e, :t) ON CONFLICT DO NOTHING RETURNING 1"),
-        {"e": event_id, "t": topic},
+async def mark_all_processed(conn: AsyncConnection, events: Sequence[tuple[uuid.UUID, str]]) -> set[uuid.UUID]:
+    """`mark_processed` for a batch in one statement: the event ids seen for the first time."""
+    if not events:
+        return set()
+    rows = await conn.execute(
+        text("INSERT INTO notifier_processed (event_id, topic) "
+             "SELECT * FROM unnest(CAST(:e AS uuid[]), CAST(:t AS text[])) "
+             "ON CONFLICT DO NOTHING RETURNING event_id"),
+        {"e": [e for e, _ in events], "t": [t for _, t in events]},
     )
-    return row.first() is not None
+    return {r[0] for r in rows}
+
+
+async def watched_keys(conn: AsyncConnection, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` someone watches (one statement for a batch of events)."""
+    if not keys:
+        return set()
+    rows = await conn.execute(text("SELECT DISTINCT key FROM watch WHERE key = ANY(:keys)"), {"keys": list(keys)})
+    return {r[0] for r in rows}
 
 
 def _candidate_state(row: Any) -> CandidateState:

@@ -133,6 +133,24 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
+def run_interruptible(main: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``main()`` on uvloop; SIGINT / SIGTERM cancel it, which unwinds every ``finally``
+    (the benchmarks' child processes, embedded servers). None when it was interrupted."""
+
+    async def cancellable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await main()
+
+    try:
+        return uvloop.run(cancellable())
+    except asyncio.CancelledError:
+        return None
+
+
 def stop_on_signals() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM, without a bound (the bench's helper processes,
     which their parent stops)."""

@@ -52,6 +52,9 @@ from services.replay import Kept, ReplayKeeper, Retention
 
 log = logging.getLogger(__name__)
 
+# The notification the ``outbox`` table's trigger sends at each commit that added rows, the
+# payload being their service (migration 0012).
+OUTBOX_CHANNEL = "wpc_outbox"
 _LOCK_NAMESPACE = 0x57504302  # "WPC" + 2: the relay's advisory lock key (class id)
 _BACKLOG_COUNT_INTERVAL_S = 5.0
 
@@ -229,10 +232,14 @@ class OutboxRelay:
         backlog_gauge: _Gauge | None = None,
         leader_gauge: _Gauge | None = None,
         retention: Retention | None = None,
+        listen: tuple[str, str | None] | None = None,
     ) -> None:
         """``owner``: the service whose rows it publishes (and only its topics: checked again on
         every record before it goes out); without one, every row of ``outbox`` (tests of the
-        relay alone). ``source``: another table than ``outbox`` (the listener's events)."""
+        relay alone). ``source``: another table than ``outbox`` (the listener's events).
+        ``listen``: the PostgreSQL notification (channel, payload; None: any) that tells the
+        leader rows were committed (migration 0012); by default the ``outbox`` table's, for
+        the owner's rows (`OUTBOX_CHANNEL`)."""
         self._engine = engine
         self._owner = owner
         self._source: OutboxSource = source or OutboxTable(owner)
@@ -249,12 +256,16 @@ class OutboxRelay:
         self._standby = standby_interval_s
         self._linger = linger_s
         self._wake = asyncio.Event()
+        if listen is None and source is None:
+            listen = (OUTBOX_CHANNEL, owner.service if owner is not None else None)
+        self._listen = listen
         self._counted_at = 0.0
         self.is_leader = False
 
     def wake(self) -> None:
         """Called after a commit that added rows, so publishing does not wait for the next poll
-        (only for ``linger_s``, which gathers the rows of the commits that follow)."""
+        (when rows came shortly before too, for ``linger_s``, which gathers the rows of the
+        commits that follow)."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -303,10 +314,41 @@ class OutboxRelay:
         # pre-ping round trip) per batch, and every poll doubles as the keep-alive that
         # tells us the lock is still held.
         driver = await driver_connection(lock_conn)
+        channel = await self._start_listening(driver)
+        try:
+            await self._lead_on(driver, stop)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):  # a lost connection listens no more anyway
+                    await driver.remove_listener(channel, self._notified)
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """A notification of a committed row (another process, another replica wrote it)."""
+        assert self._listen is not None
+        wanted = self._listen[1]
+        if wanted is None or payload == wanted:
+            self._wake.set()
+
+    async def _start_listening(self, driver: Any) -> str | None:
+        """LISTEN on the leader's connection, before its first read (a row committed after
+        that read is then notified); the channel, or None. Without it (a pooler that forbids
+        LISTEN) the relay still polls."""
+        if self._listen is None:
+            return None
+        channel = self._listen[0]
+        try:
+            await driver.add_listener(channel, self._notified)
+        except Exception as exc:
+            log.warning("outbox relay: cannot LISTEN on %s (%s); relying on polling", channel, type(exc).__name__)
+            return None
+        return channel
+
+    async def _lead_on(self, driver: Any, stop: asyncio.Event) -> None:
         await self._source.start(driver)
         keeper = self._keeper
         backoff = lifecycle.Backoff(self._poll, self._max_backoff, jitter=0.5)
         starting = True
+        busy_until = 0.0  # while rows keep coming (a round published some lately), a wake lingers
         while not stop.is_set():
             self._wake.clear()  # before reading: a commit from now on wakes the next round
             try:
@@ -326,13 +368,16 @@ class OutboxRelay:
                 await lifecycle.pause(stop, wait)
                 continue
             backoff.reset()
+            if published:
+                busy_until = time.monotonic() + self._linger
             if published < self._batch:
                 await lifecycle.pause(stop, self._poll, self._wake)
-                if self._wake.is_set() and self._linger > 0:
-                    # Woken by a commit: let the commits of the next few milliseconds join
-                    # it. At a steady 1,000 messages/s the store commits a message or two
-                    # at a time; one broker round and two statements per commit would cost
-                    # the listener more CPU than taking the messages in.
+                if self._wake.is_set() and self._linger > 0 and time.monotonic() < busy_until:
+                    # Woken by a commit while rows keep coming: let the commits of the next few
+                    # milliseconds join it. At a steady 1,000 messages/s the store commits a
+                    # message or two at a time; one broker round and two statements per commit
+                    # would cost the listener more CPU than taking the messages in. The first
+                    # commit after a quiet spell goes out at once (an idle system's latency).
                     await lifecycle.pause(stop, self._linger)
 
     async def publish_once(self) -> int:

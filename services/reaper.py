@@ -82,11 +82,16 @@ def parent_death_preexec(sig: int = signal.SIGKILL) -> Callable[[], None] | None
     return arm
 
 
-def die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int, name: str | None = None) -> None:
     """For a worker process's initializer: exit when ``parent_pid`` is gone.
 
     ``parent_pid`` is passed in rather than read here: if the parent died while the
-    worker was starting, ``getppid()`` would already name init (or a subreaper)."""
+    worker was starting, ``getppid()`` would already name init (or a subreaper).
+    ``name``: the process's name as `ps`, `top` and ``/proc/<pid>/stat`` show it (Linux,
+    at most 15 bytes), so each worker's CPU can be told apart (`wpc bench pipeline`)."""
+    if name is not None:
+        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+            comm.write(name[:15])
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:  # died before the signal was armed
         os._exit(0)

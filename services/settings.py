@@ -192,6 +192,13 @@ class DownstreamSettings(ServiceSettings):
         description="Consumer group session timeout: how long a dead consumer holds its partitions; Tansu also "
         "makes a joining consumer wait half of it (Kafka's minimum by default is 6 s)",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100, ge=0, le=5000,
+        description="How long a consumer's fetch may wait at the broker for records to arrive. Kafka answers a "
+        "waiting fetch as soon as records come; Tansu looks for them a few times during the wait (measured: "
+        "~17 ms after a record at 100, ~115 ms at aiokafka's default 500). Lower: less delay, more empty "
+        "fetches when idle",
+    )
     consumer_max_lag: int = Field(
         default=10_000, description="/readyz fails when a consumer is more records than this behind its partitions"
     )

@@ -1,5 +1,6 @@
 """`wpc bench ingest` (bench.ingest), `wpc bench enroll` (bench.enroll),
-`wpc bench notify` (bench.notify) and `wpc bench import` (bench.bulk)."""
+`wpc bench notify` (bench.notify), `wpc bench import` (bench.bulk) and `wpc bench pipeline`
+(bench.pipeline)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from bench import bulk as import_bench
 from bench import enroll as enroll_bench
 from bench import ingest as ingest_bench
 from bench import notify as notify_bench
+from bench import pipeline as pipeline_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enroll_bench.add_arguments(sub.add_parser("enroll", help="enrollment decisions on a loaded synthetic county"))
     notify_bench.add_arguments(sub.add_parser("notify", help="notifications/s and event -> delivered latency"))
     import_bench.add_arguments(sub.add_parser("import", help="`wpc import` of a synthetic archive"))
+    pipeline_bench.add_arguments(sub.add_parser(
+        "pipeline", help="the whole system under background ADT: MLLP -> care team webhook latency, CPU per event"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,4 +31,6 @@ def run(args: argparse.Namespace) -> int:
         return notify_bench.run(args)
     if args.bench == "import":
         return import_bench.run(args)
+    if args.bench == "pipeline":
+        return pipeline_bench.run(args)
     return ingest_bench.run(args)
