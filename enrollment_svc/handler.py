@@ -19,6 +19,11 @@ one by one, each in its own transaction with the usual retries, so a record that
 alone fails as it would have alone, and the others' effects are neither lost nor
 duplicated.
 
+A large batch of history goes another way first (`AdtEventHandler._in_bulk`,
+`enrollment_svc.bulk`): what of it is history of persons with nothing current is applied
+as sets in one transaction, the rest through the lanes; a failed set leaves the whole
+batch to the lanes, so a poison record is parked alone as below.
+
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
 it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
 content) and skipped, so one bad record cannot block the partition.
