@@ -31,8 +31,8 @@ order in one pipelined round trip), the encounters folded from their stored even
 the batch's (`history.fold` is order-independent and dedupes by event id), their events,
 and the feed findings (clock ahead, visit number reused).
 
-Anything unexpected found on the way raises `NotInBulk` before a write; the caller rolls
-back and applies the batch one event at a time. So does any failure, a poison record
+Anything unexpected found on the way raises `NotInBulk`; the caller rolls back and applies
+the batch one event at a time. So does any failure, a poison record
 among them: one transaction, nothing kept, then the per-event path parks the poison one
 and applies the others once.
 """
@@ -207,9 +207,11 @@ class BulkResult:
 
 # Lock the persons of the batch's identities and Medi-Cal ids first, in one order (two
 # instances lock in the same order); every read of their state comes in later statements.
+# (``id = ANY(ARRAY(...))``: a condition on the primary key. With ``id IN (...) OR medi_cal_id
+# = ANY(...)`` the planner scans the whole person table.)
 _LOCK = (
-    "SELECT id FROM person WHERE id IN (SELECT person_id FROM identity WHERE key = ANY(:keys)) "
-    "OR medi_cal_id = ANY(:mcs) ORDER BY id FOR UPDATE"
+    "SELECT id FROM person WHERE id = ANY(ARRAY(SELECT person_id FROM identity WHERE key = ANY(:keys) "
+    "UNION SELECT id FROM person WHERE medi_cal_id = ANY(:mcs))) ORDER BY id FOR UPDATE"
 )
 _IDENTITIES = "SELECT key, person_id, merged_into FROM identity WHERE key = ANY(:keys)"
 # A person with an encounter time or a flag after the cutoff may have a current trigger
@@ -278,7 +280,7 @@ async def _load(db: Sql, items: Sequence[Item], cutoff: dt.datetime) -> Routing:
 
 async def apply_bulk(db: Sql, store: EnrollmentStore, items: Sequence[Item], now: dt.datetime) -> BulkResult:
     """Apply what may go in bulk of ``items`` (in the caller's transaction); the rest is the
-    caller's to apply one at a time. Raises `NotInBulk` (nothing written yet) or any error
+    caller's to apply one at a time. Raises `NotInBulk` or any error
     of the database: the caller rolls back."""
     rules = store.rules
     cutoff = now - dt.timedelta(hours=rules.candidate_max_age_hours)
