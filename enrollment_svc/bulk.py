@@ -363,12 +363,14 @@ def _later(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
 async def _clock_findings(db: Sql, rules: Rules, items: Sequence[Item], applying: Iterable[int]) -> None:
     zone = rules.site.zone()
     margin = dt.timedelta(minutes=rules.site.clock_ahead_margin_minutes)
+    found = []
     for i in applying:
         it = items[i]
         received_at = history.to_utc(it.event.received_at, zone)
         assert received_at is not None  # a required field of adt.events
         if findings.clock_ahead(it.stated_at, received_at, margin):
-            await findings.count(db, it.event.sending_facility, findings.CLOCK_AHEAD, it.key, received_at)
+            found.append((it.event.sending_facility, findings.CLOCK_AHEAD, it.key, received_at))
+    await findings.count_all(db, found)
 
 
 async def _encounters(
@@ -397,6 +399,7 @@ async def _encounters(
             visit_of.stored_id = r["id"]
             visit_of.stored = tuple(map(event_from_body, r["bodies"]))
     inserts, updates, event_rows = [], [], []
+    reused: list[tuple[str, str, str, dt.datetime]] = []
     for visit in visits.values():
         if any(_latest(e) >= cutoff for e in visit.stored):
             raise NotInBulk("a stored event of the encounter is current")
@@ -412,13 +415,14 @@ async def _encounters(
             others = owners.setdefault((visit.facility, visit.visit_number), set())
             if others - {visit.person}:  # the number is another person's already: the sender reused it
                 assert first.ev is not None
-                await findings.count(db, visit.facility, findings.VISIT_REUSED, first.key, first.ev.received_at)
+                reused.append((visit.facility, findings.VISIT_REUSED, first.key, first.ev.received_at))
             others.add(visit.person)
         else:
             updates.append(params)
         event_rows += [(e, encounter_id) for e in visit.events]
     await db.execute_many(_INSERT_ENCOUNTER, inserts)
     await db.execute_many(SAVE_ENCOUNTER, updates)
+    await findings.count_all(db, reused)
     await db.execute(_INSERT_EVENTS, {
         "e": [uuid.UUID(e.event_id) for e, _ in event_rows], "n": [n for _, n in event_rows],
         "tr": [e.trigger for e, _ in event_rows], "t": [e.event_time for e, _ in event_rows],

@@ -67,10 +67,10 @@ def backlog() -> list[AdtEventV1]:
     reused = event(adt("A04", mrn="BULK4", medi_cal_id=None, visit="BULK3-V1", patient_class="E", at=long_ago,
                        admit=long_ago))
     ahead = NOW - dt.timedelta(days=99)
-    clock = event(adt("A08", visit="BULK3-V2", at=ahead, admit=ahead - dt.timedelta(days=1), **three),
-                  received_at=ahead - dt.timedelta(days=1))
-    return [*late_current, *archive[:350], *in_order, *late_history, *history_only, reused, clock, *archive[350:],
-            *current]
+    clock = [event(adt("A08", visit="BULK3-V2", at=ahead + dt.timedelta(hours=h), admit=ahead - dt.timedelta(days=1),
+                       **three), received_at=ahead - dt.timedelta(days=1, hours=h)) for h in (0, 5)]
+    return [*late_current, *archive[:350], *in_order, *late_history, *history_only, reused, *clock,
+            *archive[350:], *current]
 
 
 async def snapshot(engine: AsyncEngine) -> dict[str, Any]:
@@ -120,6 +120,7 @@ async def test_a_backlog_in_bulk_batches_ends_as_one_event_at_a_time(
     expected = await snapshot(engine)
     assert len(expected["candidates"]) == 2  # BULK1 and BULK2's TOC, however their history came
     assert len(expected["encounters"]) > 200 and len(expected["findings"]) == 2
+    assert any('"count": 2' in f for f in expected["findings"])  # the clock findings, on one counter
 
     await empty(engine)
     caplog.set_level(logging.DEBUG, logger="enrollment_svc.handler")
