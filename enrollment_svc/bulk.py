@@ -54,7 +54,7 @@ from enrollment_svc.store import UPDATE_PERSON, EnrollmentStore, identity_of, st
 from schemas.adt_event import AdtEventV1, Identifier
 
 __all__ = ["BulkResult", "Item", "KnownIdentity", "KnownPerson", "NotInBulk", "Routing", "apply_bulk", "item_of",
-           "route"]
+           "may_be_history", "route"]
 
 
 class NotInBulk(Exception):
@@ -89,6 +89,19 @@ class Item:
 def _latest(ev: EncounterEvent) -> dt.datetime:
     """The latest time of an encounter event: every start, end and trigger time comes from these."""
     return max(t for t in (ev.event_time, ev.admit_time, ev.discharge_time) if t is not None)
+
+
+def may_be_history(event: AdtEventV1, cutoff: dt.datetime, rules: Rules) -> bool:
+    """A cheap first look (the live path pays it for every large batch): whether the event may
+    be history by its raw times, before `item_of` reads it fully. False for some that are
+    (`Item.historical` decides), never True for one with a current time."""
+    if event.trigger_event in history.MERGE_TRIGGERS:
+        return False
+    zone = rules.site.zone()
+    visit = event.visit
+    times = (event.event_time or event.message_time or event.received_at,
+             visit.admit_time if visit is not None else None, visit.discharge_time if visit is not None else None)
+    return all(t is None or (history.to_utc(t, zone) or cutoff) < cutoff for t in times)
 
 
 def item_of(event: AdtEventV1, rules: Rules) -> Item:

@@ -227,18 +227,17 @@ class AdtEventHandler:
             return records
         now = self.clock()
         cutoff = now - dt.timedelta(hours=self.store.rules.candidate_max_age_hours)
-        items: list[bulk.Item] = []
         sources: list[ConsumerRecord[bytes, bytes]] = []
         for record in records:
             try:
-                event = AdtEventV1.model_validate_json(record.value)
+                decoded[id(record)] = AdtEventV1.model_validate_json(record.value)
             except ValidationError:
                 continue  # the lane keeps it as undecodable
-            decoded[id(record)] = event
-            items.append(bulk.item_of(event, self.store.rules))
             sources.append(record)
-        if sum(1 for item in items if item.historical(cutoff)) < self.bulk_min:
+        rules = self.store.rules
+        if sum(1 for r in sources if bulk.may_be_history(decoded[id(r)], cutoff, rules)) < self.bulk_min:
             return records  # live traffic: nothing to gain
+        items = [bulk.item_of(decoded[id(r)], rules) for r in sources]
         started = time.perf_counter()
         try:
             async with self.lane() as lane:

@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import uuid
 
-from enrollment_svc.bulk import Item, KnownIdentity, KnownPerson, item_of, person_rows, route
+from enrollment_svc.bulk import Item, KnownIdentity, KnownPerson, item_of, may_be_history, person_rows, route
 from enrollment_svc.rules import load_rules
 from enrollment_svc.service import EXAMPLE_RULES
 from tests.adt_builder import adt, event
@@ -98,3 +98,10 @@ def test_person_rows_join_a_persons_run_of_the_same_facts_at_its_latest_times() 
         {**other, "t": t[4], "et": None, "p": P1},
         {**same, "t": t[0], "et": None, "p": P1},
     ]
+
+
+def test_the_first_look_lets_history_through_and_stops_current_events_and_merges() -> None:
+    old, current, merge = item(days_ago=30), item(days_ago=0.5), item("A40", days_ago=30)
+    assert may_be_history(old.event, CUTOFF, RULES) and old.historical(CUTOFF)
+    assert not may_be_history(current.event, CUTOFF, RULES) and not current.historical(CUTOFF)
+    assert not may_be_history(merge.event, CUTOFF, RULES) and not merge.historical(CUTOFF)
