@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from collections.abc import Iterable
 from typing import Any, Final
 
 from enrollment_svc.sql import Sql
 
-__all__ = ["CLOCK_AHEAD", "KINDS", "SHARDS", "VISIT_REUSED", "clock_ahead", "count", "report"]
+__all__ = ["CLOCK_AHEAD", "KINDS", "SHARDS", "VISIT_REUSED", "clock_ahead", "count", "count_all", "report"]
 
 VISIT_REUSED: Final = "visit_number_reused"
 CLOCK_AHEAD: Final = "clock_ahead"
@@ -55,6 +56,26 @@ async def count(db: Sql, facility: str, kind: str, patient_key: str, at: dt.date
         "first_seen = LEAST(feed_finding.first_seen, EXCLUDED.first_seen), "
         "last_seen = GREATEST(feed_finding.last_seen, EXCLUDED.last_seen)",
         {"f": facility, "k": kind, "s": shard(patient_key), "at": at},
+    )
+
+
+async def count_all(db: Sql, found: Iterable[tuple[str, str, str, dt.datetime]]) -> None:
+    """Count many findings, (facility, kind, patient key, at) each, as `count` would one by one:
+    one row per counter, in one pipelined round trip (the bulk path: a facility with a wrong
+    clock makes every one of its events a finding)."""
+    counters: dict[tuple[str, str, int], list[Any]] = {}
+    for facility, kind, patient_key, at in found:
+        counter = counters.setdefault((facility, kind, shard(patient_key)), [0, at, at])
+        counter[0] += 1
+        counter[1], counter[2] = min(counter[1], at), max(counter[2], at)
+    await db.execute_many(
+        "INSERT INTO feed_finding (facility, kind, shard, count, first_seen, last_seen) "
+        "VALUES (:f, :k, :s, :n, :first, :last) "
+        "ON CONFLICT (facility, kind, shard) DO UPDATE SET count = feed_finding.count + EXCLUDED.count, "
+        "first_seen = LEAST(feed_finding.first_seen, EXCLUDED.first_seen), "
+        "last_seen = GREATEST(feed_finding.last_seen, EXCLUDED.last_seen)",
+        [{"f": f, "k": k, "s": s, "n": n, "first": first, "last": last}
+         for (f, k, s), (n, first, last) in sorted(counters.items())],
     )
 
 

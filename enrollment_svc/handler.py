@@ -19,6 +19,11 @@ one by one, each in its own transaction with the usual retries, so a record that
 alone fails as it would have alone, and the others' effects are neither lost nor
 duplicated.
 
+A large batch of history goes another way first (`AdtEventHandler._in_bulk`,
+`enrollment_svc.bulk`): what of it is history of persons with nothing current is applied
+as sets in one transaction, the rest through the lanes; a failed set leaves the whole
+batch to the lanes, so a poison record is parked alone as below.
+
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
 it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
 content) and skipped, so one bad record cannot block the partition.
@@ -40,18 +45,18 @@ import datetime as dt
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from enrollment_svc import metrics
+from enrollment_svc import bulk, metrics
 from enrollment_svc.sql import Sql, driver_connection
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
-from services.consumer import keep_undecodable, sqlstate
+from services.consumer import is_transient, keep_undecodable, sqlstate
 from services.parking import Parking, RecordRef
 
 log = logging.getLogger(__name__)
@@ -133,6 +138,11 @@ class Lane:
             applied += done
         return applied
 
+    async def apply_bulk(self, items: Sequence[bulk.Item], now: dt.datetime) -> bulk.BulkResult:
+        """Apply what of a batch is history as a set, in one transaction (`enrollment_svc.bulk`)."""
+        async with self._transaction():
+            return await bulk.apply_bulk(self._sql, self._handler.store, items, now)
+
     async def _one(self, event: AdtEventV1, source: RecordRef | None = None) -> Applied:
         """Apply one event in its own transaction; park it when it keeps failing on its own."""
         parking = self._handler.parking
@@ -179,8 +189,10 @@ class AdtEventHandler:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_commit: Callable[[], None] | None = None,
         parking: Parking | None = None,
+        bulk_min: int = 32,
     ) -> None:
         self._engine = engine
+        self.bulk_min = bulk_min  # a batch with at least this many events of history goes in bulk; 0: never
         self.parking = parking  # None: an event that fails raises (benchmarks, tests of the lanes)
         self.store = store
         self.lanes = lanes
@@ -189,24 +201,66 @@ class AdtEventHandler:
         self._on_commit = on_commit
 
     async def __call__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        decoded: dict[int, AdtEventV1] = {}
+        records = await self._in_bulk(records, decoded)
         lanes: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
         for record in records:
             lanes.setdefault(lane_of(record.key, self.lanes), []).append(record)
         # Every lane finishes (or fails) before the batch is judged: no lane keeps writing after
         # the consumer has given up on the batch and is about to read it again.
-        results = await asyncio.gather(*(self._run_lane(batch) for batch in lanes.values()), return_exceptions=True)
+        results = await asyncio.gather(*(self._run_lane(batch, decoded) for batch in lanes.values()),
+                                       return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             raise failure
         if self._on_commit is not None:
             self._on_commit()
 
-    async def _run_lane(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _in_bulk(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], decoded: dict[int, AdtEventV1]
+    ) -> Sequence[ConsumerRecord[bytes, bytes]]:
+        """Apply what of a large batch is history as a set (`enrollment_svc.bulk`), decoding
+        each record once (into ``decoded``, by the record's id); return the records left for
+        the lanes. Any failure of the set leaves them all to the lanes, one event at a time:
+        they park a poison record and apply the others once."""
+        if self.bulk_min <= 0 or len(records) < self.bulk_min:
+            return records
+        now = self.clock()
+        cutoff = now - dt.timedelta(hours=self.store.rules.candidate_max_age_hours)
+        sources: list[ConsumerRecord[bytes, bytes]] = []
+        for record in records:
+            try:
+                decoded[id(record)] = AdtEventV1.model_validate_json(record.value)
+            except ValidationError:
+                continue  # the lane keeps it as undecodable
+            sources.append(record)
+        rules = self.store.rules
+        if sum(1 for r in sources if bulk.may_be_history(decoded[id(r)], cutoff, rules)) < self.bulk_min:
+            return records  # live traffic: nothing to gain
+        items = [bulk.item_of(decoded[id(r)], rules) for r in sources]
+        started = time.perf_counter()
+        try:
+            async with self.lane() as lane:
+                result = await lane.apply_bulk(items, now)
+        except Exception as exc:
+            if is_transient(exc) and sqlstate(exc) not in _RETRYABLE:
+                raise  # the database away: the consumer reads the batch again later
+            log.info("bulk of %d events not applied (%s, sqlstate %s); applying them one by one",
+                     len(items), type(exc).__name__, sqlstate(exc))
+            return records
+        metrics.EVENTS.labels(outcome="applied").inc(result.applied)
+        metrics.EVENTS.labels(outcome="duplicate").inc(result.duplicates)
+        handled = {id(sources[i]) for i in result.handled}
+        log.debug("bulk: %d of %d events (%d duplicates, %d encounters) in %.3f s", len(handled), len(records),
+                  result.duplicates, result.encounters, time.perf_counter() - started)
+        return [record for record in records if id(record) not in handled]
+
+    async def _run_lane(self, records: list[ConsumerRecord[bytes, bytes]], decoded: Mapping[int, AdtEventV1]) -> None:
         events: list[AdtEventV1] = []
         sources: list[RecordRef] = []
         for record in records:
             try:
-                events.append(AdtEventV1.model_validate_json(record.value))
+                events.append(decoded.get(id(record)) or AdtEventV1.model_validate_json(record.value))
             except ValidationError:
                 await self._keep_undecodable(record)
                 continue

@@ -98,7 +98,8 @@ class EnrollmentService:
         )
         self.parking = parking_of(settings, self.engine, on_park=self.relay.wake)
         self.handler = AdtEventHandler(
-            self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake, parking=self.parking
+            self.engine, self.store, lanes=settings.enrollment_lanes, on_commit=self.relay.wake, parking=self.parking,
+            bulk_min=settings.enrollment_bulk_min,
         )
         self.consumer = ConsumerLoop(
             settings.kafka_bootstrap_servers, [settings.topic_adt_events], settings.enrollment_group_id, self.handler,

@@ -37,4 +37,9 @@ class EnrollmentSettings(DownstreamSettings):
         default=None, description="Program rules YAML (enrollment_svc/RULES.md); empty: deploy/rules/wpc-rules.yaml"
     )
     enrollment_lanes: int = Field(default=8, description="adt.events applied concurrently (by patient key)")
+    enrollment_bulk_min: int = Field(
+        default=32, ge=0,
+        description="A consumer batch with at least this many events of history (older than candidate_max_age_hours) "
+                    "folds them as a set in one transaction (enrollment_svc/bulk.py); 0: always one by one",
+    )
     expiry_interval_s: float = Field(default=60.0, description="How often pending candidates are checked for expiry")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -100,3 +100,9 @@ class Sql:
     async def execute(self, statement: str, params: Params | None = None) -> None:
         query, args = self._args(statement, params)
         await self.driver.execute(query, *args)
+
+    async def execute_many(self, statement: str, rows: Sequence[Params]) -> None:
+        """One statement for each of ``rows``, pipelined: one round trip, not one per row."""
+        if rows:
+            query, names = _positional(statement)
+            await self.driver.executemany(query, [[row[n] for n in names] for row in rows])

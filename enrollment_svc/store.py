@@ -53,6 +53,7 @@ import json
 import logging
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,7 +79,7 @@ from enrollment_svc.rows import (
 from enrollment_svc.rules import Rules
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import ACTIVE
-from schemas.adt_event import AdtEventV1, patient_key
+from schemas.adt_event import AdtEventV1, Identifier, patient_key
 from services.outbox import Outbox
 
 # Topics and event_from_body are imported from here by the service and `wpc replay`.
@@ -163,6 +164,7 @@ _MARK_AND_UPDATE = (
 )
 
 _UPDATE_PERSON = f"UPDATE person SET {_PERSON_FACTS} WHERE id = :p RETURNING {_LATE}"
+UPDATE_PERSON = _UPDATE_PERSON  # one event's person facts, run per event by the bulk path too (bulk.py)
 
 # Store the encounter (a new one already in its folded state: it has this one event) and
 # the event; return the encounter's stored events when it is not new, and the person's
@@ -217,16 +219,12 @@ class EnrollmentStore:
     async def apply_adt_event(self, conn: Conn, event: AdtEventV1, now: dt.datetime) -> Applied:
         """Apply one `adt.events` record, inside the caller's transaction. Idempotent by event id."""
         db = await Sql.of(conn)
-        first = event.patient.identifiers[0] if event.patient.identifiers else None
-        authority = (first.assigning_authority if first else None) or event.sending_facility
-        key = event.patient.patient_key or (patient_key(authority, first.value) if first else "")
+        key, first, authority = identity_of(event)
         usable = event.processing_id == "P" and first is not None
         zone = self.rules.site.zone()
         ev = history.encounter_event(event, zone)
-        stated_at = history.to_utc(event.event_time or event.message_time, zone) or history.to_utc(
-            event.received_at, zone
-        )
-        person = {**self._person_params(event), "t": stated_at, "et": ev.event_time if ev is not None else None}
+        stated_at = stated_time(event, zone)
+        person = {**self.person_params(event), "t": stated_at, "et": ev.event_time if ev is not None else None}
         marked = await db.one(
             _MARK_AND_UPDATE,
             {
@@ -270,7 +268,8 @@ class EnrollmentStore:
             late=late or regroup,
         )
 
-    def _person_params(self, event: AdtEventV1) -> dict[str, Any]:
+    def person_params(self, event: AdtEventV1) -> dict[str, Any]:
+        """The person-level facts an event states (`_PERSON_FACTS`), but for their times."""
         return {
             "b": event.patient.birth_date,
             "mc": eligibility.is_medi_cal(event, self.rules),
@@ -544,6 +543,20 @@ class EnrollmentStore:
     async def feed_findings(self, conn: Conn, facility: str | None) -> list[dict[str, Any]]:
         """Feed-quality findings per facility and kind (`enrollment_svc.findings`)."""
         return await findings.report(await Sql.of(conn), facility)
+
+
+def identity_of(event: AdtEventV1) -> tuple[str, Identifier | None, str]:
+    """An event's identity key, its first PID-3 identifier (None: none sent) and that one's authority."""
+    first = event.patient.identifiers[0] if event.patient.identifiers else None
+    authority = (first.assigning_authority if first else None) or event.sending_facility
+    key = event.patient.patient_key or (patient_key(authority, first.value) if first else "")
+    return key, first, authority
+
+
+def stated_time(event: AdtEventV1, zone: ZoneInfo) -> dt.datetime | None:
+    """When an event states its person-level facts: its event time, else its message time, else receipt."""
+    return history.to_utc(event.event_time or event.message_time, zone) or history.to_utc(event.received_at, zone)
+
 
 def identity_key(authority: str, value: str) -> str:
     """The key of an identity as the listener computes it (`adt_listener.normalize.patient_key`)."""

@@ -151,7 +151,10 @@ async def test_any_arrival_order_over_lanes_and_two_instances_decides_as_the_in_
     for again in data.draw(st.lists(st.integers(0, len(events) - 1), max_size=4), label="redelivered"):
         arrival.insert(data.draw(st.integers(again + 1, len(arrival)), label="at"), arrival[again])
     batch = data.draw(st.integers(1, 6), label="batch size")
-    instances = [AdtEventHandler(engine, EnrollmentStore(rules()), lanes=2, clock=lambda: NOW) for _ in range(2)]
+    # History in a batch of at least this many events is applied as a set (enrollment_svc.bulk); 0: never.
+    bulk_min = data.draw(st.sampled_from((0, 1, 2)), label="bulk from")
+    instances = [AdtEventHandler(engine, EnrollmentStore(rules()), lanes=2, clock=lambda: NOW, bulk_min=bulk_min)
+                 for _ in range(2)]
     # Each instance owns half the partitions and reads its records in arrival order, in batches.
     mine: list[list[ConsumerRecord[bytes, bytes]]] = [[], []]
     for offset, ev in enumerate(arrival):

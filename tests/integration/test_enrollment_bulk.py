@@ -1,0 +1,160 @@
+"""The bulk path (enrollment_svc.bulk): a backlog of history applied as sets, per consumer batch.
+
+What must hold, as one event at a time: the same persons (identities, facts, card), the same
+encounters and their events, the same feed findings and the same candidates, whether
+history comes before or after a person's current admission, with every batch delivered
+twice; and a poison record in a bulk batch is parked alone, the others applied once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.synthetic import synthetic_feed
+from enrollment_svc.handler import AdtEventHandler
+from enrollment_svc.store import EnrollmentStore
+from schemas.adt_event import AdtEventV1
+from services.db import create_engine
+from services.outbox import Outbox
+from services.parking import Parking
+from tests.adt_builder import adt, event
+from tests.integration.test_arrival_order import candidates
+from tests.integration.test_enrollment_batch import record
+from tests.integration.test_enrollment_store import NOW, rules, stay
+from tests.integration.test_parking import DEADLETTER, GROUP, poisoned
+
+_TABLES = ("outbox, candidate_transition, candidate, encounter_event, encounter, patient_flag, identity_link, "
+           "identity, person, processed_event, feed_finding, parked_event")
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(database_url, pool_size=6)
+    yield eng
+    await eng.dispose()
+
+
+async def empty(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {_TABLES} CASCADE"))
+        await EnrollmentStore(rules()).sync_capacity(conn)
+
+
+def backlog() -> list[AdtEventV1]:
+    """A hospital archive (synthetic, March 2025: history) around three hand-made patients:
+    history then a current admission with SUD (TOC in order), the same with the current
+    admission first (the history arrives late), and a patient with history only."""
+    received = NOW - dt.timedelta(hours=1)
+    archive = [event(raw, received_at=received) for raw in synthetic_feed(700, seed=4242)]
+    one, two, three = ({"mrn": f"BULK{n}", "medi_cal_id": f"9500000{n}B"} for n in (1, 2, 3))
+    in_order = stay(1, days_ago=150, **one) + stay(2, days_ago=60, **one)
+    current = stay(3, days_ago=0, dx=("F10.20",), discharged=False, **one)
+    late_history = stay(1, days_ago=140, **two) + stay(2, days_ago=50, **two)
+    late_current = stay(3, days_ago=0, dx=("F10.20",), discharged=False, **two)
+    history_only = stay(1, days_ago=200, **three) + stay(2, days_ago=100, dx=("F20.9",), **three)
+    # Feed findings, in history too: a visit number another patient's already, and an event
+    # time a day after its receipt (a sender's clock wrong).
+    long_ago = NOW - dt.timedelta(days=300)
+    reused = event(adt("A04", mrn="BULK4", medi_cal_id=None, visit="BULK3-V1", patient_class="E", at=long_ago,
+                       admit=long_ago))
+    ahead = NOW - dt.timedelta(days=99)
+    clock = [event(adt("A08", visit="BULK3-V2", at=ahead + dt.timedelta(hours=h), admit=ahead - dt.timedelta(days=1),
+                       **three), received_at=ahead - dt.timedelta(days=1, hours=h)) for h in (0, 5)]
+    return [*late_current, *archive[:350], *in_order, *late_history, *history_only, reused, *clock,
+            *archive[350:], *current]
+
+
+async def snapshot(engine: AsyncEngine) -> dict[str, Any]:
+    """Everything the enrollment tables say, without generated ids and row times."""
+    async with engine.connect() as conn:
+        keys = {str(r.person_id): tuple(sorted(r.keys)) for r in (await conn.execute(text(
+            "SELECT person_id, array_agg(key) AS keys FROM identity GROUP BY person_id"))).all()}
+
+        async def rows(sql: str) -> list[str]:
+            found = []
+            for r in (await conn.execute(text(sql))).all():
+                row = dict(r._mapping)
+                if "person_id" in row:
+                    row["person_id"] = keys.get(str(row["person_id"]))
+                found.append(json.dumps(row, default=str, sort_keys=True))
+            return sorted(found)
+
+        return {
+            "persons": await rows("SELECT p.id AS person_id, to_jsonb(p) - 'id' - 'created_at' - 'updated_at' AS row "
+                                  "FROM person p"),
+            "identities": await rows("SELECT key, person_id, authority, value, type_code, merged_into FROM identity"),
+            "encounters": await rows(
+                "SELECT e.person_id, to_jsonb(e) - 'id' - 'person_id' - 'created_at' - 'updated_at' AS row "
+                "FROM encounter e"),
+            "events": await rows(
+                "SELECT v.event_id, e.facility, e.visit_number, v.trigger_event, v.event_time, v.body "
+                "FROM encounter_event v JOIN encounter e ON e.id = v.encounter_id"),
+            "processed": await rows("SELECT event_id FROM processed_event"),
+            "findings": await rows("SELECT facility, kind, shard, count, first_seen, last_seen FROM feed_finding"),
+            "candidates": sorted(json.dumps(c, default=str, sort_keys=True) for c in await candidates(engine)),
+        }
+
+
+def records(events: Sequence[AdtEventV1]) -> list[ConsumerRecord[bytes, bytes]]:
+    return [record(i, ev, key=ev.patient.patient_key.encode()) for i, ev in enumerate(events)]
+
+
+async def test_a_backlog_in_bulk_batches_ends_as_one_event_at_a_time(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = backlog()
+    await empty(engine)
+    one_by_one = AdtEventHandler(engine, EnrollmentStore(rules()), lanes=1, group_max=1, clock=lambda: NOW,
+                                 bulk_min=0)
+    for rec in records(events):
+        await one_by_one([rec])
+    expected = await snapshot(engine)
+    assert len(expected["candidates"]) == 2  # BULK1 and BULK2's TOC, however their history came
+    assert len(expected["encounters"]) > 200 and len(expected["findings"]) == 2
+    assert any('"count": 2' in f for f in expected["findings"])  # the clock findings, on one counter
+
+    await empty(engine)
+    caplog.set_level(logging.DEBUG, logger="enrollment_svc.handler")
+    in_bulk = AdtEventHandler(engine, EnrollmentStore(rules()), lanes=2, clock=lambda: NOW, bulk_min=8)
+    batch = records(events)
+    for i in range(0, len(batch), 100):
+        await in_bulk(batch[i : i + 100])
+        await in_bulk(batch[i : i + 100])  # redelivered: nothing twice
+    # "bulk: <handled> of <batch> events ...": history went in bulk, first deliveries and copies alike.
+    bulked = [int(r.getMessage().split()[1]) for r in caplog.records if r.getMessage().startswith("bulk: ")]
+    assert sum(bulked) > 2 * (len(events) - 40) and not any("not applied" in r.getMessage() for r in caplog.records)
+    assert await snapshot(engine) == expected
+
+
+async def test_a_poison_record_in_a_bulk_batch_is_parked_alone_and_the_rest_applied_once(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = [event(raw, received_at=NOW) for raw in synthetic_feed(60, seed=77)]
+    at = next(i for i, ev in enumerate(events) if ev.visit is not None and ev.visit.visit_number)
+    events[at] = poisoned(events[at])
+    await empty(engine)
+    parking = Parking(engine, GROUP, DEADLETTER, outbox=Outbox.of("enrollment", [DEADLETTER]), retry_delay_s=0)
+    handler = AdtEventHandler(engine, EnrollmentStore(rules()), lanes=2, clock=lambda: NOW, parking=parking,
+                              bulk_min=8)
+    batch = records(events)
+    caplog.set_level(logging.INFO, logger="enrollment_svc.handler")
+
+    await handler(batch)
+    await handler(batch)  # redelivered
+
+    assert any(r.getMessage().startswith("bulk of 60 events not applied") for r in caplog.records)
+    async with engine.connect() as conn:
+        processed = set((await conn.execute(text("SELECT event_id FROM processed_event"))).scalars().all())
+        parked = (await conn.execute(text('SELECT "offset", attempts FROM parked_event'))).all()
+        letters = (await conn.execute(text("SELECT count(*) FROM outbox WHERE topic = :t"), {"t": DEADLETTER})).scalar()
+    assert processed == {ev.event_id for i, ev in enumerate(events) if i != at}
+    assert [(p.offset, p.attempts) for p in parked] == [(at, 6)] and letters == 1
