@@ -3,8 +3,7 @@ part 2): a SIGTERM or a terminal's Ctrl-C, a drain that does not finish, a secon
 a SIGKILL; and the next `wpc up` on the same data directory stops what a killed run left.
 
 Each test starts a real `wpc up` (embedded PostgreSQL and Tansu) on one data directory
-shared by the module, so only the first pays for initdb (and, under pytest-xdist, the
-module's tests run on one worker: `xdist_group`)."""
+shared by the module, so only the first pays for initdb."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from tests.e2e.helpers import ack_code, eventually
 from tests.e2e.up_process import UpProcess, all_gone, command_of, descendants
 from wpc.tools.send import MllpClient
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("wpc-up")]
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
