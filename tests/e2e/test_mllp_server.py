@@ -393,7 +393,11 @@ def with_long_header(message: bytes) -> bytes:
 
 async def test_sender_that_never_reads_its_acks_does_not_pin_a_slot_forever(start_listener: StartListener) -> None:
     feed = [with_long_header(m) for m in synthetic_feed(15_000, seed=308)]
-    async with start_listener(mllp_idle_timeout_s=0.3, mllp_read_timeout_s=0.3, mllp_max_connections=1) as listener:
+    # The sender and the listener share this process's event loop: the listener's own work on
+    # a batch (parsing hundreds of frames) delays reading the rest of a frame, and on a loaded
+    # machine more than 0.3 s of it was taken for a slow sender (read_timeout, in 4 of about
+    # 10 runs). 2 s keep that out; the idle timeout is not what is tested.
+    async with start_listener(mllp_idle_timeout_s=30, mllp_read_timeout_s=2.0, mllp_max_connections=1) as listener:
         port = listener.endpoints.mllp_port
         base, aborted = open_connections(), framing_errors("write_timeout")
         others = {reason: framing_errors(reason) for reason in ("idle_timeout", "read_timeout")}  # for the message
