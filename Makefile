@@ -3,6 +3,10 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# pytest workers of `make test` (pytest-xdist): each has its own template database and broker
+# (tests/conftest.py); a test module runs whole on one worker (--dist loadscope: its module
+# fixtures are made once). 0: one process, no workers.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint unit bench clean browser
 
@@ -26,7 +30,7 @@ test: $(STAMP) browser
 	@pg_isready -q -h 127.0.0.1 -p 5432 || bash .ci/start-postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -7,6 +7,12 @@ import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+# The consumer-group session timeout of the tests' consumers (`kafka_session_timeout_s`).
+# Tansu holds a member joining a group for half of it: at the services' default (6 s) every
+# consumer start and rebalance waits 3 s. At 3 s the wait is 1.5 s, and a member still has
+# its heartbeat (every 1 s) twice before a stalled event loop costs it its partitions.
+SESSION_TIMEOUT_S = 3.0
+
 
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout_s: float = 20.0, settle_s: float = 0.5

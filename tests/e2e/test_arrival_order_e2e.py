@@ -35,7 +35,7 @@ from tests.e2e.conftest import StartListener, listener_values
 from tests.e2e.helpers import ack_code, db_fetch, eventually
 from tests.integration.test_arrival_order import candidates
 from tests.integration.test_enrollment_store import rules
-from tests.kafka_util import read_topic
+from tests.kafka_util import SESSION_TIMEOUT_S, read_topic
 from wpc.settings import SystemSettings
 from wpc.tools.send import MllpClient
 
@@ -136,7 +136,8 @@ async def test_a_burst_over_several_connections_and_two_instances_decides_as_in_
     def enrollment_settings() -> EnrollmentSettings:
         return SystemSettings.of(
             **listener_values(database_url, broker.bootstrap, topics), enrollment_http_port=free_port(),
-            enrollment_group_id=f"wpc-enrollment-{suffix}", expiry_interval_s=3600, **enrollment_topics,
+            enrollment_group_id=f"wpc-enrollment-{suffix}", expiry_interval_s=3600,
+            kafka_session_timeout_s=SESSION_TIMEOUT_S, **enrollment_topics,
         ).enrollment
 
     messages = [raw for _, raw in feed]

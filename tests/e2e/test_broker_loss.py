@@ -26,6 +26,7 @@ from tests.conftest import Broker
 from tests.e2e.helpers import ack_code, db_fetch, eventually, wait_outbox_empty
 from tests.e2e.up_process import quiet_port
 from tests.integration.test_enrollment_store import rules
+from tests.kafka_util import SESSION_TIMEOUT_S
 from wpc.demo_inbox import SECRET_ENV, demo_config, inbox_app
 from wpc.settings import SystemSettings
 from wpc.tools.send import MllpClient
@@ -46,6 +47,8 @@ def system_settings(database_url: str, broker: Broker, **extra: object) -> Syste
         "listener_http_port": quiet_port(), "enrollment_http_port": quiet_port(),
         "notifier_http_port": quiet_port(), "demo_inbox_port": quiet_port(),
         "relay_poll_interval_s": 0.05, "expiry_interval_s": 3600, "replay_check_interval_s": 0.5,
+        # Consumers rejoin sooner (SESSION_TIMEOUT_S); the settle wait stays above the session timeout.
+        "kafka_session_timeout_s": SESSION_TIMEOUT_S, "replay_settle_s": SESSION_TIMEOUT_S + 1.0,
         **extra,
     }
     return SystemSettings.of(**values)

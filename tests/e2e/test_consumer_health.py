@@ -26,7 +26,7 @@ from tests.conftest import Broker
 from tests.e2e.helpers import db_fetch, eventually
 from tests.integration.test_enrollment_store import rules, stay
 from tests.integration.test_parking import poisoned
-from tests.kafka_util import read_topic
+from tests.kafka_util import SESSION_TIMEOUT_S, read_topic
 
 TOKEN = "ops-token"
 
@@ -40,7 +40,7 @@ def settings(database_url: str, broker: Broker, **extra: Any) -> EnrollmentSetti
         topic_enrollment_events=f"enrollment.events.{suffix}",
         topic_enrollment_deadletter=f"enrollment.deadletter.{suffix}",
         topic_notifications_measures=f"notifications.measures.{suffix}",
-        relay_poll_interval_s=0.05, expiry_interval_s=3600, **extra,
+        relay_poll_interval_s=0.05, expiry_interval_s=3600, kafka_session_timeout_s=SESSION_TIMEOUT_S, **extra,
     )
 
 

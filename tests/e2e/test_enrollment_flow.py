@@ -23,7 +23,7 @@ from tests.conftest import Broker
 from tests.e2e.conftest import StartListener, listener_values
 from tests.e2e.helpers import ack_code, db_fetch
 from tests.integration.test_enrollment_store import rules
-from tests.kafka_util import read_topic
+from tests.kafka_util import SESSION_TIMEOUT_S, read_topic
 from wpc.settings import SystemSettings
 from wpc.tools.send import MllpClient
 
@@ -65,7 +65,8 @@ async def test_mllp_to_one_candidate_with_two_instances_in_one_group(
     def enrollment_settings() -> EnrollmentSettings:
         return SystemSettings.of(
             **listener_values(database_url, broker.bootstrap, topics), enrollment_http_port=free_port(),
-            enrollment_group_id=f"wpc-enrollment-{suffix}", expiry_interval_s=3600, **enrollment_topics,
+            enrollment_group_id=f"wpc-enrollment-{suffix}", expiry_interval_s=3600,
+            kafka_session_timeout_s=SESSION_TIMEOUT_S, **enrollment_topics,
         ).enrollment
 
     async with (

@@ -25,7 +25,7 @@ from services.embedded import free_port
 from tests.conftest import Broker
 from tests.e2e.helpers import db_fetch, eventually
 from tests.integration.test_notifier_flow import SECRET, candidate, config_text, status
-from tests.kafka_util import read_topic
+from tests.kafka_util import SESSION_TIMEOUT_S, read_topic
 from tests.receivers import HttpReceiver, SmtpReceiver
 
 TOKEN = "ops-token-for-tests"
@@ -44,6 +44,7 @@ def settings(database_url: str, broker: Broker, suffix: str) -> NotifierSettings
         http_host="127.0.0.1",
         notifier_poll_interval_s=0.1,
         relay_poll_interval_s=0.05,
+        kafka_session_timeout_s=SESSION_TIMEOUT_S,
     )
 
 

@@ -32,6 +32,7 @@ from tests.e2e.helpers import ack_code, db_fetch, eventually
 from tests.e2e.test_enrollment_flow import PT, _feed
 from tests.integration.test_enrollment_store import rules
 from tests.integration.test_notifier_flow import SECRET, config_text
+from tests.kafka_util import SESSION_TIMEOUT_S
 from tests.receivers import HttpReceiver, SmtpReceiver
 from wpc.settings import SystemSettings
 from wpc.tools.send import MllpClient
@@ -51,7 +52,7 @@ def pipeline_settings(database_url: str, broker: Broker, topics: dict[str, str])
         topic_enrollment_deadletter=f"enrollment.deadletter.{suffix}",
         topic_notifier_deadletter=f"notifier.deadletter.{suffix}",
         topic_notifications_deadletter=f"notifications.deadletter.{suffix}",
-        expiry_interval_s=3600, notifier_poll_interval_s=0.1,
+        expiry_interval_s=3600, notifier_poll_interval_s=0.1, kafka_session_timeout_s=SESSION_TIMEOUT_S,
     )
 
 

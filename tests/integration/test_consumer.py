@@ -17,6 +17,9 @@ from services.consumer import ConsumerLoop
 from services.health import Verdict
 from tests.conftest import Broker
 from tests.e2e.helpers import eventually
+from tests.kafka_util import SESSION_TIMEOUT_S
+
+SESSION_MS = int(SESSION_TIMEOUT_S * 1000)
 
 
 async def _until(predicate: object, timeout_s: float = 30.0) -> None:
@@ -42,7 +45,7 @@ async def test_a_failed_batch_is_read_again_and_committed_work_is_not(broker: Br
         seen.extend(r.value for r in records)
 
     stop = asyncio.Event()
-    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.5, session_timeout_ms=6000)
+    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.5, session_timeout_ms=SESSION_MS)
     task = asyncio.create_task(loop.run(stop))
     await _until(lambda: len(seen) >= 5)
     stop.set()
@@ -58,7 +61,7 @@ async def test_a_failed_batch_is_read_again_and_committed_work_is_not(broker: Br
         later.extend(r.value for r in records)
 
     stop = asyncio.Event()
-    second = ConsumerLoop(broker.bootstrap, [topic], group, record, session_timeout_ms=6000)
+    second = ConsumerLoop(broker.bootstrap, [topic], group, record, session_timeout_ms=SESSION_MS)
     task = asyncio.create_task(second.run(stop))
     await _until(lambda: len(later) >= 1)
     await asyncio.sleep(1.0)  # anything already committed would arrive now too
@@ -86,7 +89,7 @@ async def test_a_handler_failing_again_and_again_makes_the_loop_unready_until_a_
 
     caplog.set_level(logging.WARNING, logger="services.consumer")
     stop = asyncio.Event()
-    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.2, session_timeout_ms=6000,
+    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.2, session_timeout_ms=SESSION_MS,
                         max_restarts=2, restart_window_s=120)
     task = asyncio.create_task(loop.run(stop))
     try:
@@ -127,7 +130,7 @@ async def test_lag_past_the_bound_makes_the_loop_unready_and_catching_up_ready(b
         seen.extend(r.value for r in records)
 
     stop = asyncio.Event()
-    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.2, session_timeout_ms=6000,
+    loop = ConsumerLoop(broker.bootstrap, [topic], group, handler, max_backoff_s=0.2, session_timeout_ms=SESSION_MS,
                         max_lag=4, max_restarts=10**6, lag_interval_s=0.05)
     task = asyncio.create_task(loop.run(stop))
     try:
