@@ -135,8 +135,12 @@ async def _new_candidate_shows_up_live(system: System, browser: Browser) -> None
     assert browser.driver.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone") == BROWSER_ZONE
     def rows() -> dict[str, str]:
         """The table's rows by candidate id (the demo county's own candidates are there too)."""
-        return {r.get_attribute("data-candidate") or "": r.text
-                for r in browser.driver.find_elements(By.CSS_SELECTOR, "#worklist-rows tr[data-candidate]")}
+        # Read in one script: the live refresh replaces the table at any moment, and element
+        # references taken before it go stale.
+        pairs = browser.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#worklist-rows tr[data-candidate]'))"
+            ".map(r => [r.dataset.candidate, r.innerText]);")
+        return {str(candidate): str(text) for candidate, text in pairs}
 
     before = rows()
     sent_at = dt.datetime.now(SITE_ZONE)
