@@ -33,6 +33,9 @@ def test_view_and_csv_per_program() -> None:
     assert [c.key for c in view.charts] == ["pcp_notified_share", "visit_within_3_business_days_share",
                                             "pcp_appointment_within_1_month_share", "readmission_rate_30d"]
     assert view.charts[0].points == (("2026-11", None), ("2026-12", 0.5))
+    # Only the PCP-notified share has a target (50%, programs.md): no target line elsewhere.
+    assert "target 50%" in view.charts[0].svg
+    assert all("target" not in c.svg for c in view.charts[1:])
     assert build_measures("ISR", answers).empty
     lines = measures_csv([view]).splitlines()
     assert lines[0] == "program,month,measure,value,enrolled"

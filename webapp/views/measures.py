@@ -68,8 +68,9 @@ class MeasuresView:
 _W, _H, _LEFT, _BOTTOM, _TOP = 560, 200, 44, 28, 12
 
 
-def bar_chart(label: str, points: Sequence[tuple[str, float | None]], target: float = TARGET) -> Markup:
-    """An SVG bar chart of shares 0-1 per month, with a dashed target line; a month without a
+def bar_chart(label: str, points: Sequence[tuple[str, float | None]], target: float | None = TARGET) -> Markup:
+    """An SVG bar chart of shares 0-1 per month, with a dashed target line when the measure has
+    a target (programs.md sets one, 50%, for the PCP-notified share only); a month without a
     figure shows "n/a". Text and titles for screen readers; everything escaped."""
     plot_w, plot_h = _W - _LEFT - 8, _H - _BOTTOM - _TOP
     step = plot_w / max(len(points), 1)
@@ -97,9 +98,11 @@ def bar_chart(label: str, points: Sequence[tuple[str, float | None]], target: fl
                      f"<title>{escape(month)}: {share * 100:.0f}%</title></rect>"
                      f'<text class="value" x="{x + bar / 2:.1f}" y="{top - 4:.1f}" text-anchor="middle">'
                      f"{share * 100:.0f}%</text>")
-    parts.append(f'<line class="target" x1="{_LEFT}" x2="{_W - 8}" y1="{y(target):.1f}" y2="{y(target):.1f}"/>'
-                 f'<text class="target-label" x="{_W - 10}" y="{y(target) - 4:.1f}" text-anchor="end">'
-                 f"target {int(target * 100)}%</text></svg>")
+    if target is not None:
+        parts.append(f'<line class="target" x1="{_LEFT}" x2="{_W - 8}" y1="{y(target):.1f}" y2="{y(target):.1f}"/>'
+                     f'<text class="target-label" x="{_W - 10}" y="{y(target) - 4:.1f}" text-anchor="end">'
+                     f"target {int(target * 100)}%</text>")
+    parts.append("</svg>")
     return Markup("".join(parts))
 
 
@@ -112,7 +115,8 @@ def build_measures(program: str, answers: Sequence[Mapping[str, Any]]) -> Measur
         if program not in programs:
             continue
         points = tuple((m, _value(r, key)) for m, r in zip(months, rows, strict=True))
-        charts.append(Chart(key, label, points, bar_chart(label, points)))
+        target = TARGET if key == "pcp_notified_share" else None
+        charts.append(Chart(key, label, points, bar_chart(label, points, target)))
     enrolled = tuple(int(r["enrolled"]) if r else 0 for r in rows)
     empty = not any(enrolled) and all(v is None for c in charts for _, v in c.points)
     return MeasuresView(program, months, enrolled, tuple(charts), empty)
