@@ -19,7 +19,10 @@ def test_measures_page_draws_charts_and_downloads_csv(system: System, browser: B
     assert [s.text for s in sections] == ["TOC", "ISR", "SUD-ENS"]  # ops: every program
     charts = d.find_elements(By.CSS_SELECTOR, "figure.chart-box svg.chart")
     assert len(charts) == 4 + 3 + 2  # TOC 3 shares + readmissions; ISR 2 + 1; SUD-ENS 1 + 1
-    assert all(c.find_elements(By.CSS_SELECTOR, "line.target") for c in charts)
+    # The target line on the PCP-notified chart of each program (its first), on no other chart.
+    boxes = d.find_elements(By.CSS_SELECTOR, "figure.chart-box")
+    with_target = [b.get_attribute("data-measure") for b in boxes if b.find_elements(By.CSS_SELECTOR, "line.target")]
+    assert with_target == ["pcp_notified_share"] * 3
     assert "target 50%" in charts[0].text
     assert len(charts[0].find_elements(By.CSS_SELECTOR, "text.axis")) >= 3  # the months
     browser.shot("measures")
