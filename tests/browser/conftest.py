@@ -161,9 +161,15 @@ class Browser:
         self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
     def wait_for(self, condition: object, message: str, timeout_s: float = WAIT_S) -> object:
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout_s, poll_frequency=0.2).until(condition, message)
+        # A condition that reads the page can meet the old page's elements while a form's POST
+        # and redirect swap the document: that is "not yet", not a failure.
+        return WebDriverWait(
+            self.driver, timeout_s, poll_frequency=0.2,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(condition, message)
 
     def sign_in(self, base: str, name: str, password: str = "demo") -> None:
         from selenium.webdriver.common.by import By
