@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from bench import machine
 from bench.ingest import _Child, _free_port, _senders_file, _wait_ready, _wait_tcp
 from bench.synthetic import DEFAULT_FACILITIES, iter_feed
 
@@ -150,6 +151,7 @@ async def _run(
         try:
             out("importing with the listener and the enrollment service running ...")
             own_cpu = resource.getrusage(resource.RUSAGE_SELF)
+            ticks = machine.ticks()
             started = time.perf_counter()
             summary = await BulkImport(settings, load_senders(senders), batch_size=options.batch).run(conn, files)
             stored_s = time.perf_counter() - started
@@ -162,6 +164,7 @@ async def _run(
                     break
                 await asyncio.sleep(_POLL_S)
             e2e_s = time.perf_counter() - started
+            shares = machine.shares(ticks, machine.ticks())
             encounters = int(await conn.fetchval("SELECT count(*) FROM encounter"))
         finally:
             await conn.close()
@@ -187,6 +190,7 @@ async def _run(
         "end_to_end": {"processed_events": processed, "encounters": encounters, "complete": complete,
                        "seconds": round(e2e_s, 2), "per_s": round(e2e_rate, 1)},
         "cpu_ms_per_message": {name: round(1000 * s / max(accepted, 1), 3) for name, s in cpu.items()},
+        **shares.as_json(),
         "goal": {"end_to_end_ge_5000_per_s": "PASS" if e2e_rate >= GOAL_PER_S else "FAIL"},
     }
 
@@ -205,6 +209,7 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
     cpu = report["cpu_ms_per_message"]
     out("CPU ms per message: " + ", ".join(f"{name} {ms:.3f}" for name, ms in cpu.items())
         + " (PostgreSQL and the broker not counted)")
+    out(machine.Shares(report["machine_cpu_busy"], report["host_steal"]).describe())
     out(f"goal: >= {GOAL_PER_S:,.0f} msg/s end to end ......... {report['goal']['end_to_end_ge_5000_per_s']}")
     out(json.dumps(report, separators=(",", ":")))
 

@@ -18,7 +18,8 @@
    catch-up after an outage takes), so its cost shows beside the in-order path's.
 3. Prints decisions/s, p50/p99/max latency from the event's scheduled time to its
    commit, candidates made, mean group size, CPU per event of this process and of the
-   lanes' PostgreSQL backends, how busy the whole machine was, the longest garbage
+   lanes' PostgreSQL backends, how busy the whole machine was and
+   how much of it the host took (steal: `bench.machine`), the longest garbage
    collector pause (wall and CPU time), then one JSON line with the same figures. On a
    shared machine the CPU figures say whether a slow run was this code or its
    neighbours. What was built before the live feed (imports, the feed itself) is frozen
@@ -52,6 +53,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from bench import machine
 from enrollment_svc.handler import AdtEventHandler, lane_of
 from enrollment_svc.rules import Rules
 from enrollment_svc.service import rules_of
@@ -148,17 +150,6 @@ async def loaded_size(dsn: str) -> dict[str, int]:
         raise SystemExit("wpc bench enroll: --reuse-db names a database no --keep-db run loaded")
     size: dict[str, int] = json.loads(comment)
     return size
-
-
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine (Linux ``/proc/stat``; zeros elsewhere)."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except OSError:
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -303,7 +294,7 @@ async def replay_live(
     lifecycle.freeze_heap()
     workers = [asyncio.create_task(lane_worker(q)) for q in queues]
     cpu = time.process_time()
-    ticks = _cpu_ticks()
+    ticks = machine.ticks()
     pauses = _GcPauses()
     gc.callbacks.append(pauses)
     start = time.perf_counter()
@@ -320,7 +311,7 @@ async def replay_live(
     gc.callbacks.remove(pauses)
     db_cpu = await _backends_cpu_s(_dsn(url))  # before the pool closes the lanes' connections
     cpu = time.process_time() - cpu
-    busy, ticks_total = (now - before for now, before in zip(_cpu_ticks(), ticks, strict=True))
+    shares = machine.shares(ticks, machine.ticks())
     await engine.dispose()
     latencies.sort()
 
@@ -342,7 +333,7 @@ async def replay_live(
         # PostgreSQL on the same two cores, the rest of the machine's CPU is the database's.
         "bench_cpu_ms_per_event": round(cpu * 1000 / total, 3) if total else 0.0,
         "db_cpu_ms_per_event": round(db_cpu * 1000 / total, 3) if total else 0.0,
-        "machine_cpu_busy": round(busy / ticks_total, 3) if ticks_total else None,
+        **shares.as_json(),
         "gc_longest_pause_ms": round(pauses.longest * 1000, 2),
         "gc_longest_pause_cpu_ms": round(pauses.longest_cpu * 1000, 2),
         "gc_longest_pause_generation": pauses.generation,
@@ -438,6 +429,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     report = lifecycle.run(_main(args))  # uvloop, as the service runs
+    shares = machine.Shares(report["machine_cpu_busy"], report["host_steal"])
     loaded = "reused database" if report["load_s"] is None else f"loaded in {report['load_s']} s"
     print(f"wpc bench enroll: {report['persons']:,} persons, {report['encounters']:,} encounters ({loaded})")
     print(f"live feed {report['rate_per_s']:.0f} events/s for {report['duration_s']:.0f} s, {report['lanes']} lanes: "
@@ -445,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
           f"max {report['max_ms']} ms, late events {report['late_events']}, candidates {report['candidates']}, "
           f"mean group {report['mean_group']}, "
           f"CPU per event: bench {report['bench_cpu_ms_per_event']} ms, database {report['db_cpu_ms_per_event']} ms; "
-          f"machine CPU busy {report['machine_cpu_busy']}; longest GC pause {report['gc_longest_pause_ms']} ms "
+          f"{shares.describe()}; longest GC pause {report['gc_longest_pause_ms']} ms "
           f"(generation {report['gc_longest_pause_generation']}; the longest took "
           f"{report['gc_longest_pause_cpu_ms']} ms of CPU)")
     print(f"goal: p99 < 100 ms at 500 events/s ........ {report['goal_p99_lt_100ms_at_500']}")

@@ -29,6 +29,9 @@ Durability: after the runs, the rows in ``adt_message`` whose MSH-10 belongs to 
 run (control ids ``S<seed>N<index>``, `bench.synthetic`) are counted and must
 equal the AA ACKs the load generator received from our listener.
 
+Each target's row says what share of the machine's CPU the host took (steal, `bench.machine`)
+while it ran: targets compared side by side are only comparable when those shares are alike.
+
 Output: a table for people, then ONE JSON line with the same figures, always last.
 This module is imported by `wpc` for every command (to build the parser), so it
 imports only the standard library at module level; the rest is imported where used.
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adt_listener.mllp import Frame, MllpFramer, encode
+from bench import machine
 from bench.synthetic import DEFAULT_FACILITIES, synthetic_feed
 
 if TYPE_CHECKING:
@@ -121,6 +125,9 @@ class PhaseResult:
     p50_ms: float = math.nan
     p99_ms: float = math.nan
     max_ms: float = math.nan
+    # The share of the machine's CPU the host took (steal) while the phase ran (`bench.machine`):
+    # set by the parent around the load generator, None where /proc/stat is not there.
+    host_steal: float | None = None
 
 
 # --- the load generator (runs in its own process) ---------------------------------------
@@ -530,6 +537,7 @@ async def _wait_ready(http_port: int, child: _Child, timeout_s: float) -> None:
 async def _drive(spec: LoadSpec, target: str) -> PhaseResult:
     """Run one phase in a load-generator process of its own and read back its figures."""
     argv = [sys.executable, "-m", "bench.ingest", "--load", json.dumps(asdict(spec))]
+    ticks = machine.ticks()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
     )
@@ -547,6 +555,7 @@ async def _drive(spec: LoadSpec, target: str) -> PhaseResult:
     fields = json.loads(out.decode().strip().splitlines()[-1])
     result = PhaseResult(**fields)
     result.target = target
+    result.host_steal = machine.shares(ticks, machine.ticks()).steal
     return result
 
 
@@ -729,7 +738,7 @@ def _report(
         return {"accepted_per_s": round(r.throughput, 1), "p50_ms": _num(r.p50_ms), "p99_ms": _num(r.p99_ms),
                 "max_ms": _num(r.max_ms), "accepted": r.accepted, "errors": r.errors,
                 "not_accepted": sum(n for c, n in r.codes.items() if c not in _ACCEPTED),
-                "codes": r.codes, "connects": r.reconnects}
+                "codes": r.codes, "connects": r.reconnects, "host_steal": r.host_steal}
 
     ours, peer, bare, durable = results["ours"], results["peer"], results["bare"], results["durable"]
     ratio_durable = ours.throughput / durable.throughput if durable.throughput else math.nan
@@ -769,23 +778,28 @@ def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
     t = report["targets"]
     out("")
     out(f"wpc bench ingest: {report['connections']} connections, closed loop {report['duration_s']:g} s "
         f"after {report['warmup_s']:g} s warm-up, pipeline {report['pipeline']}, {report['cpus']} CPUs")
     out(f"{'target':<22}{'accepted msg/s':>16}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
-        f"{'accepted':>10}{'errors':>8}{'not AA':>8}")
+        f"{'accepted':>10}{'errors':>8}{'not AA':>8}{'steal':>7}")
     for name in TARGETS:
         r = t[name]
         out(f"{LABELS[name]:<22}{r['accepted_per_s']:>16,.1f}{_ms(r['p50_ms']):>10}{_ms(r['p99_ms']):>10}"
-            f"{_ms(r['max_ms']):>10}{r['accepted']:>10}{r['errors']:>8}{r['not_accepted']:>8}")
+            f"{_ms(r['max_ms']):>10}{r['accepted']:>10}{r['errors']:>8}{r['not_accepted']:>8}"
+            f"{_share(r['host_steal']):>7}")
     f = report["fixed_rate"]
     out("")
     out(f"ours, open loop at {f['rate_per_s']:g} msg/s for {f['duration_s']:g} s (latency from the "
         f"scheduled send): achieved {f['achieved_per_s']:,.1f} msg/s, p50 {_ms(f['p50_ms'])} ms, "
         f"p99 {_ms(f['p99_ms'])} ms, max {_ms(f['max_ms'])} ms, errors {f['errors']}, "
-        f"not AA {f['not_accepted']}")
+        f"not AA {f['not_accepted']}, steal {_share(f['host_steal'])}")
     r = report["ratios"]
     out(f"ratios: ours / bare = {_ms(r['ours_to_bare'])}, ours / peer = {_ms(r['ours_to_peer'])}, "
         f"ours / bare durable = {_ms(r['ours_to_durable'])}")

@@ -26,7 +26,9 @@ CPU: user + system time of every process of the system from ``/proc`` (the three
 services, the listener's worker processes, PostgreSQL, the broker), from the start of a
 phase to the end of its drain, divided by the ADT messages the phase sent (background and
 probes). With an external PostgreSQL only the backends connected to the bench's database
-are counted (not its WAL writer or checkpointer), with an external broker none.
+are counted (not its WAL writer or checkpointer), with an external broker none. Beside
+them, each phase's share of the machine's CPU that was busy and that the host took
+(steal, `bench.machine`): a phase with a large steal share did not run on a quiet machine.
 
 Output: a table for people, then one JSON line.
 """
@@ -50,6 +52,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
+
+from bench import machine
 
 if TYPE_CHECKING:
     from services.settings import ServiceSettings
@@ -319,6 +323,7 @@ class Phase:
     max_queue: int = 0  # most accepted messages waiting for their adt.events record (derivation)
     max_behind: int = 0  # most accepted messages not yet applied by the enrollment service
     stages: dict[str, float | None] = field(default_factory=dict)  # stage -> median seconds over the probes
+    shares: machine.Shares = field(default_factory=lambda: machine.Shares(None, None))  # of the whole phase
 
     def pct(self, q: float) -> float | None:
         if not self.latencies:
@@ -420,6 +425,7 @@ class Bench:
         accepted_before = await self._scalar(_ACCEPTED)
         applied_before = await self._scalar(_APPLIED)
         cpu_before = self.cpu.sample(extra=self._extra_pids())
+        ticks_before = machine.ticks()
         sent_at: dict[str, float] = {}
         sender = await MllpSender.connect(self.mllp_port)
         started = time.perf_counter()
@@ -455,6 +461,7 @@ class Bench:
         with contextlib.suppress(asyncio.CancelledError):
             await sampling
         phase.cpu_s = cpu_used(cpu_before, self.cpu.sample(extra=self._extra_pids()))
+        phase.shares = machine.shares(ticks_before, machine.ticks())
         phase.events = phase.sent + phase.probes
         phase.latencies = [self.arrivals.candidates[v] - t for v, t in sent_at.items() if v in self.arrivals.candidates]
         phase.delivered = len(phase.latencies)
@@ -709,6 +716,7 @@ def _report(options: PipelineOptions, phases: list[Phase], external_db: bool, ex
             "cpu_ms_per_event": {**per_event, "total": total},
             "cpu_s": {g: round(v, 2) for g, v in p.cpu_s.items()},
             "stages_p50_ms": {k: _ms(v) for k, v in p.stages.items()},
+            **p.shares.as_json(),
         })
     sustained = [p.rate for p in phases if p.sustained]
     goals: dict[str, str] = {}
@@ -760,6 +768,9 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
         c = r["cpu_ms_per_event"]
         out(f"{r['rate_per_s']:>7,.0f}" + "".join(
             f"{'n/a' if c[g] is None else format(c[g], '.3f'):>13}" for g in (*_GROUPS, "total")))
+    for r in report["phases"]:
+        out(f"{r['rate_per_s']:>7,.0f} ADT/s: "
+            + machine.Shares(r["machine_cpu_busy"], r["host_steal"]).describe())
     out("")
     out("where a probe's time goes, median per stage (ms; from the times the services recorded)")
     names = list(report["phases"][0]["stages_p50_ms"]) if report["phases"] else []
