@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from enrollment_svc.model import (
@@ -203,6 +204,20 @@ def county_resident(event: AdtEventV1, rules: Rules) -> bool | None:
 # --- evaluation ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
+def _frozen(items: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(items)
+
+
+def _set_of(items: Iterable[str]) -> frozenset[str]:
+    """``items`` as a set, made once per distinct tuple of the rules (the criteria ask often)."""
+    if isinstance(items, frozenset):
+        return items
+    if isinstance(items, tuple):
+        return _frozen(items)
+    return frozenset(items)
+
+
 @dataclass(frozen=True, slots=True)
 class _Context:
     """What every criterion reads: the counted history as of the trigger time."""
@@ -214,28 +229,42 @@ class _Context:
     encounters: tuple[EncounterFacts, ...]  # happened (not cancelled / pre-admitted), started by `at`
     flags: tuple[Flag, ...]  # effective by `at`
 
+    # Windows already worked out, by months: the criteria ask for the same few windows again
+    # and again (a dozen times per evaluation), and calendar arithmetic is not free.
+    windows: dict[int, dt.datetime] = field(default_factory=dict, compare=False, repr=False)
+
     def since(self, months: int) -> dt.datetime:
         # "In the last N months": N calendar months back from the trigger, the start included.
-        return months_before(self.local_at, months)
+        start = self.windows.get(months)
+        if start is None:
+            start = self.windows[months] = months_before(self.local_at, months)
+        return start
 
     def encounters_in(
         self, months: int, kinds: Iterable[str] | None = None, dx: Iterable[str] | None = None
     ) -> list[EncounterFacts]:
         since = self.since(months)
-        kind_set = frozenset(kinds) if kinds is not None else None
-        dx_set = frozenset(dx) if dx is not None else None
+        kind_set = _set_of(kinds) if kinds is not None else None
+        dx_set = _set_of(dx) if dx is not None else None
+        # One loop per combination, the likeliest miss tested first: most encounters carry no
+        # value set at all (the empty-set test is cheap), and a kind is cheaper to test than a time.
+        encounters = self.encounters
+        if dx_set is None:
+            if kind_set is None:
+                return [e for e in encounters if since <= e.start]
+            return [e for e in encounters if e.kind in kind_set and since <= e.start]
+        if kind_set is None:
+            return [e for e in encounters if e.dx_flags and not dx_set.isdisjoint(e.dx_flags) and since <= e.start]
         return [
             e
-            for e in self.encounters
-            if since <= e.start
-            and (kind_set is None or e.kind in kind_set)
-            and (dx_set is None or not dx_set.isdisjoint(e.dx_flags))
+            for e in encounters
+            if e.dx_flags and e.kind in kind_set and not dx_set.isdisjoint(e.dx_flags) and since <= e.start
         ]
 
     def point_flags(self, months: int, kinds: Iterable[str], detail: str | None = None) -> list[Flag]:
         """Flags of events (an admission, a referral, an overdose) that happened in the window."""
         since = self.since(months)
-        kind_set = frozenset(kinds)
+        kind_set = _set_of(kinds)
         return [
             f
             for f in self.flags
@@ -248,7 +277,7 @@ class _Context:
         No ``until`` means still true (model.Flag), so it overlaps any window it started before.
         """
         since = self.since(months)
-        kind_set = frozenset(kinds)
+        kind_set = _set_of(kinds)
         return [f for f in self.flags if f.kind in kind_set and (f.until is None or f.until >= since)]
 
 

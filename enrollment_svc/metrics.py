@@ -34,10 +34,17 @@ TRANSITIONS = Counter(
 )
 
 
+# The children every event counts into, looked up once (`labels` takes a lock and builds a key).
+_APPLIED = EVENTS.labels(outcome="applied")
+_DUPLICATE = EVENTS.labels(outcome="duplicate")
+_NO_PROPOSAL = DECISIONS.labels(program="none")
+
+
 def record(applied: Applied, seconds: float) -> None:
-    EVENTS.labels(outcome="duplicate" if applied.duplicate else "applied").inc()
+    (_DUPLICATE if applied.duplicate else _APPLIED).inc()
     APPLY_SECONDS.observe(seconds)
     if applied.evaluation is not None:
-        DECISIONS.labels(program=applied.evaluation.proposed or "none").inc()
+        proposed = applied.evaluation.proposed
+        (DECISIONS.labels(program=proposed) if proposed else _NO_PROPOSAL).inc()
     if applied.candidate_id is not None and applied.evaluation is not None and applied.evaluation.proposed:
         CANDIDATES.labels(program=applied.evaluation.proposed, status=applied.candidate_status or "").inc()
