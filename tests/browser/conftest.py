@@ -22,9 +22,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -33,6 +34,8 @@ import pytest
 from services.auth import hash_password
 from tests.conftest import ADMIN_DSN, Broker, _url
 from tests.e2e.up_process import UpProcess, quiet_port
+
+_T = TypeVar("_T")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -160,7 +163,8 @@ class Browser:
         SCREENSHOTS.mkdir(exist_ok=True)
         self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
-    def wait_for(self, condition: object, message: str, timeout_s: float = WAIT_S) -> object:
+    def wait_for(self, condition: Callable[[Any], _T], message: str, timeout_s: float = WAIT_S) -> _T:
+        """``condition``'s first truthy value, polled until ``timeout_s``."""
         from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 

@@ -45,7 +45,8 @@ def test_sign_in_and_sign_out(system: System, browser: Browser) -> None:
 
 def test_a_wrong_password_is_refused(system: System, browser: Browser) -> None:
     browser.sign_in(system.web_url, "toc", "not-the-password")
-    error = browser.driver.find_element(By.ID, "signin-error")
+    # The answer comes back to the same URL: wait for the refusal itself, not for a new URL.
+    error = browser.wait_for(lambda drv: drv.find_element(By.ID, "signin-error"), "no refusal shown")
     assert "do not match" in error.text
     browser.shot("signin-refused")
     browser.driver.get(f"{system.web_url}/worklist?program=TOC")

@@ -131,14 +131,14 @@ async def test_ops_see_feeds_find_and_open_messages(system: System, browser: Bro
     browser.wait_for(lambda drv: drv.current_url.endswith("/messages"), "no message browser")
     d.find_element(By.ID, "m-control").send_keys(traffic.control_id, Keys.ENTER)  # the form by keyboard
     browser.wait_for(lambda drv: f"control_id={traffic.control_id}" in drv.current_url, "search not sent")
-    found = d.find_elements(By.CSS_SELECTOR, "#found tbody tr")
+    found = browser.wait_for(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#found tbody tr"), "no rows found")
     assert len(found) == 1 and traffic.facility in found[0].text and "AA" in found[0].text
     d.get(f"{system.web_url}/messages")
     d.find_element(By.ID, "m-facility").send_keys(MALFORMED_FACILITY)
     Select(d.find_element(By.ID, "m-ack")).select_by_value("AE")
     d.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
     browser.wait_for(lambda drv: "ack=AE" in drv.current_url, "search not sent")
-    found = d.find_elements(By.CSS_SELECTOR, "#found tbody tr")
+    found = browser.wait_for(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#found tbody tr"), "no rows found")
     assert len(found) == 1 and "AE" in found[0].text
     _shot(browser, "messages-search")
     _shot(browser, "messages-search-768", 768)
