@@ -165,14 +165,15 @@ class Browser:
 
     def wait_for(self, condition: Callable[[Any], _T], message: str, timeout_s: float = WAIT_S) -> _T:
         """``condition``'s first truthy value, polled until ``timeout_s``."""
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
         # A condition that reads the page can meet the old page's elements while a form's POST
-        # and redirect swap the document: that is "not yet", not a failure.
+        # and redirect swap the document: chromedriver then says "stale element", "no such
+        # element" or "node does not belong to the document". Each is "not yet", not a failure;
+        # one that lasts ends the wait with ``message`` at the time-out.
         return WebDriverWait(
-            self.driver, timeout_s, poll_frequency=0.2,
-            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+            self.driver, timeout_s, poll_frequency=0.2, ignored_exceptions=(WebDriverException,)
         ).until(condition, message)
 
     def sign_in(self, base: str, name: str, password: str = "demo") -> None:
