@@ -43,6 +43,7 @@ import argparse
 import array
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -107,6 +108,9 @@ class LoadSpec:
     reconnect_each: bool = False  # hl7apy's server closes the connection after each ACK
     rate: float = 0.0
     host: str = "127.0.0.1"
+    # The synthetic feed's clock at its start (ISO, naive, the feed's zone): None for its fixed
+    # 2025 morning, which every rules file reads as history; `synthetic.epoch_ending` for today.
+    epoch: str | None = None
 
 
 @dataclass
@@ -140,9 +144,10 @@ class _Source:
     ``S<seed>N<i>`` rewritten to the next unused index, so every message stays unique.
     """
 
-    def __init__(self, seed: int, size: int) -> None:
+    def __init__(self, seed: int, size: int, epoch: str | None = None) -> None:
         self._seed = seed
-        self._pool = synthetic_feed(size, seed=seed, facilities=DEFAULT_FACILITIES)
+        clock = {"epoch": dt.datetime.fromisoformat(epoch)} if epoch is not None else {}
+        self._pool = synthetic_feed(size, seed=seed, facilities=DEFAULT_FACILITIES, **clock)
         self._next = 0
 
     def take(self) -> bytes:
@@ -301,13 +306,13 @@ async def run_load(spec: LoadSpec, target: str = "") -> PhaseResult:
     result = PhaseResult(target=target, mode=spec.mode)
     if spec.mode == "closed":
         # Pool size: enough for a few thousand messages/s without reuse; reuse is cheap anyway.
-        source = _Source(spec.seed, _POOL_MAX)
+        source = _Source(spec.seed, _POOL_MAX, spec.epoch)
         begin = time.perf_counter()
         rec = _Recorder(result, begin + spec.warmup)
         deadline = begin + spec.warmup + spec.duration
         await asyncio.gather(*(_closed_worker(spec, source, rec, deadline) for _ in range(spec.connections)))
         return rec.finish(deadline)
-    source = _Source(spec.seed, min(_POOL_MAX, int(spec.rate * spec.duration) + spec.connections))
+    source = _Source(spec.seed, min(_POOL_MAX, int(spec.rate * spec.duration) + spec.connections), spec.epoch)
     start = time.perf_counter() + 0.2  # connections open before the first scheduled send
     rec = _Recorder(result, start)
     await asyncio.gather(*(_open_worker(spec, c, source, rec, start) for c in range(spec.connections)))

@@ -8,10 +8,13 @@ signature.
 
 For each rate R of ``--rates`` (ADT messages/s), for ``--duration`` seconds:
 
-* background: other patients' admits, updates and discharges (`bench.synthetic`, a
-  county feed from last year: they are stored, folded into encounters and decided, but
-  too old to propose anyone) sent open loop over ``--connections`` MLLP connections by a
-  load-generator process (`bench.ingest`'s, scheduled by the clock);
+* background: other patients' admits, updates and discharges (`bench.synthetic`'s county
+  feed) sent open loop over ``--connections`` MLLP connections by a load-generator
+  process (`bench.ingest`'s, scheduled by the clock). ``--background current`` (the
+  default) dates the feed up to the phase's start, as a live county's traffic is: every
+  event is current, takes the enrollment service's per-event path and may propose
+  someone. ``--background history`` sends it as last year's, which the service applies
+  as history (its bulk path, `enrollment_svc.bulk`) and which proposes nobody;
 * probes: every ``--probe-interval`` seconds, a patient whose history (two inpatient
   stays in the last six months, loaded before the phases) makes today's admission a
   TOC candidate. Its latency runs from writing the admission to the listener's socket
@@ -75,6 +78,10 @@ class PipelineOptions:
     duration: float = 20.0
     connections: int = 8
     probe_interval: float = 0.5
+    background: str = "current"  # current | history (BACKGROUNDS)
+
+
+BACKGROUNDS = ("current", "history")
 
 
 # --- the probes: patients whose admission today makes a TOC candidate ---------------------
@@ -417,6 +424,16 @@ class Bench:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrivals.changed.wait(), 0.5)
 
+    def _epoch(self, rate: float) -> str | None:
+        """The background feed's start for ``--background current``: its messages dated up to now."""
+        from bench.synthetic import epoch_ending
+
+        o = self.options
+        if o.background == "history":
+            return None
+        messages = int(rate * o.duration) + o.connections  # what the load generator generates
+        return epoch_ending(dt.datetime.now(dt.UTC), messages).isoformat()
+
     async def phase(self, rate: float, seed: int) -> Phase:
         from bench.ingest import LoadSpec, _drive
 
@@ -442,7 +459,7 @@ class Bench:
         try:
             if rate > 0:
                 spec = LoadSpec(port=self.mllp_port, mode="open", seed=seed, connections=o.connections,
-                                duration=o.duration, rate=rate)
+                                duration=o.duration, rate=rate, epoch=self._epoch(rate))
                 load, _ = await asyncio.gather(_drive(spec, "background"), probes())
                 phase.sent, phase.accepted = load.sent, load.accepted
                 phase.achieved = load.accepted / load.elapsed_s if load.elapsed_s else 0.0
@@ -736,6 +753,7 @@ def _report(options: PipelineOptions, phases: list[Phase], external_db: bool, ex
     return {
         "bench": "pipeline", "cpus": os.cpu_count(), "duration_s": options.duration,
         "connections": options.connections, "probe_interval_s": options.probe_interval,
+        "background": options.background,
         "postgresql": "external" if external_db else "embedded",
         "broker": "external" if external_broker else "embedded",
         "phases": rows, "highest_sustained_per_s": max(sustained) if sustained else None, "goals": goals,
@@ -749,7 +767,8 @@ def _fmt(x: float | None) -> str:
 
 def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
     out("")
-    out(f"wpc bench pipeline: {report['cpus']} CPUs, {report['duration_s']:g} s per rate, background over "
+    dated = "dated up to now" if report["background"] == "current" else "last year's (history)"
+    out(f"wpc bench pipeline: {report['cpus']} CPUs, {report['duration_s']:g} s per rate, background {dated} over "
         f"{report['connections']} MLLP connections, a probe admission every {report['probe_interval_s']:g} s; "
         f"PostgreSQL {report['postgresql']}, broker {report['broker']}")
     out(f"{'ADT/s':>7}{'achieved':>10}{'errors':>8}{'probes':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
@@ -808,6 +827,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLLP connections of the background load (8)")
     parser.add_argument("--probe-interval", type=float, default=PipelineOptions.probe_interval,
                         help="seconds between two candidate-making admissions (0.5)")
+    parser.add_argument("--background", choices=BACKGROUNDS, default=PipelineOptions.background,
+                        help="background dated up to now (current: live traffic, the per-event path) or "
+                        "last year's (history: the enrollment service's bulk path); default current")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -819,7 +841,7 @@ def run(args: argparse.Namespace) -> int:
         print("wpc bench pipeline: --duration and --probe-interval must be > 0, --connections >= 1", file=sys.stderr)
         return 2
     options = PipelineOptions(rates=args.rates, duration=args.duration, connections=args.connections,
-                              probe_interval=args.probe_interval)
+                              probe_interval=args.probe_interval, background=args.background)
 
     report = lifecycle.run_interruptible(lambda: pipeline(options, load_settings(ListenerSettings)))
     if report is None:

@@ -60,6 +60,9 @@ _STRUCTURE = {
 
 _EPOCH = dt.datetime(2025, 3, 3, 6, 0, 0)  # a Monday morning; fixed so output is deterministic
 _TZ = "-0800"
+_FEED_ZONE = dt.timezone(dt.timedelta(hours=-8))  # what _TZ says
+_STEP_S = 4  # seconds between two messages of the feed's clock, plus up to _JITTER_S
+_JITTER_S = 3
 
 _LAST = ("GARCIA", "HERNANDEZ", "LOPEZ", "MARTINEZ", "NGUYEN", "KIM", "SMITH", "JOHNSON", "WILLIAMS",
          "BROWN", "LEE", "PARK", "RAMIREZ", "TORRES", "DAVIS", "JACKSON", "CHEN", "FLORES", "REYES", "WONG")
@@ -135,23 +138,40 @@ class Visit:
 
 
 def synthetic_feed(
-    n: int, *, seed: int = 0, facilities: Sequence[str] = DEFAULT_FACILITIES
+    n: int, *, seed: int = 0, facilities: Sequence[str] = DEFAULT_FACILITIES, epoch: dt.datetime = _EPOCH
 ) -> list[bytes]:
-    """``n`` ADT messages of HL7 v2.5.1 in ER7, deterministic for a given seed."""
+    """``n`` ADT messages of HL7 v2.5.1 in ER7, deterministic for a given seed and ``epoch``."""
     if n < 0:
         raise ValueError(f"n must not be negative, got {n}")
-    return list(islice(iter_feed(seed=seed, facilities=facilities), n))
+    return list(islice(iter_feed(seed=seed, facilities=facilities, epoch=epoch), n))
 
 
-def iter_feed(*, seed: int = 0, facilities: Sequence[str] = DEFAULT_FACILITIES) -> Iterator[bytes]:
-    """The endless feed `synthetic_feed` takes its first ``n`` messages from."""
+def iter_feed(
+    *, seed: int = 0, facilities: Sequence[str] = DEFAULT_FACILITIES, epoch: dt.datetime = _EPOCH
+) -> Iterator[bytes]:
+    """The endless feed `synthetic_feed` takes its first ``n`` messages from.
+
+    ``epoch`` is the feed's clock at its start, a naive time in the feed's zone (UTC-8):
+    by default a fixed morning of 2025 (history, to any rules file of today); `epoch_ending`
+    gives one for a feed dated up to now.
+    """
     if not facilities:
         raise ValueError("at least one facility is needed")
-    return _Feed(seed, tuple(facilities)).messages()
+    if epoch.tzinfo is not None:
+        raise ValueError("epoch is a naive time in the feed's zone (UTC-8)")
+    return _Feed(seed, tuple(facilities), epoch).messages()
+
+
+def epoch_ending(at: dt.datetime, messages: int) -> dt.datetime:
+    """The epoch whose first ``messages`` messages are all dated before ``at`` (aware), the
+    last of them within a few minutes of it: a feed of today, for a benchmark of live traffic."""
+    span = dt.timedelta(seconds=messages * _STEP_S + _JITTER_S + 60)
+    return (at - span).astimezone(_FEED_ZONE).replace(tzinfo=None)
 
 
 class _Feed:
-    def __init__(self, seed: int, facilities: tuple[str, ...]) -> None:
+    def __init__(self, seed: int, facilities: tuple[str, ...], epoch: dt.datetime = _EPOCH) -> None:
+        self._epoch = epoch
         self._rng = random.Random(seed)
         self._seed = seed
         self._facilities = facilities
@@ -170,7 +190,7 @@ class _Feed:
         while True:
             index += 1
             # About one message every four seconds, with jitter: a busy county hospital.
-            now = _EPOCH + dt.timedelta(seconds=index * 4 + self._rng.randint(0, 3))
+            now = self._epoch + dt.timedelta(seconds=index * _STEP_S + self._rng.randint(0, _JITTER_S))
             trigger = self._rng.choices(self._triggers, self._weights)[0]
             patient, trigger = self._apply(trigger, now)
             yield self._render(trigger, patient, now, f"S{self._seed}N{index}")

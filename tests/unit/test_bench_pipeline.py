@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 
+import pytest
+
 from adt_listener.intake import IntakePolicy, intake
-from bench.pipeline import CpuGroups, bench_rules, cpu_used, probe_admission, probe_history
+from bench.pipeline import CpuGroups, add_arguments, bench_rules, cpu_used, probe_admission, probe_history
 from enrollment_svc.rules import load_rules
 from enrollment_svc.service import EXAMPLE_RULES
 
@@ -57,3 +60,12 @@ def test_the_bench_rules_leave_room_for_every_probe(tmp_path: object) -> None:
     assert rules.rule_version.startswith("bench-")
     assert {p: rules.programs[p].capacity for p in ("TOC", "ISR", "SUD-ENS")} == dict.fromkeys(
         ("TOC", "ISR", "SUD-ENS"), 1_000_000)
+
+
+def test_the_background_is_dated_today_unless_history_is_asked_for() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).background == "current"
+    assert parser.parse_args(["--background", "history"]).background == "history"
+    with pytest.raises(SystemExit):  # argparse: one line naming the choices, exit 2
+        parser.parse_args(["--background", "yesterday"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from bench.synthetic import TRIGGER_WEIGHTS, synthetic_feed
+from bench.synthetic import TRIGGER_WEIGHTS, epoch_ending, synthetic_feed
 
 
 def _field(message: bytes, segment: str, n: int) -> str:
@@ -112,3 +113,33 @@ def test_diagnosis_codes_include_the_program_codes() -> None:
 def test_negative_n_is_refused() -> None:
     with pytest.raises(ValueError):
         synthetic_feed(-1)
+
+
+def _msh7(message: bytes) -> dt.datetime:
+    return dt.datetime.strptime(_field(message, "MSH", 7), "%Y%m%d%H%M%S%z")
+
+
+def test_the_default_clock_is_a_fixed_morning_of_2025() -> None:
+    times = [_msh7(m) for m in synthetic_feed(50, seed=3)]
+    assert all(t.year == 2025 and t.utcoffset() == dt.timedelta(hours=-8) for t in times)
+
+
+def test_a_feed_dated_up_to_now_ends_just_before_now() -> None:
+    """`--background current` of `wpc bench pipeline`: every message dated before the moment
+    given, the last within a few minutes of it, so every event is current to the rules."""
+    at = dt.datetime(2026, 12, 2, 14, 0, tzinfo=dt.UTC)
+    n = 3000
+    feed = synthetic_feed(n, seed=5, epoch=epoch_ending(at, n))
+    times = [_msh7(m) for m in feed]
+    assert max(times) <= at
+    assert at - max(times) < dt.timedelta(minutes=3)
+    assert at - min(times) < dt.timedelta(hours=4)  # 3,000 messages about 4 s apart
+    # Only the clock moved: the same patients and triggers as the default feed's.
+    default = synthetic_feed(n, seed=5)
+    assert [_field(m, "MSH", 9) for m in feed] == [_field(m, "MSH", 9) for m in default]
+    assert [_field(m, "PID", 3) for m in feed] == [_field(m, "PID", 3) for m in default]
+
+
+def test_an_aware_epoch_is_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        synthetic_feed(1, epoch=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
