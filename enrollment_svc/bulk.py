@@ -45,16 +45,17 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from enrollment_svc import findings, history
-from enrollment_svc.model import EncounterEvent
-from enrollment_svc.rows import SAVE_ENCOUNTER, encounter_params, event_body, event_from_body
+from enrollment_svc import eligibility, findings, history
+from enrollment_svc.model import EncounterEvent, EncounterFacts, Trigger
+from enrollment_svc.rows import SAVE_ENCOUNTER, encounter_params, event_body, event_from_body, history_columns
 from enrollment_svc.rules import Rules
 from enrollment_svc.sql import Sql
-from enrollment_svc.store import UPDATE_PERSON, EnrollmentStore, identity_of, stated_time
+from enrollment_svc.status import ACTIVE
+from enrollment_svc.store import UPDATE_PERSON, Applied, EnrollmentStore, identity_of, stated_time
 from schemas.adt_event import AdtEventV1, Identifier
 
-__all__ = ["BulkResult", "Item", "KnownIdentity", "KnownPerson", "NotInBulk", "Routing", "apply_bulk", "item_of",
-           "may_be_history", "route"]
+__all__ = ["BulkResult", "Item", "KnownIdentity", "KnownPerson", "NotInBulk", "Routing", "apply_batch", "apply_bulk",
+           "item_of", "route"]
 
 
 class NotInBulk(Exception):
@@ -91,19 +92,6 @@ def _latest(ev: EncounterEvent) -> dt.datetime:
     return max(t for t in (ev.event_time, ev.admit_time, ev.discharge_time) if t is not None)
 
 
-def may_be_history(event: AdtEventV1, cutoff: dt.datetime, rules: Rules) -> bool:
-    """A cheap first look (the live path pays it for every large batch): whether the event may
-    be history by its raw times, before `item_of` reads it fully. False for some that are
-    (`Item.historical` decides), never True for one with a current time."""
-    if event.trigger_event in history.MERGE_TRIGGERS:
-        return False
-    zone = rules.site.zone()
-    visit = event.visit
-    times = (event.event_time or event.message_time or event.received_at,
-             visit.admit_time if visit is not None else None, visit.discharge_time if visit is not None else None)
-    return all(t is None or (history.to_utc(t, zone) or cutoff) < cutoff for t in times)
-
-
 def item_of(event: AdtEventV1, rules: Rules) -> Item:
     zone = rules.site.zone()
     key, first, authority = identity_of(event)
@@ -122,6 +110,12 @@ class KnownIdentity:
 class KnownPerson:
     medi_cal_id: str | None
     current: bool  # an encounter time or a flag newer than the cutoff: it may have a current trigger
+    events_through: dt.datetime | None = None  # the newest event time applied (`store._PERSON_FACTS`)
+
+    def late(self, item: Item) -> bool:
+        """Whether ``item`` is older than an event the person has (the per-event path's ``late``)."""
+        event_time = item.ev.event_time if item.ev is not None else None
+        return self.events_through is not None and event_time is not None and self.events_through > event_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +126,7 @@ class Routing:
     person_of: dict[int, uuid.UUID]  # the usable items in bulk
     new_persons: dict[uuid.UUID, str | None]  # id → Medi-Cal id
     new_identities: dict[str, int]  # key → index of its first item (the identifier recorded)
+    deciding: frozenset[int] = frozenset()  # a person's one event in order: its own trigger is decided
 
 
 def route(
@@ -142,19 +137,20 @@ def route(
     by_medi_cal: Mapping[str, uuid.UUID],
     new_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> Routing:
-    """Pure: the items that may be applied in bulk (module docstring), given what the
+    """Pure: the items that may be applied as a set (module docstring), given what the
     database holds of their identities and persons (``persons``: locked by the caller)."""
     by_key: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         if item.usable:
             by_key.setdefault(item.key, []).append(i)
-    excluded_keys = {items[i].key for i in range(len(items)) if not items[i].historical(cutoff) and items[i].usable}
+    excluded_keys: set[str] = set()
     excluded_medi_cal: set[str] = set()
     key_person: dict[str, uuid.UUID] = {}
     new_persons: dict[uuid.UUID, str | None] = {}
     new_identities: dict[str, int] = {}
     for key, indices in by_key.items():
-        if key in excluded_keys:
+        if any(items[i].event.trigger_event in history.MERGE_TRIGGERS for i in indices):
+            excluded_keys.add(key)  # a merge regroups history: one event at a time
             continue
         ids = {items[i].medi_cal_id for i in indices}
         known = identities.get(key)
@@ -183,28 +179,42 @@ def route(
         new_identities[key] = indices[0]
     for key in excluded_keys:
         excluded_medi_cal |= {m for i in by_key.get(key, ()) if (m := items[i].medi_cal_id) is not None}
-    excluded_persons = {p for p, known in persons.items() if known.current}
-    excluded_persons |= {p for key, p in key_person.items()
-                         if any(items[i].medi_cal_id in excluded_medi_cal for i in by_key[key])}
+    excluded_persons = {p for key, p in key_person.items()
+                        if any(items[i].medi_cal_id in excluded_medi_cal for i in by_key[key])}
     # A person with an excluded key (known: by its identity) goes wholly one event at a time.
     excluded_persons |= {identities[k].person_id for k in excluded_keys if k in identities}
+    of_person: dict[uuid.UUID, list[int]] = {}
+    for key, person in key_person.items():
+        of_person.setdefault(person, []).extend(by_key[key])
+    deciding: set[int] = set()
+    for person, indices in of_person.items():
+        if person in excluded_persons:
+            continue
+        known_person = persons.get(person)  # None: made here
+        if all(items[i].historical(cutoff) for i in indices) and (known_person is None or not known_person.current):
+            continue  # history of a person with nothing current: nothing to decide
+        if len(indices) == 1 and (known_person is None or not known_person.late(items[indices[0]])):
+            deciding.add(indices[0])  # its own trigger, decided as the per-event path decides it
+            continue
+        excluded_persons.add(person)  # several events, or a late one: one at a time, decided again
     bulk: list[int] = []
     person_of: dict[int, uuid.UUID] = {}
     for i, item in enumerate(items):
         if not item.usable:
             bulk.append(i)  # a training or debugging message: marked processed, nothing else
             continue
-        person = key_person.get(item.key)
-        if person is None or person in excluded_persons:
+        owner = key_person.get(item.key)
+        if owner is None or owner in excluded_persons:
             continue
         bulk.append(i)
-        person_of[i] = person
+        person_of[i] = owner
     used = set(person_of.values())
     return Routing(
         bulk=bulk,
         person_of=person_of,
         new_persons={p: m for p, m in new_persons.items() if p in used},
         new_identities={k: i for k, i in new_identities.items() if key_person[k] in used},
+        deciding=frozenset(deciding),
     )
 
 
@@ -214,6 +224,7 @@ class BulkResult:
     applied: int
     duplicates: int
     encounters: int
+    decided: dict[int, Applied] = dataclasses.field(default_factory=dict)  # item → its decision
 
 
 # --- statements ------------------------------------------------------------------------
@@ -230,7 +241,7 @@ _IDENTITIES = "SELECT key, person_id, merged_into FROM identity WHERE key = ANY(
 # A person with an encounter time or a flag after the cutoff may have a current trigger
 # (`decide.current_triggers` reads encounters by the same three times, flags by recorded_at).
 _PERSONS = (
-    "SELECT p.id, p.medi_cal_id, EXISTS (SELECT 1 FROM encounter e WHERE e.person_id = p.id "
+    "SELECT p.id, p.medi_cal_id, p.events_through, EXISTS (SELECT 1 FROM encounter e WHERE e.person_id = p.id "
     "AND GREATEST(e.start_at, e.end_at, e.last_event_time) >= :cutoff) "
     "OR EXISTS (SELECT 1 FROM patient_flag f WHERE f.person_id = p.id AND f.recorded_at >= :cutoff) AS current "
     "FROM person p WHERE p.id = ANY(:ids)"
@@ -285,7 +296,7 @@ async def _load(db: Sql, items: Sequence[Item], cutoff: dt.datetime) -> Routing:
     persons: dict[uuid.UUID, KnownPerson] = {}
     by_medi_cal: dict[str, uuid.UUID] = {}
     for r in await db.fetch(_PERSONS, {"ids": locked, "cutoff": cutoff}):
-        persons[r["id"]] = KnownPerson(r["medi_cal_id"], r["current"])
+        persons[r["id"]] = KnownPerson(r["medi_cal_id"], r["current"], r["events_through"])
         if r["medi_cal_id"] is not None:
             by_medi_cal[r["medi_cal_id"]] = r["id"]
     return route(items, cutoff, identities, persons, by_medi_cal)
@@ -312,8 +323,49 @@ async def apply_bulk(db: Sql, store: EnrollmentStore, items: Sequence[Item], now
     await _new_persons(db, items, routing, set(applying))
     await _person_facts(db, store, items, routing, applying)
     await _clock_findings(db, rules, items, applying)
-    encounters = await _encounters(db, rules, items, routing, applying, cutoff)
-    return BulkResult(routing.bulk, len(fresh), len(routing.bulk) - len(fresh), encounters)
+    folded: dict[int, tuple[uuid.UUID, EncounterFacts]] = {}
+    encounters = await _encounters(db, rules, items, routing, applying, cutoff, folded)
+    decided = await _decide(db, store, items, routing, folded, now)
+    return BulkResult(routing.bulk, len(fresh), len(routing.bulk) - len(fresh), encounters, decided)
+
+
+async def apply_batch(
+    db: Sql, store: EnrollmentStore, items: Sequence[Item], now: dt.datetime, *, round_min: int = 8
+) -> BulkResult:
+    """Apply what may go as sets of a consumer batch (in the caller's transaction): first the
+    whole batch (`apply_bulk`: history, and each person's one event), then the patients with
+    several current events in rounds, the n-th round their n-th events (each round a set of
+    one event per person, deciding on what the rounds before it wrote), for as long as a
+    round holds at least ``round_min`` events. A key with an event left out of a round has
+    its later ones left out too: what is left goes to the per-event path in order."""
+    first = await apply_bulk(db, store, items, now)
+    handled = set(first.handled)
+    applied, duplicates, encounters = first.applied, first.duplicates, first.encounters
+    decided = dict(first.decided)
+    # Each patient's (key's) events not applied yet, in batch order; the others of this batch
+    # (training messages, no identifier) were all applied above.
+    queues: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if i not in handled and item.usable:
+            queues.setdefault(item.key, []).append(i)
+    while True:
+        batch_round = [indices[0] for indices in queues.values() if indices]
+        if len(batch_round) < max(round_min, 1):
+            break
+        batch_round.sort()
+        result = await apply_bulk(db, store, [items[i] for i in batch_round], now)
+        done = {batch_round[j] for j in result.handled}
+        for i in batch_round:
+            key = items[i].key
+            if i in done:
+                queues[key].pop(0)
+            else:
+                queues[key] = []  # left to the per-event path, with every later event of its key
+        handled |= done
+        applied, duplicates = applied + result.applied, duplicates + result.duplicates
+        encounters += result.encounters
+        decided.update((batch_round[j], one) for j, one in result.decided.items())
+    return BulkResult(sorted(handled), applied, duplicates, encounters, decided)
 
 
 async def _new_persons(db: Sql, items: Sequence[Item], routing: Routing, applying: set[int]) -> None:
@@ -387,9 +439,11 @@ async def _clock_findings(db: Sql, rules: Rules, items: Sequence[Item], applying
 
 
 async def _encounters(
-    db: Sql, rules: Rules, items: Sequence[Item], routing: Routing, applying: list[int], cutoff: dt.datetime
+    db: Sql, rules: Rules, items: Sequence[Item], routing: Routing, applying: list[int], cutoff: dt.datetime,
+    folded: dict[int, tuple[uuid.UUID, EncounterFacts]],
 ) -> int:
-    """Fold the batch's encounter events with the stored ones, and save encounters and events."""
+    """Fold the batch's encounter events with the stored ones, and save encounters and events;
+    put the encounter (id, facts) of each deciding item in ``folded``."""
     visits: dict[tuple[str, str, uuid.UUID], _Visit] = {}
     for i in applying:
         it = items[i]
@@ -414,13 +468,17 @@ async def _encounters(
     inserts, updates, event_rows = [], [], []
     reused: list[tuple[str, str, str, dt.datetime]] = []
     for visit in visits.values():
-        if any(_latest(e) >= cutoff for e in visit.stored):
+        deciding = visit.first in routing.deciding  # the person's one event: the visit's only new one
+        if not deciding and any(_latest(e) >= cutoff for e in visit.stored):
             raise NotInBulk("a stored event of the encounter is current")
         state = history.fold(visit.facility, visit.visit_number, [*visit.stored, *visit.events])
         if state is None:  # unreachable: its new events fold alone
             raise NotInBulk("an encounter that does not fold")
         encounter_id = visit.stored_id or uuid.uuid4()
-        params = encounter_params(encounter_id, state, history.facts(str(encounter_id), state, rules))
+        facts = history.facts(str(encounter_id), state, rules)
+        if deciding:
+            folded[visit.first] = (encounter_id, facts)
+        params = encounter_params(encounter_id, state, facts)
         if visit.stored_id is None:
             first = items[visit.first]
             inserts.append({**params, "f": visit.facility, "v": visit.visit_number, "k": first.key,
@@ -442,3 +500,36 @@ async def _encounters(
         "b": [event_body(e) for e, _ in event_rows],
     })
     return len(visits)
+
+
+_HISTORIES = (
+    f"SELECT h.id AS history_of, {history_columns('w.since')} FROM unnest(CAST(:ids AS uuid[]), "
+    "CAST(:sinces AS timestamptz[])) AS w(id, since) JOIN person h ON h.id = w.id"
+)
+
+
+async def _decide(
+    db: Sql, store: EnrollmentStore, items: Sequence[Item], routing: Routing,
+    folded: Mapping[int, tuple[uuid.UUID, EncounterFacts]], now: dt.datetime,
+) -> dict[int, Applied]:
+    """Decide each deciding item's own trigger as the per-event path does in order
+    (`EnrollmentStore.decide_in_order`): the persons' windows of history in one statement,
+    then, in batch order, each evaluation and the candidates it makes."""
+    wants: list[tuple[int, uuid.UUID, uuid.UUID, EncounterFacts, Trigger]] = []
+    for i in sorted(folded):
+        encounter_id, facts = folded[i]
+        ev = items[i].ev
+        assert ev is not None  # it folded
+        trigger = eligibility.trigger_for(items[i].event.trigger_event, facts, event_time=ev.event_time)
+        if trigger is not None:
+            wants.append((i, routing.person_of[i], encounter_id, facts, trigger))
+    if not wants:
+        return {}
+    lookback = store.rules.longest_lookback()
+    rows = {r["history_of"]: r for r in await db.fetch(_HISTORIES, {
+        "ids": [person for _, person, _, _, _ in wants],
+        "sinces": [trigger.at - lookback for *_, trigger in wants],
+        "active": list(ACTIVE),
+    })}
+    return {i: await store.decide_in_order(db, person, trigger, now, encounter_id, facts, rows[person])
+            for i, person, encounter_id, facts, trigger in wants}

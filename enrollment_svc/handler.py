@@ -141,7 +141,7 @@ class Lane:
     async def apply_bulk(self, items: Sequence[bulk.Item], now: dt.datetime) -> bulk.BulkResult:
         """Apply what of a batch is history as a set, in one transaction (`enrollment_svc.bulk`)."""
         async with self._transaction():
-            return await bulk.apply_bulk(self._sql, self._handler.store, items, now)
+            return await bulk.apply_batch(self._sql, self._handler.store, items, now)
 
     async def _one(self, event: AdtEventV1, source: RecordRef | None = None) -> Applied:
         """Apply one event in its own transaction; park it when it keeps failing on its own."""
@@ -226,7 +226,6 @@ class AdtEventHandler:
         if self.bulk_min <= 0 or len(records) < self.bulk_min:
             return records
         now = self.clock()
-        cutoff = now - dt.timedelta(hours=self.store.rules.candidate_max_age_hours)
         sources: list[ConsumerRecord[bytes, bytes]] = []
         for record in records:
             try:
@@ -235,8 +234,6 @@ class AdtEventHandler:
                 continue  # the lane keeps it as undecodable
             sources.append(record)
         rules = self.store.rules
-        if sum(1 for r in sources if bulk.may_be_history(decoded[id(r)], cutoff, rules)) < self.bulk_min:
-            return records  # live traffic: nothing to gain
         items = [bulk.item_of(decoded[id(r)], rules) for r in sources]
         started = time.perf_counter()
         try:
@@ -248,11 +245,14 @@ class AdtEventHandler:
             log.info("bulk of %d events not applied (%s, sqlstate %s); applying them one by one",
                      len(items), type(exc).__name__, sqlstate(exc))
             return records
-        metrics.EVENTS.labels(outcome="applied").inc(result.applied)
+        seconds = time.perf_counter() - started
+        metrics.EVENTS.labels(outcome="applied").inc(result.applied - len(result.decided))
         metrics.EVENTS.labels(outcome="duplicate").inc(result.duplicates)
+        for i, applied in result.decided.items():
+            _committed(items[i].event, applied, seconds)
         handled = {id(sources[i]) for i in result.handled}
-        log.debug("bulk: %d of %d events (%d duplicates, %d encounters) in %.3f s", len(handled), len(records),
-                  result.duplicates, result.encounters, time.perf_counter() - started)
+        log.debug("bulk: %d of %d events (%d duplicates, %d encounters, %d decided) in %.3f s", len(handled),
+                  len(records), result.duplicates, result.encounters, len(result.decided), seconds)
         return [record for record in records if id(record) not in handled]
 
     async def _run_lane(self, records: list[ConsumerRecord[bytes, bytes]], decoded: Mapping[int, AdtEventV1]) -> None:

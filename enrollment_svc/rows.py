@@ -16,7 +16,8 @@ from typing import Any
 
 from enrollment_svc.model import EncounterEvent, EncounterFacts, EncounterState
 
-__all__ = ["HISTORY_COLUMNS", "SAVE_ENCOUNTER", "encounter_params", "event_body", "event_from_body", "json_value"]
+__all__ = ["HISTORY_COLUMNS", "SAVE_ENCOUNTER", "encounter_params", "event_body", "event_from_body", "history_columns",
+           "json_value"]
 
 
 def _json_default(value: object) -> str:
@@ -54,14 +55,20 @@ def event_from_body(body: dict[str, Any] | str) -> EncounterEvent:
     return EncounterEvent(**values)
 
 
-# One person's window of history (`PersonHistory`), from the person row ``h``.
-HISTORY_COLUMNS = (
-    "h.birth_date, h.medi_cal, h.county_resident, "
-    "(SELECT program FROM candidate WHERE person_id = h.id AND status = ANY(:active) LIMIT 1) AS active_program, "
-    "EXISTS (SELECT 1 FROM patient_flag WHERE person_id = h.id) AS has_flags, "
-    "ARRAY(SELECT ROW(e.id, e.facility, e.visit_number, e.kind, e.status, e.start_at, e.end_at, e.dx_flags) "
-    "FROM encounter e WHERE e.person_id = h.id AND e.start_at >= :since ORDER BY e.start_at) AS encounters"
-)
+def history_columns(since: str) -> str:
+    """One person's window of history (`PersonHistory`) from the person row ``h``, its
+    encounters from ``since`` on (a parameter, or a column of a joined set)."""
+    return (
+        "h.birth_date, h.medi_cal, h.county_resident, "
+        "(SELECT program FROM candidate WHERE person_id = h.id AND status = ANY(:active) LIMIT 1) "
+        "AS active_program, "
+        "EXISTS (SELECT 1 FROM patient_flag WHERE person_id = h.id) AS has_flags, "
+        "ARRAY(SELECT ROW(e.id, e.facility, e.visit_number, e.kind, e.status, e.start_at, e.end_at, e.dx_flags) "
+        f"FROM encounter e WHERE e.person_id = h.id AND e.start_at >= {since} ORDER BY e.start_at) AS encounters"
+    )
+
+
+HISTORY_COLUMNS = history_columns(":since")
 
 SAVE_ENCOUNTER = (
     "UPDATE encounter SET kind = :kind, status = :status, patient_class = :pc, hospital_service = :hs, "

@@ -358,8 +358,25 @@ class EnrollmentStore:
             return await self._redecide(db, person_id, now, encounter_id)
         if trigger is None:
             return Applied(person_id=person_id, encounter_id=encounter_id)
-        # The statement read the person's encounters as they were before it: this one is
-        # added (or replaced) here, when within the window.
+        return await self.decide_in_order(db, person_id, trigger, now, encounter_id, facts, loaded)
+
+    async def decide_in_order(
+        self,
+        db: Sql,
+        person_id: uuid.UUID,
+        trigger: Trigger,
+        now: dt.datetime,
+        encounter_id: uuid.UUID,
+        facts: EncounterFacts,
+        loaded: Any,
+    ) -> Applied:
+        """Decide an in-order event's own trigger, its encounter (``facts``) as just saved.
+
+        ``loaded``: the person's window of history (`rows.history_columns` from
+        ``trigger.at`` − the longest lookback), read in this transaction before or after the
+        encounter was saved, or None to read it now; the encounter is put in (or replaced)
+        here, when within the window."""
+        since = trigger.at - self.rules.longest_lookback()
         person_history = await self.persons.history(db, person_id, since, loaded)
         others = tuple(e for e in person_history.encounters if e.id != facts.id)
         mine = (facts,) if facts.start >= since else ()

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.synthetic import epoch_ending, synthetic_feed
+from enrollment_svc import bulk, sql
 from enrollment_svc.sql import Sql
 from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
 from services.db import create_engine
+from tests.adt_builder import event
 from tests.integration.test_enrollment_store import NOW, apply, rules, stay
 
 
@@ -91,3 +94,35 @@ async def test_a_queued_proposal_is_as_few_statements_as_before(engine: AsyncEng
     )
     assert applied.candidate_status == "queued"
     assert statements <= 7, counter.statements[-statements:]
+
+
+async def test_a_batch_of_live_traffic_is_a_few_statements_whatever_its_size(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set path (`enrollment_svc.bulk`) for a consumer batch of current events: a few
+    statements per set (pipelined ones counted once; the whole batch, then a round per
+    patient's next event), plus a few per candidate it makes; far fewer than per event."""
+    store = EnrollmentStore(rules())
+    n = 300
+    events = [event(raw, received_at=NOW) for raw in synthetic_feed(n, seed=5, epoch=epoch_ending(NOW, n))]
+    items = [bulk.item_of(ev, store.rules) for ev in events]
+    sent: list[str] = []
+    original = sql._positional
+
+    def counted(statement: str) -> tuple[str, tuple[str, ...]]:
+        sent.append(statement)
+        return original(statement)
+
+    monkeypatch.setattr(sql, "_positional", counted)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE candidate_transition, candidate, encounter_event, encounter, identity, "
+                                   "person, processed_event, feed_finding CASCADE")
+        await store.sync_capacity(conn)
+        before = len(sent)
+        result = await bulk.apply_batch(await Sql.of(conn), store, items, NOW)
+    statements = len(sent) - before
+    sets = sum(1 for statement in sent[before:] if statement == bulk._LOCK)  # the whole batch, then rounds
+    made = sum(1 for applied in result.decided.values() if applied.candidate_id is not None)
+    assert len(result.handled) > n * 9 // 10 and len(result.decided) > n // 2
+    assert statements <= 14 * sets + 8 * made, (statements, sets, made)
+    assert statements < n // 2

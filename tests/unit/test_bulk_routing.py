@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import uuid
 
-from enrollment_svc.bulk import Item, KnownIdentity, KnownPerson, item_of, may_be_history, person_rows, route
+from enrollment_svc.bulk import Item, KnownIdentity, KnownPerson, item_of, person_rows, route
 from enrollment_svc.rules import load_rules
 from enrollment_svc.service import EXAMPLE_RULES
 from tests.adt_builder import adt, event
@@ -39,10 +39,27 @@ def test_history_of_a_known_person_with_nothing_current_goes_in_bulk() -> None:
     assert routing.bulk == [0, 1] and routing.person_of == {0: P1, 1: P1} and not routing.new_persons
 
 
-def test_a_person_with_something_current_is_left_to_the_per_event_path() -> None:
-    items = [item(mrn="M1")]
-    routing = route(items, CUTOFF, {items[0].key: KnownIdentity(P1, None)}, {P1: KnownPerson(None, True)}, {})
-    assert routing.bulk == []
+def test_a_persons_one_event_in_order_goes_in_the_set_and_is_decided_there() -> None:
+    items = [item(mrn="M1", days_ago=0.5), item(mrn="M2")]
+    known = {items[0].key: KnownIdentity(P1, None), items[1].key: KnownIdentity(P2, None)}
+    through = NOW - dt.timedelta(days=1)
+    routing = route(items, CUTOFF, known, {P1: KnownPerson(None, True, through), P2: KnownPerson(None, True)}, {})
+    assert routing.bulk == [0, 1] and routing.deciding == {0, 1}  # something current: both decide their own
+
+
+def test_a_late_event_or_several_of_a_person_with_something_current_go_one_at_a_time() -> None:
+    late, two = item(mrn="M1", days_ago=2), [item(mrn="M2", days_ago=1), item(mrn="M2", days_ago=0.5)]
+    known = {late.key: KnownIdentity(P1, None), two[0].key: KnownIdentity(P2, None)}
+    persons = {P1: KnownPerson(None, True, NOW - dt.timedelta(days=1)), P2: KnownPerson(None, False)}
+    routing = route([late, *two], CUTOFF, known, persons, {})
+    assert routing.bulk == [] and not routing.deciding
+
+
+def test_a_new_persons_current_event_is_decided_in_the_set() -> None:
+    counter = ids()
+    items = [item(mrn="N1", days_ago=0.1, medi_cal_id="9N")]
+    routing = route(items, CUTOFF, {}, {}, {}, lambda: fresh(counter))
+    assert routing.bulk == [0] and routing.deciding == {0} and routing.new_persons == {routing.person_of[0]: "9N"}
 
 
 def test_one_current_event_leaves_all_of_its_persons_events_to_the_per_event_path() -> None:
@@ -100,8 +117,6 @@ def test_person_rows_join_a_persons_run_of_the_same_facts_at_its_latest_times() 
     ]
 
 
-def test_the_first_look_lets_history_through_and_stops_current_events_and_merges() -> None:
+def test_history_is_told_from_current_events_and_merges_by_its_own_times() -> None:
     old, current, merge = item(days_ago=30), item(days_ago=0.5), item("A40", days_ago=30)
-    assert may_be_history(old.event, CUTOFF, RULES) and old.historical(CUTOFF)
-    assert not may_be_history(current.event, CUTOFF, RULES) and not current.historical(CUTOFF)
-    assert not may_be_history(merge.event, CUTOFF, RULES) and not merge.historical(CUTOFF)
+    assert old.historical(CUTOFF) and not current.historical(CUTOFF) and not merge.historical(CUTOFF)
