@@ -1,40 +1,50 @@
-"""A backlog of `adt.events` applied as a set: history folded in a few statements per batch.
+"""A consumer batch of `adt.events` applied as sets: a few statements per batch, not per event.
 
-A county's archive (`wpc import`) or the catch-up after an outage hands the service tens of
-thousands of events that are history: older than ``candidate_max_age_hours``, they propose
-nothing (`eligibility.evaluate` blocks them, `decide.current_triggers` skips them), but
-they must be folded into their persons and encounters exactly as one by one. Applied one
-at a time each costs a few round trips and a transaction share; here a consumer batch costs
-about ten statements in one transaction, whatever its size.
+Applied one at a time, an event costs a few round trips and a transaction share, and the
+service's one core is spent on the driver's per-statement work. Here a batch costs about
+ten statements in one transaction (a few more per person decided and per candidate made),
+whatever its size: a county's archive (`wpc import`), the catch-up after an outage, and a
+live county's traffic alike.
 
 Which events go this way (`route`, pure) — everything else is left to the per-event path,
 which runs after this one, in its own transactions, with its retries and parking:
 
-* history: the event's own times (event, admission, discharge) are older than the
-  cutoff (now − ``candidate_max_age_hours``), or it concerns no encounter; never a merge
-  trigger (A18, A34, A40, A47), which regroups a person's history;
+* never a merge trigger (A18, A34, A40, A47), which regroups a person's history;
 * its identity is known and not merged away, and any Medi-Cal id it carries is its
   person's already; or the identity is new, and every event of it in the batch carries
   the same Medi-Cal id (or none): it joins that Medi-Cal id's person or makes a new one,
   as `Persons.resolve` does;
-* its person has nothing current (no encounter with a time after the cutoff, no flag
+* and either history: all of its person's events in the batch are older than the cutoff
+  (now − ``candidate_max_age_hours``: by their own times, or they concern no encounter)
+  and the person has nothing current (no encounter with a time after the cutoff, no flag
   recorded after it): with no current trigger before and none after, deciding the person
   again (`store._redecide`) changes nothing, and an in-order trigger older than the cutoff
-  proposes nothing, so no decision needs to be made;
-* all of its person's events in the batch qualify (a person is applied one way or the
-  other, never split).
+  proposes nothing, so nothing is decided;
+* or the person's only event in the batch, in order (not older than the newest event the
+  person has, ``events_through``): its own trigger is decided as the per-event path
+  decides an in-order event (`EnrollmentStore.decide_in_order`), on the person's window of
+  history read in this transaction after the batch's rows were written (one statement for
+  every person decided), with the candidates it makes written here too.
+* A person is applied one way or the other, never split within a call. `apply_batch` then
+  takes the patients left with several current events in rounds: the n-th round applies
+  each one's n-th event as above, on what the rounds before wrote, in the same
+  transaction; a patient with an event left out of a round (late, say) has the rest of
+  its events left to the per-event path, in order.
 
 What is written is what the per-event path writes: the ``processed_event`` row of each
 event (dedupe, set-based: a redelivered event is skipped), new persons and identities,
 each event's person facts (the per-event UPDATE, newest fact wins, run for each event in
 order in one pipelined round trip), the encounters folded from their stored events and
 the batch's (`history.fold` is order-independent and dedupes by event id), their events,
-and the feed findings (clock ahead, visit number reused).
+the feed findings (clock ahead, visit number reused), and for each decision its candidate
+and outbox records. Candidates of different patients are made in the order of the rounds,
+which may differ from the batch's order between patients; the per-event path gives that
+order no meaning either (its lanes apply patients concurrently).
 
 Anything unexpected found on the way raises `NotInBulk`; the caller rolls back and applies
-the batch one event at a time. So does any failure, a poison record
-among them: one transaction, nothing kept, then the per-event path parks the poison one
-and applies the others once.
+the batch one event at a time. So does any failure, a poison record among them: one
+transaction, nothing kept, then the per-event path parks the poison one and applies the
+others once.
 """
 
 from __future__ import annotations

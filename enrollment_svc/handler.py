@@ -19,10 +19,10 @@ one by one, each in its own transaction with the usual retries, so a record that
 alone fails as it would have alone, and the others' effects are neither lost nor
 duplicated.
 
-A large batch of history goes another way first (`AdtEventHandler._in_bulk`,
-`enrollment_svc.bulk`): what of it is history of persons with nothing current is applied
-as sets in one transaction, the rest through the lanes; a failed set leaves the whole
-batch to the lanes, so a poison record is parked alone as below.
+A batch of at least ``bulk_min`` events goes another way first (`AdtEventHandler._in_bulk`,
+`enrollment_svc.bulk`): what of it can be is applied as sets in one transaction (history,
+and each patient's current events in order, decided there), the rest through the lanes; a
+failed set leaves the whole batch to the lanes, so a poison record is parked alone as below.
 
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
 it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
@@ -139,9 +139,10 @@ class Lane:
         return applied
 
     async def apply_bulk(self, items: Sequence[bulk.Item], now: dt.datetime) -> bulk.BulkResult:
-        """Apply what of a batch is history as a set, in one transaction (`enrollment_svc.bulk`)."""
+        """Apply what of a batch can be as sets, in one transaction (`enrollment_svc.bulk`)."""
         async with self._transaction():
-            return await bulk.apply_batch(self._sql, self._handler.store, items, now)
+            return await bulk.apply_batch(self._sql, self._handler.store, items, now,
+                                          round_min=self._handler.bulk_min)
 
     async def _one(self, event: AdtEventV1, source: RecordRef | None = None) -> Applied:
         """Apply one event in its own transaction; park it when it keeps failing on its own."""
@@ -189,10 +190,10 @@ class AdtEventHandler:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_commit: Callable[[], None] | None = None,
         parking: Parking | None = None,
-        bulk_min: int = 32,
+        bulk_min: int = 8,
     ) -> None:
         self._engine = engine
-        self.bulk_min = bulk_min  # a batch with at least this many events of history goes in bulk; 0: never
+        self.bulk_min = bulk_min  # a batch (and a round of it) of at least this many events goes as sets; 0: never
         self.parking = parking  # None: an event that fails raises (benchmarks, tests of the lanes)
         self.store = store
         self.lanes = lanes
@@ -219,7 +220,7 @@ class AdtEventHandler:
     async def _in_bulk(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], decoded: dict[int, AdtEventV1]
     ) -> Sequence[ConsumerRecord[bytes, bytes]]:
-        """Apply what of a large batch is history as a set (`enrollment_svc.bulk`), decoding
+        """Apply what of a batch can be as sets (`enrollment_svc.bulk`), decoding
         each record once (into ``decoded``, by the record's id); return the records left for
         the lanes. Any failure of the set leaves them all to the lanes, one event at a time:
         they park a poison record and apply the others once."""

@@ -38,8 +38,9 @@ class EnrollmentSettings(DownstreamSettings):
     )
     enrollment_lanes: int = Field(default=8, description="adt.events applied concurrently (by patient key)")
     enrollment_bulk_min: int = Field(
-        default=32, ge=0,
-        description="A consumer batch with at least this many events of history (older than candidate_max_age_hours) "
-                    "folds them as a set in one transaction (enrollment_svc/bulk.py); 0: always one by one",
+        default=8, ge=0,
+        description="A consumer batch of at least this many events is applied as sets in one transaction, "
+                    "a patient's several events in rounds of at least this many (enrollment_svc/bulk.py); "
+                    "0: always one event at a time",
     )
     expiry_interval_s: float = Field(default=60.0, description="How often pending candidates are checked for expiry")
