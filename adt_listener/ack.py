@@ -212,12 +212,13 @@ def _timestamp(now: dt.datetime) -> str:
 
     Formatted by hand, not with strftime: strftime goes through the C library's locale
     and time zone machinery and costs several times more, once per ACK. The last one is
-    kept: under load most ACKs of a second share it. Same instant and same time zone
-    object give the same local time, hence the same text; a naive time is formatted
-    every time (its instant would depend on the machine's local zone)."""
+    kept: under load most ACKs of a second share it. Same instant and same fixed offset
+    (`datetime.timezone`, UTC included: what the listener stamps with) give the same text;
+    any other time is formatted every time (a naive one's instant depends on the machine's
+    zone, and a zone with daylight saving has wall times in its gaps that share an instant)."""
     global _last_stamp
     tz = now.tzinfo
-    second = now.timestamp() // 1 if tz is not None else float("nan")
+    second = now.timestamp() // 1 if type(tz) is dt.timezone else float("nan")
     last_second, last_tz, last = _last_stamp
     if second == last_second and tz is last_tz:
         return last

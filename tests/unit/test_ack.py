@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pytest
 
@@ -238,3 +239,14 @@ def test_msh7_of_one_instant_follows_the_time_zone_it_is_given_in() -> None:
     texts = [Message.parse(build_ack(header, "AA", [], control_id="X", now=t)).get("MSH-7")
              for t in (NOW, utc, NOW, utc.replace(tzinfo=None))]
     assert texts == ["20240506070809-0700", "20240506140809+0000", "20240506070809-0700", "20240506140809"]
+
+
+def test_msh7_of_two_wall_times_that_share_an_instant_in_a_dst_gap() -> None:
+    # 02:30 does not exist on 2024-03-10 in Los Angeles: it names the instant of 03:30 PDT.
+    # Each is written as given, whichever came first (no MSH-7 kept for such zones).
+    la = zoneinfo.ZoneInfo("America/Los_Angeles")
+    header = AckHeader.from_message(message("2.5"))
+    gap, after = dt.datetime(2024, 3, 10, 2, 30, tzinfo=la), dt.datetime(2024, 3, 10, 3, 30, tzinfo=la)
+    assert gap.timestamp() == after.timestamp()
+    texts = [Message.parse(build_ack(header, "AA", [], control_id="X", now=t)).get("MSH-7") for t in (gap, after)]
+    assert texts == ["20240310023000-0800", "20240310033000-0700"]
