@@ -204,15 +204,31 @@ def should_send(code: str, header: AckHeader) -> bool:
     return True  # AL, original mode, or a value we do not know: answer
 
 
+_last_stamp: tuple[float, dt.tzinfo | None, str] = (float("nan"), None, "")
+
+
 def _timestamp(now: dt.datetime) -> str:
-    # Formatted by hand, not with strftime: strftime goes through the C library's locale
-    # and time zone machinery and costs several times more, once per ACK.
+    """MSH-7 of an ACK: ``YYYYMMDDHHMMSS±ZZZZ`` (the offset only for an aware time).
+
+    Formatted by hand, not with strftime: strftime goes through the C library's locale
+    and time zone machinery and costs several times more, once per ACK. The last one is
+    kept: under load most ACKs of a second share it. Same instant and same fixed offset
+    (`datetime.timezone`, UTC included: what the listener stamps with) give the same text;
+    any other time is formatted every time (a naive one's instant depends on the machine's
+    zone, and a zone with daylight saving has wall times in its gaps that share an instant)."""
+    global _last_stamp
+    tz = now.tzinfo
+    second = now.timestamp() // 1 if type(tz) is dt.timezone else float("nan")
+    last_second, last_tz, last = _last_stamp
+    if second == last_second and tz is last_tz:
+        return last
     stamp = f"{now.year:04d}{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}{now.second:02d}"
     offset = now.utcoffset()
     if offset is not None:
         minutes = int(offset.total_seconds() // 60)
         sign = "+" if minutes >= 0 else "-"
         stamp += f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    _last_stamp = (second, tz, stamp)
     return stamp
 
 
@@ -235,6 +251,15 @@ def _err_segment(f: Finding, d: Delimiters, modern: bool) -> str:
     return fs.join(("ERR", eld))
 
 
+# An ACK's text is the same for every message of one sender's feed but for MSH-7, MSH-10
+# and MSA-2: the rest is built once per header and decision (`_ack_template`) and kept.
+# Keyed by everything it is made of; bounded, emptied when full (a few hundred keys at most
+# in a real deployment: facilities x triggers x versions x decisions).
+_AckKey = tuple[object, ...]
+_TEMPLATES: dict[_AckKey, tuple[str, str, str, str]] = {}
+_TEMPLATES_MAX = 1024
+
+
 def build_ack(
     header: AckHeader,
     code: Literal["AA", "AE", "AR"],
@@ -250,6 +275,31 @@ def build_ack(
     ``receiving_application``/``receiving_facility`` fill MSH-3/4 when the sender left
     its MSH-5/6 empty. ``control_id`` is our new MSH-10.
     """
+    key = (
+        header.delimiters, header.sending_application, header.sending_facility, header.receiving_application,
+        header.receiving_facility, header.trigger, header.processing_id, header.version, header.accept_ack_type,
+        header.character_set, code, tuple(findings), receiving_application, receiving_facility,
+    )
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _ack_template(header, code, findings, receiving_application, receiving_facility)
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    head, before_control_id, before_msa2, tail = template
+    text = (head + _timestamp(now) + before_control_id + escape(control_id, header.delimiters)
+            + before_msa2 + header.control_id + tail)
+    return encode(text, header.charset)
+
+
+def _ack_template(
+    header: AckHeader,
+    code: Literal["AA", "AE", "AR"],
+    findings: Sequence[Finding],
+    receiving_application: str,
+    receiving_facility: str,
+) -> tuple[str, str, str, str]:
+    """The ACK's text in four pieces, to be joined with MSH-7, MSH-10 and MSA-2 between them."""
     d = header.delimiters
     fs, c = d.field, d.component
     version = _version_tuple(header.version, d)
@@ -260,31 +310,31 @@ def build_ack(
         msh9 = c.join(("ACK", trigger)) if trigger else "ACK"
     else:
         msh9 = "ACK"
-    msh = [
+    msh_head = [
         "MSH",
         d.encoding_characters,
         header.receiving_application or escape(receiving_application, d),
         header.receiving_facility or escape(receiving_facility, d),
         header.sending_application,
         header.sending_facility,
-        _timestamp(now),
-        "",
-        msh9,
-        escape(control_id, d),
-        header.processing_id,
-        header.version or "2.5",
     ]
+    # MSH-7 (now), MSH-8 (empty), MSH-9, then MSH-10 (our new id)
+    msh_tail = [header.processing_id, header.version or "2.5"]  # MSH-11, MSH-12
     if header.character_set:
-        msh += ["", "", "", "", "", header.character_set]
-    msa = ["MSA", commit_code(code, header), header.control_id]
+        msh_tail += ["", "", "", "", "", header.character_set]  # MSH-13..17 empty, MSH-18
+    msa_head = ["MSA", commit_code(code, header)]  # then MSA-2: the original MSH-10
+    msa_tail: list[str] = []
     errors = [f for f in findings if f.severity == "E"]
     if version < (2, 4) and errors:
-        msa.append(escape(errors[0].text, d))  # MSA-3 text message, withdrawn in v2.4
-    lines = [fs.join(msh), fs.join(msa)]
+        msa_tail.append(escape(errors[0].text, d))  # MSA-3 text message, withdrawn in v2.4
     modern = version >= (2, 5)
-    for f in findings if modern else errors:
-        lines.append(_err_segment(f, d, modern))
-    return encode("\r".join(lines) + "\r", header.charset)
+    lines = [_err_segment(f, d, modern) for f in (findings if modern else errors)]
+    return (
+        fs.join(msh_head) + fs,
+        fs + fs + msh9 + fs,
+        fs + fs.join(msh_tail) + "\r" + fs.join(msa_head) + fs,
+        "".join(fs + v for v in msa_tail) + "\r" + "".join(line + "\r" for line in lines),
+    )
 
 
 RETRANSMISSION_TEXT = "retransmission: stored acknowledgement"

@@ -193,6 +193,9 @@ _BAD_MSH1 = "MSH-1 field separator is missing or not a usable character"
 _BAD_MSH2 = "MSH-2 encoding characters must be distinct, differ from MSH-1, not be letters, digits or spaces"
 
 
+# A feed sends the same MSH-1/MSH-2 in every message: each pair is validated once and its
+# `Delimiters` (immutable) shared. A refused pair raises every time (errors are not cached).
+@lru_cache(maxsize=64)
 def delimiters_from(field_separator: str, encoding_characters: str) -> Delimiters:
     """Validate MSH-1 and MSH-2 (chapter 2, MSH-1/MSH-2); raises `Er7Error`."""
     if len(field_separator) != 1 or _bad_delimiter(field_separator):

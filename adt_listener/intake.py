@@ -131,18 +131,19 @@ def _value(seg: Segment | None, n: int, rep: int = 1, comp: int = 1, sub: int = 
     return seg.value(n, rep, comp, sub) or ""
 
 
-def _header_findings(msh: Segment, policy: IntakePolicy) -> list[Finding]:
+def _header_findings(
+    message_type: str, control_id: str, processing_id: str, version: str, policy: IntakePolicy
+) -> list[Finding]:
+    """MSH-9.1, MSH-10, MSH-11.1, MSH-12.1 as `_value` reads them."""
     out = []
-    message_type = _value(msh, 9)
     if not message_type:
         out.append(Finding("E", 101, "MSH-9", "MSH-9 message type is missing"))
     elif message_type != "ADT":
         out.append(Finding("E", 200, "MSH-9", "MSH-9 message type is not ADT"))
-    if not _value(msh, 10):
+    if not control_id:
         out.append(Finding("E", 101, "MSH-10", "MSH-10 message control id is missing"))
-    if _value(msh, 11) not in policy.accepted_processing_ids:
+    if processing_id not in policy.accepted_processing_ids:
         out.append(Finding("E", 202, "MSH-11", "MSH-11 processing id is not accepted"))
-    version = _value(msh, 12)
     if not version:
         out.append(Finding("E", 203, "MSH-12", "MSH-12 version id is missing"))
     elif version not in SUPPORTED_VERSIONS:
@@ -154,9 +155,9 @@ def _has_patient_id(pid: Segment) -> bool:
     return any(pid.value(3, rep) for rep in range(1, pid.repetition_count(3) + 1))
 
 
-def _content_findings(msg: Message) -> list[Finding]:
+def _content_findings(msg: Message, trigger: str) -> list[Finding]:
+    """``trigger``: MSH-9.2 as `_value` reads it."""
     out = []
-    trigger = _value(msg.segments[0], 9, 1, 2)
     if not _ADT_TRIGGER.fullmatch(trigger):
         out.append(Finding("E", 201, "MSH-9", "MSH-9.2 trigger event is missing or not an ADT event"))
     pid = msg.segment("PID")
@@ -216,12 +217,15 @@ def _decide(
 ) -> Intake:
     msh = msg.segments[0]
     facility = sending_facility(msg)
-    control_id = _value(msh, 10) or None
-    findings = _header_findings(msh, policy)
+    # Each MSH field is read once: the checks and the row take the same values.
+    message_type, msh10, version = _value(msh, 9), _value(msh, 10), _value(msh, 12)
+    trigger = _value(msh, 9, 1, 2)
+    control_id = msh10 or None
+    findings = _header_findings(message_type, msh10, _value(msh, 11), version, policy)
     code: Literal["AA", "AE", "AR"] = "AR"
     event = None
     if not findings:
-        findings = _content_findings(msg)
+        findings = _content_findings(msg, trigger)
         code = "AE" if any(f.severity == "E" for f in findings) else "AA"
     if code == "AA":
         if with_event:
@@ -242,9 +246,9 @@ def _decide(
         sending_facility=facility,
         sending_application=_value(msh, 3) or _value(msh, 3, 1, 2),
         control_id=control_id,
-        message_type=_value(msh, 9) or None,
-        trigger_event=_value(msh, 9, 1, 2) or None,
-        hl7_version=_value(msh, 12) or None,
+        message_type=message_type or None,
+        trigger_event=trigger or None,
+        hl7_version=version or None,
         charset=msg.charset,
         message_id=message_id,
         event_id=(

@@ -80,8 +80,29 @@ def _fast_dtm(text: str, body: str) -> dt.datetime | None:
         return None
 
 
+# Times read, by their text: a message says one time in several fields (MSH-7, EVN-2,
+# DG1-5 ...), a patient's next message repeats the admission and the birth date, and a
+# busy feed stamps many messages within one second. Values are immutable (datetimes with
+# shared tzinfos), so a hit is the very value a parse gives. Bounded; emptied when full.
+# A text alone, tied to no one: nothing here is logged or leaves the process.
+_DTM_CACHE: dict[str, dt.datetime | None] = {}
+_DTM_CACHE_MAX = 4096
+_UNSEEN = object()
+
+
 def parse_dtm(text: str) -> dt.datetime | None:
     """HL7 DTM → datetime; None when unreadable (callers decide about findings)."""
+    found = _DTM_CACHE.get(text, _UNSEEN)
+    if found is not _UNSEEN:
+        return found  # type: ignore[return-value]
+    value = _parse_dtm(text)
+    if len(_DTM_CACHE) >= _DTM_CACHE_MAX:
+        _DTM_CACHE.clear()
+    _DTM_CACHE[text] = value
+    return value
+
+
+def _parse_dtm(text: str) -> dt.datetime | None:
     text = text.strip()
     # Most feeds send YYYYMMDD or YYYYMMDDHHMM[SS] with or without an offset: those are
     # read by slicing, the regular expressions below handle every other shape.

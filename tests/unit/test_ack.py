@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pytest
 
@@ -213,3 +214,39 @@ def test_the_note_is_escaped_for_the_senders_delimiters_and_charset_is_kept() ->
 def test_input_without_an_msa_comes_back_unchanged() -> None:
     for data in (b"", b"not hl7", b"MSH|^~\\&|A|B|C|D|20240101||ACK|1|P|2.5\r"):
         assert mark_retransmission(data) == data
+
+
+def test_a_kept_template_takes_each_acks_own_time_control_id_and_msa2() -> None:
+    # The second ACK of the same header and decision comes from the kept template: only
+    # MSH-7, MSH-10 and MSA-2 may differ from the first, and each is this ACK's own.
+    first_msg = message("2.5.1", msh15="AL")
+    second_msg = Message.parse(b"MSH|^~\\&|SENDAPP|SENDFAC^1.2.3^ISO|RECAPP|"
+                               b"RECFAC|20240101||ADT^A01^ADT_A01|CTRL-2|P|2.5.1|||AL\rPID|1\r")
+    later = NOW + dt.timedelta(seconds=61)
+    first = Message.parse(build_ack(AckHeader.from_message(first_msg), "AA", [BAD_SEX], control_id="A1", now=NOW))
+    second = Message.parse(build_ack(AckHeader.from_message(second_msg), "AA", [BAD_SEX], control_id="A2", now=later))
+    assert (first.get("MSH-7"), first.get("MSH-10"), first.get("MSA-2")) == ("20240506070809-0700", "A1", "CTRL-1")
+    assert (second.get("MSH-7"), second.get("MSH-10"), second.get("MSA-2")) == ("20240506070910-0700", "A2", "CTRL-2")
+    assert [s.fields for s in first.segments if s.name != "MSH" and s.name != "MSA"] == \
+           [s.fields for s in second.segments if s.name != "MSH" and s.name != "MSA"]
+    assert first.get("MSA-1") == second.get("MSA-1") == "CA"
+
+
+def test_msh7_of_one_instant_follows_the_time_zone_it_is_given_in() -> None:
+    # MSH-7 is kept per second and time zone: the same instant in another zone is another text.
+    header = AckHeader.from_message(message("2.5"))
+    utc = NOW.astimezone(dt.UTC)
+    texts = [Message.parse(build_ack(header, "AA", [], control_id="X", now=t)).get("MSH-7")
+             for t in (NOW, utc, NOW, utc.replace(tzinfo=None))]
+    assert texts == ["20240506070809-0700", "20240506140809+0000", "20240506070809-0700", "20240506140809"]
+
+
+def test_msh7_of_two_wall_times_that_share_an_instant_in_a_dst_gap() -> None:
+    # 02:30 does not exist on 2024-03-10 in Los Angeles: it names the instant of 03:30 PDT.
+    # Each is written as given, whichever came first (no MSH-7 kept for such zones).
+    la = zoneinfo.ZoneInfo("America/Los_Angeles")
+    header = AckHeader.from_message(message("2.5"))
+    gap, after = dt.datetime(2024, 3, 10, 2, 30, tzinfo=la), dt.datetime(2024, 3, 10, 3, 30, tzinfo=la)
+    assert gap.timestamp() == after.timestamp()
+    texts = [Message.parse(build_ack(header, "AA", [], control_id="X", now=t)).get("MSH-7") for t in (gap, after)]
+    assert texts == ["20240310023000-0800", "20240310033000-0700"]

@@ -486,3 +486,12 @@ def test_value_of_msh_delimiter_fields_is_not_unescaped() -> None:
     msh = Message.parse(b"MSH|^~\\&|A|B\rPID|1").segments[0]
     assert (msh.value(1), msh.value(2), msh.value(2, 1, 2)) == ("|", "^~\\&", None)
     assert msh.repetition_count(2) == 1
+
+
+def test_msh1_msh2_pairs_are_validated_once_and_refused_every_time() -> None:
+    ok = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\r"
+    assert Message.parse(ok).delimiters is Message.parse(ok.replace(b"|1|", b"|2|")).delimiters
+    for _ in range(2):  # a refused pair is not kept: it raises again
+        with pytest.raises(Er7Error) as exc:
+            Message.parse(b"MSH|^^\\&|A|B\r")
+        assert exc.value.location == "MSH-2"

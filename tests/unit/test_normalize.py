@@ -71,6 +71,7 @@ def test_parse_dtm(text: str, expected: dt.datetime) -> None:
     value = parse_dtm(text)
     assert value == expected
     assert value is not None and (value.tzinfo is None) == (expected.tzinfo is None)
+    assert parse_dtm(text) is value  # read once, then kept by its text
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,7 @@ def test_parse_dtm(text: str, expected: dt.datetime) -> None:
 )  # fmt: skip
 def test_parse_dtm_rejects(text: str) -> None:
     assert parse_dtm(text) is None
+    assert parse_dtm(text) is None  # the kept answer too
 
 
 # --- header, patient, visit ------------------------------------------------------------------
