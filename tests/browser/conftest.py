@@ -177,6 +177,9 @@ class Browser:
         ).until(condition, message)
 
     def sign_in(self, base: str, name: str, password: str = "demo") -> None:
+        """Sign in and wait for the answer: a page off /signin, or the refusal on it. A test
+        that navigates at once would otherwise race the form's redirect, which may land
+        after its own page and replace it."""
         from selenium.webdriver.common.by import By
 
         d = self.driver
@@ -185,6 +188,8 @@ class Browser:
         d.find_element(By.ID, "username").send_keys(name)
         d.find_element(By.ID, "password").send_keys(password)
         d.find_element(By.CSS_SELECTOR, "form button[type=submit].primary").click()
+        self.wait_for(lambda drv: "/signin" not in drv.current_url or drv.find_elements(By.ID, "signin-error"),
+                      f"no answer to {name}'s sign-in")
 
 
 @pytest.fixture(scope="session")
