@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -137,6 +138,16 @@ async def test_a_backlog_in_bulk_batches_ends_as_one_event_at_a_time(
     assert await snapshot(engine) == expected
 
 
+def _handled_counts() -> tuple[float, float, float]:
+    """The service's counters of records applied and found duplicate, and of apply times."""
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    return (value("wpc_enrollment_events_total", {"outcome": "applied"}),
+            value("wpc_enrollment_events_total", {"outcome": "duplicate"}),
+            value("wpc_enrollment_apply_seconds_count"))
+
+
 def live_traffic() -> tuple[list[AdtEventV1], list[AdtEventV1]]:
     """A county's traffic of the last hours (synthetic, dated up to NOW) around four patients
     who qualify for TOC at their third admission (their earlier stays: the first list), one
@@ -173,9 +184,14 @@ async def test_live_traffic_in_sets_ends_as_one_event_at_a_time(
     for rec in records(before):
         await one_by_one([rec])
     batch = records(live)
+    counted = _handled_counts()
     for i in range(0, len(batch), 100):
         await in_sets(batch[i : i + 100])
         await in_sets(batch[i : i + 100])  # redelivered: nothing twice
+    # Every record handled counts once as applied or duplicate, and once in the apply-time
+    # histogram, whichever way it went.
+    applied, duplicates, timed = (now - then for now, then in zip(_handled_counts(), counted, strict=True))
+    assert applied == len(live) and duplicates == len(live) and timed == 2 * len(live)
     # "bulk: <handled> of <batch> events (..., <decided> decided) ...": most of the live traffic
     # went as sets, its triggers decided there, candidates among them.
     # A patient's several events in one batch go in rounds, so nearly all of it: not only those
