@@ -99,7 +99,9 @@ async def bench_import(
             if settings.database_url:
                 url, created = await db.create_scratch_database(ready.database_url, "wpc_bench_import")
             try:
+                reference = machine.reference_ms()
                 report = await _run(options, ready, url, tmp, out)
+                report["reference_ms"] = [reference, machine.reference_ms()]
             finally:
                 if created is not None:
                     await db.drop_database(url, created)
@@ -211,6 +213,7 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
         + " (PostgreSQL and the broker not counted)")
     out(machine.Shares(report["machine_cpu_busy"], report["host_steal"]).describe())
     out(f"goal: >= {GOAL_PER_S:,.0f} msg/s end to end ......... {report['goal']['end_to_end_ge_5000_per_s']}")
+    out(machine.describe_reference(report["reference_ms"]))
     out(json.dumps(report, separators=(",", ":")))
 
 

@@ -664,7 +664,9 @@ async def ingest(
                     out(f"warning: could not create a bench database ({type(exc).__name__}); "
                         "using the configured one (rows are counted by this run's control ids)")
             try:
+                reference = machine.reference_ms()
                 report = await _phases(options, ready, database_url, seeds, tmp, out)
+                report["reference_ms"] = [reference, machine.reference_ms()]
             finally:
                 if created is not None:
                     await db.drop_database(database_url, created)
@@ -820,6 +822,7 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
     # how long the closed loop's backlog took to publish is part of the picture.
     out(f"publishing: closed loop's events published {d['outbox_drain_s']:g} s after it ended; "
         f"{d['outbox_left']} unpublished rows left at the end")
+    out(machine.describe_reference(report["reference_ms"]))
     out(json.dumps(report, separators=(",", ":")))
 
 

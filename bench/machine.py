@@ -8,11 +8,20 @@ machine was doing.
 
 Shares are of all the machine's CPU time over the interval (every CPU), from Linux
 ``/proc/stat``; elsewhere every share is None.
+
+Steal is not the only way a host slows a guest down: the same VM size can land on a slower
+or busier host with no steal at all (on 2026-12-02 two sessions' machines ran the same
+micro-benchmarks 1.3–1.8× apart at 0 % steal). `reference_ms` times a fixed workload of the
+standard library alone, so that a run's figures can be set beside the host's speed at the time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import statistics
+import time
 from pathlib import Path
 
 _STAT = Path("/proc/stat")
@@ -82,3 +91,42 @@ def shares(before: Ticks | None, after: Ticks | None) -> Shares:
     total = after.total - before.total
     busy, steal = after.busy - before.busy, after.steal - before.steal
     return Shares(busy=round(busy / total, 3), steal=round(steal / total, 3))
+
+
+# --- the host's speed ----------------------------------------------------------------------
+
+_WORDS = re.compile(r"[A-Z]{2,}\d*")
+
+
+def _reference_round() -> int:
+    """A fixed single-threaded workload like the services' own (JSON, text, dicts, sorting),
+    of the standard library only, so that a change to the project's code never moves it."""
+    doc = {f"k{i}": {"name": f"PATIENT^{i}^M", "codes": [i, i * 7 % 13, str(i)], "ok": i % 3 == 0}
+           for i in range(2000)}
+    text = json.dumps(doc)
+    back = json.loads(text)
+    words = _WORDS.findall(text)
+    ranked = sorted(back, key=lambda k: (back[k]["codes"][1], k))
+    return len(words) + len(ranked) + sum(len(v["name"]) for v in back.values())
+
+
+def reference_ms(rounds: int = 7) -> float:
+    """Milliseconds the fixed workload takes on one CPU now, the median of ``rounds``
+    (lower is faster; the median, not the best, because the host's speed is what varies).
+
+    Runs of a benchmark compare only at alike figures: twice the figure is a host about half
+    as fast, whatever the code did. On the 2-CPU VM of 2026-12-02 it read ~9 ms at times and
+    ~17 ms most of the time, from one second to the next, at 0 % steal."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        _reference_round()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 2)
+
+
+def describe_reference(before_after: list[float]) -> str:
+    """One line for a report: the host's speed at the start and at the end of the run."""
+    before, after = before_after
+    return (f"host speed: reference workload {before:g} ms before the run, {after:g} ms after "
+            "(bench.machine.reference_ms; lower is faster, compare runs only at alike figures)")

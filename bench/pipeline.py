@@ -620,8 +620,10 @@ async def pipeline(options: PipelineOptions, settings: ServiceSettings, *, out: 
             receiver = HttpServer(receiver_app(secret, arrivals), "127.0.0.1", ports["receiver"])
             await receiver.start()
             try:
+                reference = machine.reference_ms()
                 report = await _with_services(options, ready, database_url, tmp, ports, secret, arrivals,
                                               servers, external_db, out)
+                report["reference_ms"] = [reference, machine.reference_ms()]
             finally:
                 await receiver.stop()
                 if created is not None:
@@ -802,6 +804,7 @@ def _print_report(report: dict[str, Any], out: Callable[[str], None]) -> None:
     for goal, verdict in report["goals"].items():
         out(f"goal {goal}: {verdict}")
     out(f"load average at the end: {report['load_average']}")
+    out(machine.describe_reference(report["reference_ms"]))
     out(json.dumps(report, separators=(",", ":")))
 
 

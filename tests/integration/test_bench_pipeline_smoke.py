@@ -40,5 +40,6 @@ async def test_bench_pipeline_smoke(broker: Broker, tmp_path: Path) -> None:
     assert json.loads(lines[-1]) == report
     (phase,) = report["phases"]
     assert phase["probes"] == 2 and phase["delivered"] == 2
+    assert all(ms > 0 for ms in report["reference_ms"]) and "host speed" in lines[-2]
     assert phase["caught_up"] and phase["errors"] == 0
     assert set(phase["cpu_ms_per_event"]) >= {"listener", "derivation", "enrollment", "notifier", "postgresql"}

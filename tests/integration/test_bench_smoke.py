@@ -61,6 +61,7 @@ async def test_bench_ingest_smoke(
     durability = report["durability"]
     assert durability["adt_message_aa_rows"] == durability["aa_acks"]
     assert durability["result"] == "PASS"
+    assert all(ms > 0 for ms in report["reference_ms"]) and "host speed" in lines[-2]
 
 
 async def test_bench_enroll_smoke_with_late_events(database_url: str) -> None:
@@ -96,3 +97,4 @@ async def test_bench_import_smoke(broker: Broker, topics: dict[str, str], tmp_pa
     assert json.loads(lines[-1]) == report
     assert report["stored"]["accepted"] == 300
     assert report["end_to_end"]["complete"] and report["end_to_end"]["processed_events"] == 300
+    assert all(ms > 0 for ms in report["reference_ms"]) and "host speed" in lines[-2]

@@ -46,3 +46,14 @@ def test_this_machine_reads_its_own_proc_stat() -> None:
     if first is None:
         pytest.skip("no /proc/stat here (not Linux)")
     assert first.total > 0 and min(first.busy, first.idle, first.steal) >= 0
+
+
+def test_the_reference_workload_is_fixed_and_timed() -> None:
+    # The same result every time: nothing in it depends on the project's code or on chance.
+    assert machine._reference_round() == machine._reference_round()
+    assert machine.reference_ms(rounds=3) > 0
+
+
+def test_the_reference_line_names_both_readings() -> None:
+    line = machine.describe_reference([9.1, 17.4])
+    assert "9.1 ms before" in line and "17.4 ms after" in line
