@@ -414,9 +414,28 @@ def _worker_init(listener_pid: int) -> None:
     die_with_parent(listener_pid, CONFORMANCE_PROCESS)
 
 
-def _check_batch(items: list[tuple[bytes, str | None]]) -> list[list[ConformanceFinding]]:
-    """Runs in the pool process: one round trip per batch instead of one per message."""
-    return [check_message(raw, charset=charset) for raw, charset in items]
+def _check_batch(items: list[tuple[bytes, str | None]]) -> tuple[list[list[ConformanceFinding]], float]:
+    """Runs in the pool process: one round trip per batch instead of one per message.
+    Returns the findings and the CPU seconds the checks took (the worker's budget)."""
+    started = time.process_time()
+    found = [check_message(raw, charset=charset) for raw, charset in items]
+    return found, time.process_time() - started
+
+
+def pause_after(
+    checked: int, *, batch: int, elapsed_s: float, cpu_s: float, interval_s: float, max_per_s: float,
+    cpu_share: float,
+) -> float:
+    """Seconds to wait before the next round, after one that checked ``checked`` messages in
+    ``elapsed_s`` seconds using ``cpu_s`` seconds of the checking process's CPU.
+
+    At once while there is a backlog (a full batch), else after ``interval_s``; never more
+    than ``max_per_s`` checks a second, and never more than ``cpu_share`` of one CPU. The
+    second bound is the one that holds on any host: a check costs ~13 ms on a fast one and
+    ~40 ms on a slow or busy one, and a cap in checks alone would let it take three times the
+    CPU there, which the services taking messages in and deciding them need."""
+    delay = 0.0 if checked >= batch else interval_s
+    return max(delay, checked / max_per_s - elapsed_s, cpu_s / cpu_share - elapsed_s)
 
 
 _CLAIM = text(
@@ -452,16 +471,21 @@ class ConformanceWorker:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, batch: int = 5, interval_s: float = 1.0, max_per_s: float = 5.0
+        self, engine: AsyncEngine, *, batch: int = 5, interval_s: float = 1.0, max_per_s: float = 5.0,
+        cpu_share: float = 0.05,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
+        if not 0.0 < cpu_share <= 1.0:
+            raise ValueError("cpu_share must be within (0, 1]")
         self._engine = engine
         self._batch = batch
         self._interval_s = interval_s
         # hl7apy costs ~30 ms a message: unbounded, a sampled busy feed would take a whole core
         # from ingestion. The cap keeps checking a background chore; a backlog waits for quiet hours.
         self._max_per_s = max_per_s
+        self._cpu_share = cpu_share
+        self._cpu_s = 0.0  # CPU seconds of the last round's checks
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -477,13 +501,15 @@ class ConformanceWorker:
     async def run_once(self) -> int:
         """Check up to ``batch`` waiting messages; return how many were checked."""
         loop = asyncio.get_running_loop()
+        self._cpu_s = 0.0
         async with self._engine.begin() as conn:
             rows = (await conn.execute(_CLAIM, {"batch": self._batch})).all()
             if not rows:
                 return 0
             items = [(bytes(r.raw), r.charset) for r in rows]
             try:
-                results = await loop.run_in_executor(self._executor(), functools.partial(_check_batch, items))
+                results, self._cpu_s = await loop.run_in_executor(
+                    self._executor(), functools.partial(_check_batch, items))
             except BrokenProcessPool:
                 # The pool process died (OOM, a crash inside a C extension): start a new one next time.
                 self._pool = None
@@ -517,8 +543,8 @@ class ConformanceWorker:
         async def round_() -> float:
             started = time.monotonic()
             checked = await self.run_once()
-            delay = 0.0 if checked == self._batch else self._interval_s
-            return max(delay, checked / self._max_per_s - (time.monotonic() - started))
+            return pause_after(checked, batch=self._batch, elapsed_s=time.monotonic() - started, cpu_s=self._cpu_s,
+                               interval_s=self._interval_s, max_per_s=self._max_per_s, cpu_share=self._cpu_share)
 
         await lifecycle.repeat(stop, round_, what="conformance round",
                                backoff=lifecycle.Backoff(max(self._interval_s, 0.1), 60.0))

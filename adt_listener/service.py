@@ -117,7 +117,8 @@ class Listener:
             ssl_context=tls_context(settings),
         )
         self.conformance = (
-            ConformanceWorker(self.engine, max_per_s=settings.conformance_max_per_s) if run_conformance else None
+            ConformanceWorker(self.engine, max_per_s=settings.conformance_max_per_s,
+                              cpu_share=settings.conformance_cpu_share) if run_conformance else None
         )
         app = build_app(
             self.ingestor, self.senders,

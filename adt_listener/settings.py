@@ -66,6 +66,10 @@ class ListenerSettings(ServiceSettings):
     conformance_max_per_s: float = Field(
         default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"
     )
+    conformance_cpu_share: float = Field(
+        default=0.05, gt=0.0, le=1.0,
+        description="Cap on the CPU the hl7apy conformance checks take, as a share of one CPU (0.05: 5 %)",
+    )
 
     def processing_ids(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.accepted_processing_ids.split(",") if p.strip())
