@@ -52,6 +52,7 @@ from adt_listener.er7 import Message
 from adt_listener.intake import IntakePolicy
 from adt_listener.normalize import normalize
 from schemas.adt_event import AdtEventV1
+from services import lifecycle
 from services.bus import Record
 from services.reaper import die_with_parent
 from services.replay import Kept
@@ -137,6 +138,7 @@ def _worker_init(listener_pid: int) -> None:
     os.nice(_WORKER_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(listener_pid, DERIVATION_PROCESS)
+    lifecycle.collect_less_often()  # a batch's events are all alive until it returns
 
 
 class DerivedEvents:

@@ -117,6 +117,7 @@ async def _run(
     from adt_listener.archive import find_files
     from adt_listener.bulk import BulkImport
     from adt_listener.senders import load_senders
+    from services import lifecycle
 
     seed = secrets.randbelow(900_000) + 100_000
     archive = tmp / f"archive.{options.form}"
@@ -155,6 +156,7 @@ async def _run(
             own_cpu = resource.getrusage(resource.RUSAGE_SELF)
             ticks = machine.ticks()
             started = time.perf_counter()
+            lifecycle.collect_less_often()  # as `wpc import` does
             summary = await BulkImport(settings, load_senders(senders), batch_size=options.batch).run(conn, files)
             stored_s = time.perf_counter() - started
             import_cpu = resource.getrusage(resource.RUSAGE_SELF)

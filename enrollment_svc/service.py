@@ -160,7 +160,7 @@ class EnrollmentService:
             ),
         ]
         await self.http.start()
-        lifecycle.freeze_heap()  # short full collections from here on (services.lifecycle)
+        lifecycle.freeze_heap()  # short full collections, and fewer young ones (services.lifecycle)
         log.info("enrollment service up: http %s, rules %s", self.settings.enrollment_http_port,
                  self.rules.rule_version)
         return self

@@ -183,6 +183,7 @@ class NotifierService:
             ),
         ]
         await self.http.start()
+        lifecycle.freeze_heap()  # short full collections, and fewer young ones (services.lifecycle)
         log.info("notifier up: http %s, configuration %s+%s", self.settings.notifier_http_port,
                  self.config.version, self.config.digest)
         return self

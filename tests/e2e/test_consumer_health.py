@@ -19,6 +19,7 @@ from enrollment_svc.store import Applied, EnrollmentStore
 from schemas.adt_event import AdtEventV1
 from schemas.measure import PcpNotifiedV1
 from schemas.parked_event import ParkedEventV1
+from services import lifecycle
 from services.auth import Users
 from services.bus import KafkaPublisher, Record
 from services.embedded import free_port
@@ -167,14 +168,18 @@ async def test_the_service_freezes_its_start_up_heap(database_url: str, broker: 
     collections at full scale stalled every lane for 104-156 ms before)."""
     gc.unfreeze()  # whatever an earlier test in this process froze
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
     held = [[n] for n in range(1000)]  # made before start-up ends, kept alive: frozen with it
     try:
         async with EnrollmentService(settings(database_url, broker), users=Users({}), rules=rules()):
             assert gc.get_freeze_count() > len(held)
             seen = {id(o) for generation in range(3) for o in gc.get_objects(generation=generation)}
             assert not any(id(x) in seen for x in held)  # frozen: no collection walks them
+            assert gc.get_threshold() == (lifecycle.GC_YOUNG_THRESHOLD, 10, 10)  # and fewer young collections
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 async def _is(value: Any, expected: int) -> bool:

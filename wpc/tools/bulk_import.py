@@ -34,7 +34,7 @@ from adt_listener.archive import find_files
 from adt_listener.bulk import BulkImport, ImportBusy, ImportProgress, ImportSummary
 from adt_listener.senders import load_senders
 from adt_listener.settings import ListenerSettings
-from services import db
+from services import db, lifecycle
 from services.configfile import ConfigError
 from services.runinfo import tool_database_url
 from services.settings import load_settings
@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch must be positive, got {args.batch}")
     settings = load_settings(ListenerSettings)
     settings = settings.model_copy(update={"database_url": tool_database_url(settings.database_url, settings.data_dir)})
+    lifecycle.collect_less_often()  # a batch's messages and rows are all alive until its commit
 
     async def main() -> ImportSummary:
         stop = asyncio.Event()
