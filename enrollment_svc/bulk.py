@@ -51,18 +51,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from enrollment_svc import eligibility, findings, history
 from enrollment_svc.model import EncounterEvent, EncounterFacts, Trigger
-from enrollment_svc.rows import encounter_params, event_body, event_from_body, history_columns
+from enrollment_svc.rows import SAVE_ENCOUNTER, encounter_params, event_body, event_from_body, history_columns
 from enrollment_svc.rules import Rules
 from enrollment_svc.sql import Sql
 from enrollment_svc.status import ACTIVE
-from enrollment_svc.store import PERSON_FACT_PARAMS, UPDATE_PERSONS, Applied, EnrollmentStore, identity_of, stated_time
+from enrollment_svc.store import UPDATE_PERSON, Applied, EnrollmentStore, identity_of, stated_time
 from schemas.adt_event import AdtEventV1, Identifier
 
 __all__ = ["BulkResult", "Item", "KnownIdentity", "KnownPerson", "NotInBulk", "Routing", "apply_batch", "apply_bulk",
@@ -273,53 +272,11 @@ _ENCOUNTERS = (
     "FROM encounter e JOIN unnest(CAST(:f AS text[]), CAST(:v AS text[])) AS k(f, v) "
     "ON e.facility = k.f AND e.visit_number = k.v"
 )
-# New and changed encounters as sets: one row of arrays per encounter (each at most once in a
-# batch). The two text[] columns travel as JSON texts, since unnest flattens an array of arrays.
-_ENCOUNTER_COLUMNS = (("id", "uuid"), ("kind", "text"), ("status", "text"), ("pc", "text"), ("hs", "text"),
-                      ("start", "timestamptz"), ("end", "timestamptz"), ("flags", "text"), ("dx", "text"),
-                      ("t", "timestamptz"))
-_NEW_ENCOUNTER_COLUMNS = (*_ENCOUNTER_COLUMNS, ("f", "text"), ("v", "text"), ("k", "text"), ("p", "uuid"))
-
-
-def _unnest(columns: Sequence[tuple[str, str]]) -> str:
-    return ("unnest(" + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns) + ") AS x("
-            + ", ".join(f"n_{name}" for name, _ in columns) + ")")
-
-
-_TEXTS = "ARRAY(SELECT jsonb_array_elements_text(CAST(x.n_{} AS jsonb)))"
-_INSERT_ENCOUNTERS = (
+_INSERT_ENCOUNTER = (
     "INSERT INTO encounter (id, facility, visit_number, identity_key, person_id, kind, status, patient_class, "
     "hospital_service, start_at, end_at, dx_flags, diagnoses, last_event_time) "
-    "SELECT x.n_id, x.n_f, x.n_v, x.n_k, x.n_p, x.n_kind, x.n_status, x.n_pc, x.n_hs, x.n_start, x.n_end, "
-    f"{_TEXTS.format('flags')}, {_TEXTS.format('dx')}, x.n_t FROM {_unnest(_NEW_ENCOUNTER_COLUMNS)}"
+    "VALUES (:id, :f, :v, :k, :p, :kind, :status, :pc, :hs, :start, :end, :flags, :dx, :t)"
 )
-_SAVE_ENCOUNTERS = (
-    "UPDATE encounter SET kind = x.n_kind, status = x.n_status, patient_class = x.n_pc, hospital_service = x.n_hs, "
-    f"start_at = x.n_start, end_at = x.n_end, dx_flags = {_TEXTS.format('flags')}, "
-    f"diagnoses = {_TEXTS.format('dx')}, last_event_time = x.n_t, updated_at = now() "
-    f"FROM {_unnest(_ENCOUNTER_COLUMNS)} WHERE encounter.id = x.n_id"
-)
-
-
-def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
-    """Rows of named values as one array per column; lists (the text[] columns) as JSON texts."""
-    return {name: [json.dumps(r[name]) if isinstance(r[name], list) else r[name] for r in rows]
-            for name, _ in columns}
-
-
-def in_rounds(rows: Sequence[dict[str, Any]], key: str) -> list[list[dict[str, Any]]]:
-    """``rows`` split so that no round holds two rows of one ``key``: the n-th row of each key
-    is in the n-th round, so each key's rows keep their order from round to round."""
-    rounds: list[list[dict[str, Any]]] = []
-    seen: dict[Any, int] = {}
-    for row in rows:
-        n = seen.get(row[key], 0)
-        seen[row[key]] = n + 1
-        if n == len(rounds):
-            rounds.append([])
-        rounds[n].append(row)
-    return rounds
-
 _INSERT_EVENTS = (
     "INSERT INTO encounter_event (event_id, encounter_id, trigger_event, event_time, body) "
     "SELECT e, n, tr, t, CAST(b AS jsonb) FROM unnest(CAST(:e AS uuid[]), CAST(:n AS uuid[]), CAST(:tr AS text[]), "
@@ -439,23 +396,20 @@ async def _new_persons(db: Sql, items: Sequence[Item], routing: Routing, applyin
 async def _person_facts(
     db: Sql, store: EnrollmentStore, items: Sequence[Item], routing: Routing, applying: list[int]
 ) -> None:
-    """Each event's person facts as the per-event UPDATE sets them, in batch order: the newest
-    fact wins exactly as one by one (`person_rows`). One set statement per round
-    (`in_rounds`): a person's first row in the first, its second (rare: two events of one
-    batch stating different facts) in the second, and so on."""
+    """Each event's person facts by the per-event UPDATE, in batch order, in one pipelined
+    round trip: the newest fact wins exactly as one by one (`person_rows`)."""
     updates = []
     for i in applying:
         it = items[i]
         event_time = it.ev.event_time if it.ev is not None else None
         updates.append((routing.person_of[i], store.person_params(it.event), it.stated_at, event_time))
-    for rows in in_rounds(person_rows(updates), "p"):
-        await db.execute(UPDATE_PERSONS, _columns(rows, PERSON_FACT_PARAMS))
+    await db.execute_many(UPDATE_PERSON, person_rows(updates))
 
 
 def person_rows(
     updates: Iterable[tuple[uuid.UUID, dict[str, Any], dt.datetime | None, dt.datetime | None]],
 ) -> list[dict[str, Any]]:
-    """The rows of `store.UPDATE_PERSONS` for (person, facts, stated at, event time) in order,
+    """The rows of `store.UPDATE_PERSON` for (person, facts, stated at, event time) in order,
     a person's run of events stating the same facts as one row at the run's latest times.
 
     Exact: for one value, that UPDATE keeps the stored one or takes the new one and its time
@@ -547,10 +501,8 @@ async def _encounters(
         else:
             updates.append(params)
         event_rows += [(e, encounter_id) for e in visit.events]
-    if inserts:
-        await db.execute(_INSERT_ENCOUNTERS, _columns(inserts, _NEW_ENCOUNTER_COLUMNS))
-    if updates:
-        await db.execute(_SAVE_ENCOUNTERS, _columns(updates, _ENCOUNTER_COLUMNS))
+    await db.execute_many(_INSERT_ENCOUNTER, inserts)
+    await db.execute_many(SAVE_ENCOUNTER, updates)
     await findings.count_all(db, reused)
     await db.execute(_INSERT_EVENTS, {
         "e": [uuid.UUID(e.event_id) for e, _ in event_rows], "n": [n for _, n in event_rows],

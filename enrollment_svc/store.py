@@ -51,7 +51,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import re
 import uuid
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -165,17 +164,7 @@ _MARK_AND_UPDATE = (
 )
 
 _UPDATE_PERSON = f"UPDATE person SET {_PERSON_FACTS} WHERE id = :p RETURNING {_LATE}"
-
-# The same facts for many persons in one statement, each at most once (the bulk path, bulk.py,
-# sends a person's several rows in rounds): the parameters of one update become the columns
-# ``n_*`` of a row of arrays. ``n_``: the person table has a column ``card`` too.
-PERSON_FACT_PARAMS = (("p", "uuid"), ("b", "date"), ("mc", "boolean"), ("cr", "boolean"), ("pc", "text"),
-                ("card", "text"), ("wh", "text"), ("t", "timestamptz"), ("et", "timestamptz"))
-UPDATE_PERSONS = (
-    "UPDATE person SET " + re.sub(r":(\w+)", r"u.n_\1", _PERSON_FACTS) + " FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in PERSON_FACT_PARAMS)
-    + ") AS u(" + ", ".join(f"n_{name}" for name, _ in PERSON_FACT_PARAMS) + ") WHERE person.id = u.n_p"
-)
+UPDATE_PERSON = _UPDATE_PERSON  # one event's person facts, run per event by the bulk path too (bulk.py)
 
 # Store the encounter (a new one already in its folded state: it has this one event) and
 # the event; return the encounter's stored events when it is not new, and the person's

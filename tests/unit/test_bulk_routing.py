@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import uuid
 
-from enrollment_svc.bulk import Item, KnownIdentity, KnownPerson, in_rounds, item_of, person_rows, route
+from enrollment_svc.bulk import Item, KnownIdentity, KnownPerson, item_of, person_rows, route
 from enrollment_svc.rules import load_rules
 from enrollment_svc.service import EXAMPLE_RULES
 from tests.adt_builder import adt, event
@@ -120,16 +120,3 @@ def test_person_rows_join_a_persons_run_of_the_same_facts_at_its_latest_times() 
 def test_history_is_told_from_current_events_and_merges_by_its_own_times() -> None:
     old, current, merge = item(days_ago=30), item(days_ago=0.5), item("A40", days_ago=30)
     assert old.historical(CUTOFF) and not current.historical(CUTOFF) and not merge.historical(CUTOFF)
-
-
-def test_rounds_hold_each_person_once_and_keep_each_persons_order() -> None:
-    t = [NOW - dt.timedelta(days=d) for d in range(5)]
-    same = {"b": None, "card": "{}"}
-    other = {"b": None, "card": '{"phone": "x"}'}
-    rows = person_rows([
-        (P1, same, t[3], None), (P2, same, t[4], t[4]), (P1, other, t[4], None), (P1, same, t[0], None),
-    ])
-    rounds = in_rounds(rows, "p")
-    assert [[r["p"] for r in one] for one in rounds] == [[P1, P2], [P1], [P1]]
-    assert [one[0] for one in rounds] == [rows[0], rows[2], rows[3]]  # P1's rows in their order
-    assert in_rounds([], "p") == []
