@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -88,6 +89,8 @@ async def test_run_once_checks_selected_rows_and_leaves_others(
     skipped = await insert(engine, (samples_dir / "malformed/006_santedb_A01.hl7").read_bytes(), checked=True)
 
     assert await worker.run_once() == 2  # batch of 2, oldest first
+    # counted before the first round: three selected, none checked yet
+    assert REGISTRY.get_sample_value("wpc_conformance_backlog") == 3
     assert await worker.run_once() == 1
     assert await worker.run_once() == 0
 
