@@ -180,6 +180,7 @@ class Browser:
         """Sign in and wait for the answer: a page off /signin, or the refusal on it. A test
         that navigates at once would otherwise race the form's redirect, which may land
         after its own page and replace it."""
+        from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.common.by import By
 
         d = self.driver
@@ -187,9 +188,20 @@ class Browser:
         d.get(f"{base}/signin")
         d.find_element(By.ID, "username").send_keys(name)
         d.find_element(By.ID, "password").send_keys(password)
+
+        def answered(drv: Any) -> bool:
+            return "/signin" not in drv.current_url or bool(drv.find_elements(By.ID, "signin-error"))
+
         d.find_element(By.CSS_SELECTOR, "form button[type=submit].primary").click()
-        self.wait_for(lambda drv: "/signin" not in drv.current_url or drv.find_elements(By.ID, "signin-error"),
-                      f"no answer to {name}'s sign-in")
+        try:
+            self.wait_for(answered, "", timeout_s=WAIT_S / 3)
+        except TimeoutException:
+            # Once in four full runs on a loaded 2-CPU machine the page sat on /signin for the
+            # whole wait and the web app made no call meanwhile (no worklist read followed):
+            # most likely a click lost under load. Signing in is idempotent, so submit again;
+            # a web app that does not answer fails the second wait all the same.
+            d.find_element(By.CSS_SELECTOR, "form button[type=submit].primary").click()
+            self.wait_for(answered, f"no answer to {name}'s sign-in")
 
 
 @pytest.fixture(scope="session")
