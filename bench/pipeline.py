@@ -356,15 +356,23 @@ class Bench:
         self.run_id = secrets.randbelow(900_000) + 100_000
         self._next_probe = 0
         self._extra: dict[str, set[int]] = {}
+        self._db: Any = None  # asyncpg.Connection, opened by the first `_scalar`
+        self._db_lock = asyncio.Lock()
 
     async def _scalar(self, sql: str) -> int:
+        """On one connection kept for the run: a connection per poll (20 a second while a phase
+        drains) cost PostgreSQL a backend start each, charged to the system under test."""
         import asyncpg
 
-        conn = await asyncpg.connect(_asyncpg_dsn(self.database_url))
-        try:
-            return int(await conn.fetchval(sql))
-        finally:
-            await conn.close()
+        async with self._db_lock:
+            if self._db is None:
+                self._db = await asyncpg.connect(_asyncpg_dsn(self.database_url))
+            return int(await self._db.fetchval(sql))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
 
     async def load_history(self, patients: int) -> None:
         """Every probe patient's past stays, sent and applied before the phases."""
@@ -647,6 +655,7 @@ async def _with_services(
     env = _env(ready, database_url, tmp, ports, secret)
     wpc = [sys.executable, "-m", "wpc.cli"]
     children: list[_Child] = []
+    bench: Bench | None = None
     try:
         listener = _Child("wpc listener", [*wpc, "listener", "--migrate"], tmp / "listener.log", env)
         children.append(listener)
@@ -707,6 +716,8 @@ async def _with_services(
             out(f"--- {child.name} (last lines of its log)\n{child.log_tail(40)}")
         raise
     finally:
+        if bench is not None:
+            await bench.close()
         for child in reversed(children):
             await child.stop()
 

@@ -250,11 +250,14 @@ _LOCK = (
 _IDENTITIES = "SELECT key, person_id, merged_into FROM identity WHERE key = ANY(:keys)"
 # A person with an encounter time or a flag after the cutoff may have a current trigger
 # (`decide.current_triggers` reads encounters by the same three times, flags by recorded_at).
+# (Subqueries with LIMIT 1, not EXISTS: for EXISTS the planner may build a hash of every
+# current encounter of everyone, a scan of the whole table per batch; these look up each
+# person's own rows by index.)
 _PERSONS = (
-    "SELECT p.id, p.medi_cal_id, p.events_through, EXISTS (SELECT 1 FROM encounter e WHERE e.person_id = p.id "
-    "AND GREATEST(e.start_at, e.end_at, e.last_event_time) >= :cutoff) "
-    "OR EXISTS (SELECT 1 FROM patient_flag f WHERE f.person_id = p.id AND f.recorded_at >= :cutoff) AS current "
-    "FROM person p WHERE p.id = ANY(:ids)"
+    "SELECT p.id, p.medi_cal_id, p.events_through, (SELECT true FROM encounter e WHERE e.person_id = p.id "
+    "AND GREATEST(e.start_at, e.end_at, e.last_event_time) >= :cutoff LIMIT 1) IS NOT NULL "
+    "OR (SELECT true FROM patient_flag f WHERE f.person_id = p.id AND f.recorded_at >= :cutoff LIMIT 1) "
+    "IS NOT NULL AS current FROM person p WHERE p.id = ANY(:ids)"
 )
 _MARK = (
     "INSERT INTO processed_event (event_id) SELECT unnest(CAST(:ids AS uuid[])) ON CONFLICT DO NOTHING "
@@ -265,12 +268,17 @@ _NEW_IDENTITIES = (
     "INSERT INTO identity (key, person_id, authority, value, type_code) SELECT * FROM unnest("
     "CAST(:k AS text[]), CAST(:p AS uuid[]), CAST(:a AS text[]), CAST(:v AS text[]), CAST(:t AS text[]))"
 )
-# Every encounter of the batch's (facility, visit number) pairs, whoever's, with its events.
+# Every encounter of the batch's (facility, visit number) pairs, whoever's, with its events;
+# looked up pair by pair in the (facility, visit_number, person_id) index (``LATERAL ... OFFSET
+# 0``: a subquery the planner keeps, run for each row of the batch). As a plain join of a few
+# hundred pairs the planner hashes them and scans the whole table, every batch: cheap in its
+# estimate while the table is young, and growing with it.
 _ENCOUNTERS = (
     "SELECT e.id, e.facility, e.visit_number, e.person_id, "
     "ARRAY(SELECT v.body FROM encounter_event v WHERE v.encounter_id = e.id) AS bodies "
-    "FROM encounter e JOIN unnest(CAST(:f AS text[]), CAST(:v AS text[])) AS k(f, v) "
-    "ON e.facility = k.f AND e.visit_number = k.v"
+    "FROM unnest(CAST(:f AS text[]), CAST(:v AS text[])) AS k(f, v) CROSS JOIN LATERAL "
+    "(SELECT id, facility, visit_number, person_id FROM encounter WHERE facility = k.f AND visit_number = k.v "
+    "OFFSET 0) AS e"
 )
 _INSERT_ENCOUNTER = (
     "INSERT INTO encounter (id, facility, visit_number, identity_key, person_id, kind, status, patient_class, "
@@ -300,12 +308,14 @@ class _Visit:
 async def _load(db: Sql, items: Sequence[Item], cutoff: dt.datetime) -> Routing:
     keys = sorted({it.key for it in items if it.usable})
     mcs = sorted({m for it in items if it.usable and (m := it.medi_cal_id) is not None})
-    locked = [r["id"] for r in await db.fetch(_LOCK, {"keys": keys, "mcs": mcs})]
-    identities = {r["key"]: KnownIdentity(r["person_id"], r["merged_into"])
-                  for r in await db.fetch(_IDENTITIES, {"keys": keys})}
+    async with db.planned_per_call():
+        locked = [r["id"] for r in await db.fetch(_LOCK, {"keys": keys, "mcs": mcs})]
+        identities = {r["key"]: KnownIdentity(r["person_id"], r["merged_into"])
+                      for r in await db.fetch(_IDENTITIES, {"keys": keys})}
+        known = await db.fetch(_PERSONS, {"ids": locked, "cutoff": cutoff})
     persons: dict[uuid.UUID, KnownPerson] = {}
     by_medi_cal: dict[str, uuid.UUID] = {}
-    for r in await db.fetch(_PERSONS, {"ids": locked, "cutoff": cutoff}):
+    for r in known:
         persons[r["id"]] = KnownPerson(r["medi_cal_id"], r["current"], r["events_through"])
         if r["medi_cal_id"] is not None:
             by_medi_cal[r["medi_cal_id"]] = r["id"]
@@ -469,7 +479,9 @@ async def _encounters(
         return 0
     pairs = sorted({(f, v) for f, v, _ in visits})
     owners: dict[tuple[str, str], set[uuid.UUID]] = {}
-    for r in await db.fetch(_ENCOUNTERS, {"f": [f for f, _ in pairs], "v": [v for _, v in pairs]}):
+    async with db.planned_per_call():
+        stored = await db.fetch(_ENCOUNTERS, {"f": [f for f, _ in pairs], "v": [v for _, v in pairs]})
+    for r in stored:
         owners.setdefault((r["facility"], r["visit_number"]), set()).add(r["person_id"])
         visit_of = visits.get((r["facility"], r["visit_number"], r["person_id"]))
         if visit_of is not None:
@@ -512,9 +524,11 @@ async def _encounters(
     return len(visits)
 
 
+# Each person by its key, as `_ENCOUNTERS` looks up encounters.
 _HISTORIES = (
     f"SELECT h.id AS history_of, {history_columns('w.since')} FROM unnest(CAST(:ids AS uuid[]), "
-    "CAST(:sinces AS timestamptz[])) AS w(id, since) JOIN person h ON h.id = w.id"
+    "CAST(:sinces AS timestamptz[])) AS w(id, since) CROSS JOIN LATERAL "
+    "(SELECT id, birth_date, medi_cal, county_resident FROM person WHERE id = w.id OFFSET 0) AS h"
 )
 
 
@@ -536,10 +550,11 @@ async def _decide(
     if not wants:
         return {}
     lookback = store.rules.longest_lookback()
-    rows = {r["history_of"]: r for r in await db.fetch(_HISTORIES, {
-        "ids": [person for _, person, _, _, _ in wants],
-        "sinces": [trigger.at - lookback for *_, trigger in wants],
-        "active": list(ACTIVE),
-    })}
+    async with db.planned_per_call():
+        rows = {r["history_of"]: r for r in await db.fetch(_HISTORIES, {
+            "ids": [person for _, person, _, _, _ in wants],
+            "sinces": [trigger.at - lookback for *_, trigger in wants],
+            "active": list(ACTIVE),
+        })}
     return {i: await store.decide_in_order(db, person, trigger, now, encounter_id, facts, rows[person])
             for i, person, encounter_id, facts, trigger in wants}

@@ -62,7 +62,7 @@ def history_columns(since: str) -> str:
         "h.birth_date, h.medi_cal, h.county_resident, "
         "(SELECT program FROM candidate WHERE person_id = h.id AND status = ANY(:active) LIMIT 1) "
         "AS active_program, "
-        "EXISTS (SELECT 1 FROM patient_flag WHERE person_id = h.id) AS has_flags, "
+        "(SELECT true FROM patient_flag WHERE person_id = h.id LIMIT 1) IS NOT NULL AS has_flags, "
         "ARRAY(SELECT ROW(e.id, e.facility, e.visit_number, e.kind, e.status, e.start_at, e.end_at, e.dx_flags) "
         f"FROM encounter e WHERE e.person_id = h.id AND e.start_at >= {since} ORDER BY e.start_at) AS encounters"
     )
