@@ -344,6 +344,13 @@ class Phase:
                 and (self.rate == 0 or self.achieved >= 0.98 * self.rate) and self.drain_s <= DRAIN_BOUND_S)
 
 
+def poll_interval(left: int) -> float:
+    """Seconds until the next poll with ``left`` events still to apply: 50 ms for the last few
+    hundred, up to 0.5 s while the service has seconds of work left (it applies a few thousand
+    a second)."""
+    return min(0.5, max(0.05, left / 4000))
+
+
 class Bench:
     def __init__(self, options: PipelineOptions, database_url: str, mllp_port: int, arrivals: Arrivals,
                  cpu: CpuGroups, out: Callable[[str], None]) -> None:
@@ -393,11 +400,14 @@ class Bench:
         await self._until_applied(applied_before + sent, 180.0)
 
     async def _until_applied(self, target: int, timeout_s: float) -> bool:
+        """Poll the count of applied events until it reaches ``target``: every 50 ms near the
+        end, less often while thousands are left (the count scans a growing table, and
+        PostgreSQL's CPU is the system's, which is draining its backlog meanwhile)."""
         deadline = time.monotonic() + timeout_s
-        while await self._scalar(_APPLIED) < target:
+        while (left := target - await self._scalar(_APPLIED)) > 0:
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll_interval(left))
         return True
 
     async def probe_once(self, sender: MllpSender, phase: Phase, sent_at: dict[str, float]) -> None:

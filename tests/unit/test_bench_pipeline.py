@@ -69,3 +69,13 @@ def test_the_background_is_dated_today_unless_history_is_asked_for() -> None:
     assert parser.parse_args(["--background", "history"]).background == "history"
     with pytest.raises(SystemExit):  # argparse: one line naming the choices, exit 2
         parser.parse_args(["--background", "yesterday"])
+
+
+def test_the_drain_is_polled_every_50_ms_near_its_end_and_at_most_twice_a_second_before() -> None:
+    from bench.pipeline import poll_interval
+
+    assert poll_interval(1) == 0.05
+    assert poll_interval(200) == 0.05
+    assert 0.05 < poll_interval(1000) < 0.5
+    assert poll_interval(6000) == 0.5
+    assert poll_interval(10**6) == 0.5
