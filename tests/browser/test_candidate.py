@@ -49,7 +49,9 @@ def _toc_feed(now: dt.datetime, mrn: str, medi_cal: str) -> list[bytes]:
                        medi_cal_id=medi_cal))
         out.append(adt("A03", facility=facility, mrn=mrn, visit=f"{mrn}V{n}", at=end, admit=admit, discharge=end,
                        medi_cal_id=medi_cal))
-    admit = now - dt.timedelta(minutes=30)
+    # Half an hour ago, but not before the site's midnight: the page says "today" of it (a run
+    # between 00:00 and 00:30 Pacific time once read "yesterday").
+    admit = max(now - dt.timedelta(minutes=30), now.replace(hour=0, minute=0, second=0, microsecond=0))
     out.append(adt("A01", facility="COUNTYGEN", mrn=mrn, visit=f"{mrn}V3", at=admit, admit=admit,
                    medi_cal_id=medi_cal, dx=("F10.20", "J44.1"), phone="(213)555-0147", room="412"))
     return out
