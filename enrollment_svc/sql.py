@@ -100,10 +100,16 @@ class Sql:
         identities, where the index takes a fraction of a millisecond. Planning once per
         batch costs less."""
         was = await self.driver.fetchval(_PLAN_PER_CALL)
+        restore = "SELECT set_config('plan_cache_mode', $1, true)"
         try:
             yield
-        finally:
-            await self.driver.execute("SELECT set_config('plan_cache_mode', $1, true)", was)
+        except BaseException:
+            # A failed statement has aborted the transaction (the caller's rollback undoes the
+            # SET LOCAL anyway): the caller's error is the one to see, not this one's.
+            with contextlib.suppress(Exception):
+                await self.driver.execute(restore, was)
+            raise
+        await self.driver.execute(restore, was)
 
     async def row(self, statement: str, params: Params | None = None) -> Any:
         """The first row, or None."""

@@ -50,3 +50,17 @@ async def test_planned_per_call_restores_the_setting_when_the_caller_fails(db: S
 async def test_service_sessions_run_without_jit(db: Sql) -> None:
     """The server's default (on, where it has LLVM) compiled a 2 ms batch lookup for 9-17 ms."""
     assert await db.scalar("SHOW jit") == "off"
+
+
+async def test_planned_per_call_lets_the_failed_statement_s_error_through(db: Sql) -> None:
+    """After a statement fails the transaction takes no command but ROLLBACK: putting the
+    setting back fails too, and must not hide why."""
+    import asyncpg
+
+    await db.driver.execute("BEGIN")
+    with pytest.raises(asyncpg.UndefinedTableError):
+        async with db.planned_per_call():
+            await db.fetch("SELECT * FROM no_such_table")
+    await db.driver.execute("ROLLBACK")
+    assert await db.scalar(_MODE) == "auto"
+
