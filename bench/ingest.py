@@ -54,8 +54,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,7 @@ GOAL_RATIO_TO_BARE = 0.25  # issue goal: ours >= 0.25 x the bare asyncio server
 GOAL_P99_MS = 20.0  # issue goal: p99 ACK latency below 20 ms ...
 GOAL_RATE = 1000.0  # ... at 1,000 messages/s
 ACK_TIMEOUT_S = 30.0  # an ACK later than this counts as an error
-_POOL_MAX = 20_000  # messages generated ahead; beyond, they are reused under new MSH-10
+_POOL_MAX = 20_000  # closed loop: messages generated ahead; beyond, reused under new MSH-10
 _BARE_ACK = encode(b"MSH|^~\\&|BARE|BENCH|||20250101000000||ACK|1|P|2.5.1\rMSA|AA|1\r")
 _ACCEPTED = frozenset({"AA", "CA"})  # HL7 table 0008: application / commit accept
 GOAL_RATIO_TO_DURABLE = 0.5  # issue 14: ours >= 0.5 x the bare durable receiver
@@ -153,12 +154,45 @@ class _Source:
     def take(self) -> bytes:
         i = self._next
         self._next += 1
+        return self.message(i)
+
+    def message(self, i: int) -> bytes:
+        """The feed's i-th message (from 0), MLLP-framed."""
         size = len(self._pool)
         message = self._pool[i % size]
         if i >= size:
             old = f"|S{self._seed}N{i % size + 1}|".encode()
             message = message.replace(old, f"|S{self._seed}N{i + 1}|".encode(), 1)
         return encode(message)
+
+    def connection_of(self, i: int, connections: int) -> int:
+        """The connection the i-th message goes on (`patient_connection`)."""
+        return patient_connection(self._pool[i % len(self._pool)], connections)
+
+
+def _field(message: bytes, segment: bytes, n: int) -> bytes:
+    """Raw field n of the first ``segment`` of an ER7 message; b"" when absent. MSH is
+    counted as HL7 counts it: MSH-1 is the field separator, MSH-2 the first field split off."""
+    if message.startswith(segment + b"|"):
+        at = 0
+    else:
+        at = message.find(b"\r" + segment + b"|") + 1
+        if at == 0:
+            return b""
+    end = message.find(b"\r", at)
+    fields = message[at : end if end >= 0 else len(message)].split(b"|")
+    n -= segment == b"MSH"
+    return fields[n] if n < len(fields) else b""
+
+
+def patient_connection(message: bytes, connections: int) -> int:
+    """The connection of a patient's messages: one per patient (MSH-4 and PID-3), so each
+    patient's messages arrive in the order of the feed, as an interface engine sends them
+    (one connection per feed, the next message after the ACK of the one before). Spread
+    over all connections, two messages of one patient sent a millisecond apart could be
+    committed, published and applied in the other order: a load no hospital sends."""
+    key = _field(message, b"MSH", 4) + b"|" + _field(message, b"PID", 3)
+    return zlib.crc32(key) % connections
 
 
 def _ack_code(payload: bytes) -> str:
@@ -266,24 +300,24 @@ async def _closed_worker(spec: LoadSpec, source: _Source, rec: _Recorder, deadli
             writer.close()
 
 
-async def _open_worker(spec: LoadSpec, index: int, source: _Source, rec: _Recorder, start: float) -> None:
+async def _open_worker(
+    spec: LoadSpec, mine: Sequence[int], source: _Source, rec: _Recorder, start: float
+) -> None:
+    """Send the feed's messages numbered ``mine`` (ascending), the k-th at ``start + k / rate``."""
     reader, writer = await asyncio.open_connection(spec.host, spec.port)
     rec.result.reconnects += 1
     framer = MllpFramer()
     inflight: deque[float] = deque()
-    interval = spec.connections / spec.rate
-    count = int(spec.duration * spec.rate / spec.connections)
     done_sending = asyncio.Event()
 
     async def send() -> None:
-        offset = index / spec.rate  # interleave the connections' schedules
-        for j in range(count):
-            scheduled = start + offset + j * interval
+        for k in mine:
+            scheduled = start + k / spec.rate
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             inflight.append(scheduled)
-            writer.write(source.take())
+            writer.write(source.message(k))
             rec.sent()
         await writer.drain()
         done_sending.set()
@@ -301,6 +335,15 @@ async def _open_worker(spec: LoadSpec, index: int, source: _Source, rec: _Record
         writer.close()
 
 
+def open_schedules(source: _Source, total: int, connections: int) -> list[list[int]]:
+    """The feed's first ``total`` messages by connection, each on its patient's, ascending: the
+    open loop sends the k-th at ``k / rate``, so the feed goes out at its rate and in its order."""
+    schedules: list[list[int]] = [[] for _ in range(connections)]
+    for k in range(total):
+        schedules[source.connection_of(k, connections)].append(k)
+    return schedules
+
+
 async def run_load(spec: LoadSpec, target: str = "") -> PhaseResult:
     """Drive one server for one phase; returns the figures (no I/O besides the sockets)."""
     result = PhaseResult(target=target, mode=spec.mode)
@@ -312,10 +355,15 @@ async def run_load(spec: LoadSpec, target: str = "") -> PhaseResult:
         deadline = begin + spec.warmup + spec.duration
         await asyncio.gather(*(_closed_worker(spec, source, rec, deadline) for _ in range(spec.connections)))
         return rec.finish(deadline)
-    source = _Source(spec.seed, min(_POOL_MAX, int(spec.rate * spec.duration) + spec.connections), spec.epoch)
+    total = int(spec.rate * spec.duration)
+    # Every message of an open loop is generated: one reused under a new MSH-10 is a patient's
+    # old event sent again, late, and a late event costs the enrollment service a decision
+    # over again (`enrollment_svc.bulk`), a load the phase's rate does not say.
+    source = _Source(spec.seed, total, spec.epoch)
+    schedules = open_schedules(source, total, spec.connections)
     start = time.perf_counter() + 0.2  # connections open before the first scheduled send
     rec = _Recorder(result, start)
-    await asyncio.gather(*(_open_worker(spec, c, source, rec, start) for c in range(spec.connections)))
+    await asyncio.gather(*(_open_worker(spec, mine, source, rec, start) for mine in schedules))
     return rec.finish(start + spec.duration)
 
 
