@@ -10,7 +10,8 @@ For each rate R of ``--rates`` (ADT messages/s), for ``--duration`` seconds:
 
 * background: other patients' admits, updates and discharges (`bench.synthetic`'s county
   feed) sent open loop over ``--connections`` MLLP connections by a load-generator
-  process (`bench.ingest`'s, scheduled by the clock). ``--background current`` (the
+  process (`bench.ingest`'s, scheduled by the clock; each patient's messages in order on
+  one connection, none sent twice). ``--background current`` (the
   default) dates the feed up to the phase's start, as a live county's traffic is: every
   event is current, takes the enrollment service's per-event path and may propose
   someone. ``--background history`` sends it as last year's, which the service applies
