@@ -44,7 +44,9 @@ order no meaning either (its lanes apply patients concurrently).
 Anything unexpected found on the way raises `NotInBulk`; the caller rolls back and applies
 the batch one event at a time. So does any failure, a poison record among them: one
 transaction, nothing kept, then the per-event path parks the poison one and applies the
-others once.
+others once. (With `apply_batch`'s ``checkpoint``, the first set and the rounds are two
+transactions: a failure in the rounds leaves the first set applied and only the rounds'
+events to the per-event path.)
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from enrollment_svc import eligibility, findings, history
@@ -350,14 +352,21 @@ async def apply_bulk(db: Sql, store: EnrollmentStore, items: Sequence[Item], now
 
 
 async def apply_batch(
-    db: Sql, store: EnrollmentStore, items: Sequence[Item], now: dt.datetime, *, round_min: int = 8
+    db: Sql, store: EnrollmentStore, items: Sequence[Item], now: dt.datetime, *, round_min: int = 8,
+    checkpoint: Callable[[BulkResult], Awaitable[None]] | None = None,
 ) -> BulkResult:
     """Apply what may go as sets of a consumer batch (in the caller's transaction): first the
     whole batch (`apply_bulk`: history, and each person's one event), then the patients with
     several current events in rounds, the n-th round their n-th events (each round a set of
     one event per person, deciding on what the rounds before it wrote), for as long as a
     round holds at least ``round_min`` events. A key with an event left out of a round has
-    its later ones left out too: what is left goes to the per-event path in order."""
+    its later ones left out too: what is left goes to the per-event path in order.
+
+    ``checkpoint``: called with the first set's result between it and the rounds, when there
+    are rounds; the caller commits there and goes on in a new transaction, so the candidates
+    of the first set (most of a batch's: a person's one event) are visible, and published,
+    without waiting for the rounds. Each transaction holds its events' ``processed_event``
+    rows: if the rounds fail, what the first set applied stays applied, once."""
     first = await apply_bulk(db, store, items, now)
     handled = set(first.handled)
     applied, duplicates, encounters = first.applied, first.duplicates, first.encounters
@@ -368,10 +377,15 @@ async def apply_batch(
     for i, item in enumerate(items):
         if i not in handled and item.usable:
             queues.setdefault(item.key, []).append(i)
+    checkpointed = checkpoint is None
     while True:
         batch_round = [indices[0] for indices in queues.values() if indices]
         if len(batch_round) < max(round_min, 1):
             break
+        if not checkpointed:
+            assert checkpoint is not None
+            await checkpoint(first)
+            checkpointed = True
         batch_round.sort()
         result = await apply_bulk(db, store, [items[i] for i in batch_round], now)
         done = {batch_round[j] for j in result.handled}

@@ -20,9 +20,11 @@ alone fails as it would have alone, and the others' effects are neither lost nor
 duplicated.
 
 A batch of at least ``bulk_min`` events goes another way first (`AdtEventHandler._in_bulk`,
-`enrollment_svc.bulk`): what of it can be is applied as sets in one transaction (history,
-and each patient's current events in order, decided there), the rest through the lanes; a
-failed set leaves the whole batch to the lanes, so a poison record is parked alone as below.
+`enrollment_svc.bulk`): what of it can be is applied as sets (history, and each patient's
+current events in order, decided there), the rest through the lanes. The first set commits
+on its own, before the rounds of patients with several events (its candidates are then
+published at once); a failed set leaves its events to the lanes (the whole batch when it is
+the first), so a poison record is parked alone as below.
 
 An event that does not decode as `AdtEventV1` is a contract breach by the producer:
 it is kept in ``undecodable_event`` for inspection, counted, logged by offset (never by
@@ -138,11 +140,21 @@ class Lane:
             applied += done
         return applied
 
-    async def apply_bulk(self, items: Sequence[bulk.Item], now: dt.datetime) -> bulk.BulkResult:
-        """Apply what of a batch can be as sets, in one transaction (`enrollment_svc.bulk`)."""
+    async def apply_bulk(
+        self, items: Sequence[bulk.Item], now: dt.datetime,
+        committed: Callable[[bulk.BulkResult], None] = lambda first: None,
+    ) -> bulk.BulkResult:
+        """Apply what of a batch can be as sets (`enrollment_svc.bulk`): the first set in one
+        transaction and the rounds after it in another (`bulk.apply_batch`'s ``checkpoint``);
+        ``committed`` is told the first set's result once it is committed."""
+
+        async def checkpoint(first: bulk.BulkResult) -> None:
+            await self._driver.execute(f"COMMIT; {_BEGIN}")  # one round trip, same settings
+            committed(first)
+
         async with self._transaction():
             return await bulk.apply_batch(self._sql, self._handler.store, items, now,
-                                          round_min=self._handler.bulk_min)
+                                          round_min=self._handler.bulk_min, checkpoint=checkpoint)
 
     async def _one(self, event: AdtEventV1, source: RecordRef | None = None) -> Applied:
         """Apply one event in its own transaction; park it when it keeps failing on its own."""
@@ -237,15 +249,21 @@ class AdtEventHandler:
         rules = self.store.rules
         items = [bulk.item_of(decoded[id(r)], rules) for r in sources]
         started = time.perf_counter()
+        first: list[bulk.BulkResult] = []  # the first set's result, once committed
         try:
             async with self.lane() as lane:
-                result = await lane.apply_bulk(items, now)
+                result = await lane.apply_bulk(items, now, first.append)
         except Exception as exc:
             if is_transient(exc) and sqlstate(exc) not in _RETRYABLE:
                 raise  # the database away: the consumer reads the batch again later
-            log.info("bulk of %d events not applied (%s, sqlstate %s); applying them one by one",
-                     len(items), type(exc).__name__, sqlstate(exc))
-            return records
+            if not first:
+                log.info("bulk of %d events not applied (%s, sqlstate %s); applying them one by one",
+                         len(items), type(exc).__name__, sqlstate(exc))
+                return records
+            # The first set was committed: the rounds' events go one at a time.
+            result = first[0]
+            log.info("bulk rounds of %d events not applied (%s, sqlstate %s); applying them one by one",
+                     len(items) - len(result.handled), type(exc).__name__, sqlstate(exc))
         seconds = time.perf_counter() - started
         # Each record of the set was committed (or found a duplicate) with it: the set's time is
         # each one's apply time, as a group's is for each of its records (`metrics.record`).

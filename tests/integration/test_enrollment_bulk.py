@@ -227,3 +227,45 @@ async def test_a_poison_record_in_a_bulk_batch_is_parked_alone_and_the_rest_appl
         letters = (await conn.execute(text("SELECT count(*) FROM outbox WHERE topic = :t"), {"t": DEADLETTER})).scalar()
     assert processed == {ev.event_id for i, ev in enumerate(events) if i != at}
     assert [(p.offset, p.attempts) for p in parked] == [(at, 6)] and letters == 1
+
+
+async def test_the_rounds_commit_apart_from_the_first_set_and_fail_alone(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first set commits before the rounds (its candidates are published without waiting
+    for them); when a round fails, the first set stays applied, once, and only the rounds'
+    events go one at a time, the poison one parked."""
+    await empty(engine)
+    store = EnrollmentStore(rules())
+    qualifying = {"mrn": "FIRST1", "medi_cal_id": "97000001F"}
+    one_by_one = AdtEventHandler(engine, store, lanes=1, group_max=1, clock=lambda: NOW, bulk_min=0)
+    for rec in records(stay(1, days_ago=150, **qualifying) + stay(2, days_ago=60, **qualifying)):
+        await one_by_one([rec])
+    admission = stay(3, days_ago=0, dx=("F10.20",), discharged=False, **qualifying)[0]
+    # Nine patients with an admission and a discharge each in the batch: two events, so rounds.
+    pairs = [stay(1, days_ago=1, mrn=f"ROUND{k}", medi_cal_id=None) for k in range(9)]
+    pairs[4][1] = poisoned(pairs[4][1])
+    events = [admission, *(ev for pair in pairs for ev in pair)]
+    poison_at = events.index(pairs[4][1])
+    parking = Parking(engine, GROUP, DEADLETTER, outbox=Outbox.of("enrollment", [DEADLETTER]), retry_delay_s=0)
+    handler = AdtEventHandler(engine, store, lanes=2, clock=lambda: NOW, parking=parking, bulk_min=8)
+    caplog.set_level(logging.INFO, logger="enrollment_svc.handler")
+    counted = _handled_counts()
+
+    await handler(records(events))
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("bulk rounds of 18 events not applied") for m in messages)
+    assert not any(m.startswith("bulk of ") for m in messages)
+    applied, duplicates, _ = (now - then for now, then in zip(_handled_counts(), counted, strict=True))
+    assert (applied, duplicates) == (len(events) - 1, 0)  # each once; the poison one parked
+    async with engine.connect() as conn:
+        processed = set((await conn.execute(text("SELECT event_id FROM processed_event"))).scalars().all())
+        parked = (await conn.execute(text('SELECT "offset" FROM parked_event'))).scalars().all()
+        encounters = (await conn.execute(text(
+            "SELECT count(*) FROM encounter WHERE visit_number LIKE 'ROUND%'"))).scalar()
+    assert processed >= {ev.event_id for i, ev in enumerate(events) if i != poison_at}
+    assert pairs[4][1].event_id not in processed and parked == [poison_at]
+    assert encounters == 9
+    toc = [c for c in await candidates(engine) if c["program"] == "TOC"]
+    assert len(toc) == 1
