@@ -98,6 +98,7 @@ class Listener:
             self.engine,
             Topics(settings.topic_adt_events, settings.topic_adt_deadletter),
             max_batch=settings.commit_batch_max,
+            linger_s=settings.commit_linger_ms / 1000.0,
             on_events=self.events.wake,
             on_dead_letters=self.relay.wake,
             outbox=self.outbox,

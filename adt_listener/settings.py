@@ -63,6 +63,11 @@ class ListenerSettings(ServiceSettings):
 
     # --- write path and checks off the ACK path -----------------------------------------------
     commit_batch_max: int = 512
+    commit_linger_ms: float = Field(
+        default=2.0, ge=0.0, le=100.0,
+        description="Group commit under load: while messages arrive faster than one per this many ms, "
+                    "a writer waits this long before committing, so that a commit carries more of them (0: never)",
+    )
     conformance_max_per_s: float = Field(
         default=5.0, description="Cap on hl7apy conformance checks per second (each costs ~30 ms of CPU)"
     )
